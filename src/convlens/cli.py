@@ -1,0 +1,248 @@
+"""The ``convlens`` command line: a thin layer over the library.
+
+torch and the library are imported inside the commands, so ``convlens --help`` is instant.
+Errors the user can fix (a bad file, an unknown layer or class) print one line, not a trace.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    name="convlens",
+    help="See what a convolutional network sees, and why it decides.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+errors = Console(stderr=True)
+
+ModelArg = Annotated[
+    str,
+    typer.Argument(
+        help="A zoo name (mobilenet_v2), a model file (.pt, .onnx, .keras, plugin .py) "
+        "or 'package.module:factory'."
+    ),
+]
+FactoryOpt = Annotated[
+    str | None,
+    typer.Option("--factory", help="'package.module:fn' that builds the network for a state_dict."),
+]
+TrustOpt = Annotated[
+    bool,
+    typer.Option(
+        "--trust-pickle", help="Allow files that hold pickled Python objects (runs code)."
+    ),
+]
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn the library's input errors into one red line and exit status 2."""
+    from convlens.images import ImageError
+    from convlens.loading import ModelLoadError
+    from convlens.naming import UnknownNameError
+
+    try:
+        yield
+    except (
+        ImageError,
+        ModelLoadError,
+        UnknownNameError,
+        FileNotFoundError,
+        ValueError,
+        ImportError,
+    ) as err:
+        errors.print(f"[bold red]error:[/] {err}", highlight=False, markup=True)
+        raise typer.Exit(2) from None
+
+
+def _load(model: str, factory: str | None, trust_pickle: bool) -> Any:
+    from convlens.loading import load
+
+    return load(model, factory=factory, trust_pickle=trust_pickle)
+
+
+def _progress_bar(description: str) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    return Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=errors,
+        transient=True,
+    )
+
+
+def _callback(bar: Any, task: Any) -> Callable[[int, int], None]:
+    def report(done: int, total: int) -> None:
+        bar.update(task, completed=done, total=total)
+
+    return report
+
+
+@app.command()
+def layers(
+    model: ModelArg,
+    kind: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--kind", "-k", help="Only these kinds: conv, pool, act, norm, linear, block."
+        ),
+    ] = None,
+    input_size: Annotated[
+        str | None, typer.Option(help="C,H,W of the dry-run input (default: the model's).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    factory: FactoryOpt = None,
+    trust_pickle: TrustOpt = False,
+) -> None:
+    """Table of every layer: dotted name, type, output shape, parameters."""
+    with user_errors():
+        from convlens.layers import layer_table
+
+        handle = _load(model, factory, trust_pickle)
+        size = tuple(int(v) for v in input_size.split(",")) if input_size else None
+        table = layer_table(handle, size)
+        if kind:
+            table = table.filter(kind)
+    if as_json:
+        typer.echo(json.dumps({"model": handle.name, "layers": table.to_dicts()}, indent=1))
+        return
+    out = Table(title=f"{handle.name} · input {table.input_shape}", title_justify="left")
+    for column in ("layer", "type", "output shape", "params"):
+        out.add_column(column, justify="right" if column == "params" else "left")
+    for row in table:
+        shape = "x".join(map(str, row.output_shape)) if row.output_shape else "-"
+        out.add_row("  " * row.depth + row.name, row.type, shape, f"{row.params:,}")
+    console.print(out)
+    console.print(f"total parameters: {table.total_params:,}")
+
+
+@app.command()
+def predict(
+    model: ModelArg,
+    images: Annotated[list[str], typer.Argument(help="Image files or folders.")],
+    top: Annotated[int, typer.Option("--top", "-t", help="Classes shown per image.")] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    factory: FactoryOpt = None,
+    trust_pickle: TrustOpt = False,
+) -> None:
+    """Top-k class probabilities for each image."""
+    with user_errors():
+        handle = _load(model, factory, trust_pickle)
+        prediction = handle.predict(images, top=top)
+    if as_json:
+        typer.echo(json.dumps(prediction.to_dicts(), indent=1))
+        return
+    for i, name in enumerate(prediction.names):
+        table = Table(title=name, title_justify="left")
+        table.add_column("probability", justify="right")
+        table.add_column("class")
+        table.add_column("index", justify="right")
+        for index, label, p in prediction.topk(i):
+            table.add_row(f"{p:.2%}", label, str(index))
+        console.print(table)
+
+
+@app.command()
+def activations(
+    model: ModelArg,
+    images: Annotated[list[str], typer.Argument(help="Image files or folders.")],
+    layer: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--layer",
+            "-l",
+            help="Layer ('features.3') or channel ('features.3:7'); repeat or comma-separate. "
+            "Default: every conv and pool layer.",
+        ),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("out"),
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 16,
+    half: Annotated[bool, typer.Option("--half", help="Store activations as float16.")] = False,
+    stream: Annotated[
+        bool, typer.Option("--stream", help="Write activations to disk batch by batch.")
+    ] = False,
+    factory: FactoryOpt = None,
+    trust_pickle: TrustOpt = False,
+) -> None:
+    """One grid PNG per layer and image (each channel standardised), channel heatmaps, and the
+    raw activations as activations.npz."""
+    with user_errors():
+        import torch
+
+        from convlens.activations import activations as capture
+
+        handle = _load(model, factory, trust_pickle)
+        specs = [s.strip() for item in (layer or []) for s in item.split(",") if s.strip()]
+        if not specs:
+            specs = handle.layers().filter(["conv", "pool"], leaves_only=True).spatial().names
+        out.mkdir(parents=True, exist_ok=True)
+        with _progress_bar("activations") as bar:
+            task = bar.add_task("forward passes", total=None)
+            acts = capture(
+                handle,
+                images,
+                specs,
+                batch_size=batch_size,
+                dtype=torch.float16 if half else None,
+                stream_to=out / "activations.npz" if stream else None,
+                progress=_callback(bar, task),
+            )
+        with _progress_bar("drawing") as bar:
+            bar.add_task("drawing grids", total=None)
+            written = acts.save(out, npz=not stream)
+    pngs = [p for p in written if p.suffix == ".png"]
+    console.print(f"wrote {len(pngs)} PNG file(s) and activations.npz to {out}/")
+
+
+@app.command()
+def zoo() -> None:
+    """The named models that load offline."""
+    from convlens import zoo as registry
+
+    table = Table()
+    table.add_column("name")
+    table.add_column("description")
+    for entry in registry.entries():
+        table.add_row(entry.name, entry.description)
+    console.print(table)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("out/demo"),
+    model: Annotated[str, typer.Option(help="The model to run.")] = "mobilenet_v2",
+) -> None:
+    """The main job on the bundled photos: predictions and activation grids, as one HTML page."""
+    with user_errors():
+        from convlens.demo import run
+
+        with _progress_bar("demo") as bar:
+            task = bar.add_task("demo", total=None)
+
+            def report(done: int, total: int, what: str = "") -> None:
+                bar.update(task, completed=done, total=total, description=what or "demo")
+
+            page = run(out, model=model, progress=report)
+    console.print(f"report: {page}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""The main job (``convlens demo``, ``make demo``): the bundled photos through a zoo model.
+
+It writes one self-contained HTML page plus the PNGs it embeds under the output folder.
+Later features add their panels as functions in :data:`PANELS`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from convlens.activations import activations
+from convlens.images import samples
+from convlens.loading import load
+from convlens.model import Model
+from convlens.report import Report
+
+DemoProgress = Callable[[int, int, str], None]
+
+# Layers shown for MobileNetV2: early edges and colours, mid-level parts, late object parts.
+MOBILENET_LAYERS = ["features.1", "features.3", "features.6", "features.13", "features.17"]
+
+
+def _layers_for(model: Model) -> list[str]:
+    table = model.layers()
+    if all(name in table.names for name in MOBILENET_LAYERS):
+        return MOBILENET_LAYERS
+    spatial = table.filter(["conv", "pool"], leaves_only=True).spatial().names
+    step = max(1, len(spatial) // 5)
+    return spatial[::step][:5]
+
+
+def predictions_panel(report: Report, model: Model, out: Path, pictures: dict[str, Path]) -> None:
+    prediction = model.predict(list(pictures.values()), top=5)
+    section = report.add_section(
+        "Predictions",
+        text=f"Top-5 classes of {model.name} for each bundled photo (softmax probabilities).",
+    )
+    batch = model.prepare(list(pictures.values()))
+    for i, name in enumerate(prediction.names):
+        section.add_image(batch.pictures[i], caption=f"{name}: what the network sees (224 crop)")
+        section.add_table(
+            [
+                {"class": label, "index": k, "probability": f"{p:.2%}"}
+                for k, label, p in prediction.topk(i)
+            ]
+        )
+
+
+def activations_panel(report: Report, model: Model, out: Path, pictures: dict[str, Path]) -> None:
+    layers = _layers_for(model)
+    first = next(iter(pictures.values()))
+    acts = activations(model, first, layers)
+    section = report.add_section(
+        "Activations",
+        text="Every channel of a few layers for the first photo, each channel standardised "
+        "for display (mean 0.5 grey, one standard deviation = 64 grey levels).",
+    )
+    folder = out / "activations"
+    for layer in layers:
+        figure = acts.grid(layer, max_channels=64)
+        figure.save(folder / f"{layer}.png")
+        section.add_image(
+            figure, caption=f"{layer}: first {min(64, acts[layer].shape[1])} channels"
+        )
+    strongest = int(acts[layers[1]][0].float().mean(dim=(1, 2)).argmax())
+    spec = f"{layers[1]}:{strongest}"
+    heat = acts.heatmap(spec, overlay=True)
+    heat.save(folder / f"{spec.replace(':', '_')}.png")
+    section.add_image(heat, caption=f"{spec}, the most active channel, over the photo")
+
+
+PANELS: list[Callable[[Report, Model, Path, dict[str, Path]], None]] = [
+    predictions_panel,
+    activations_panel,
+]
+
+
+def run(
+    out: str | os.PathLike[str] = "out/demo",
+    *,
+    model: str | Model = "mobilenet_v2",
+    progress: DemoProgress | None = None,
+) -> Path:
+    """Run every panel and write ``index.html``; returns its path."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    handle = load(model)
+    pictures = dict(sorted(samples().items(), key=lambda kv: kv[0] != "chelsea"))
+    report = Report(f"convlens demo · {handle.name}")
+    for i, panel in enumerate(PANELS):
+        if progress is not None:
+            progress(i, len(PANELS), panel.__name__.replace("_panel", ""))
+        panel(report, handle, out, pictures)
+    if progress is not None:
+        progress(len(PANELS), len(PANELS), "done")
+    return report.save(out / "index.html")

@@ -1,0 +1,377 @@
+"""``convlens.load``: a model handle from whatever the user has.
+
+Accepted sources, tried in this order:
+
+* a :class:`~convlens.model.Model` (returned as is, options applied);
+* a ``torch.nn.Module``;
+* a zoo name (``"mobilenet_v2"``; see :func:`convlens.zoo.names`);
+* a file, recognised by its content (the suffix must agree):
+  TorchScript archives, ``torch.save`` checkpoints (a ``state_dict`` plus ``factory=``),
+  ``.onnx`` (converted with onnx2torch so hooks and gradients work), Keras 3 ``.keras`` / ``.h5``
+  (torch backend), ``.safetensors`` (with ``factory=``), and plugin ``.py`` files that define a
+  ``convlens.Model``;
+* ``"package.module:factory"``, a callable returning a module or a Model.
+
+Pickled whole models are refused unless ``trust_pickle=True``: unpickling runs code from the
+file. Checkpoints are read with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import pickle
+import zipfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from convlens.model import Model
+
+MODEL_SUFFIXES = {
+    ".pt": "torch",
+    ".pth": "torch",
+    ".ckpt": "torch",
+    ".bin": "torch",
+    ".tar": "torch",
+    ".onnx": "onnx",
+    ".keras": "keras",
+    ".h5": "keras",
+    ".hdf5": "keras",
+    ".safetensors": "safetensors",
+    ".py": "plugin",
+}
+
+
+class ModelLoadError(ValueError):
+    """A model source that cannot be loaded; the message says what was expected."""
+
+
+class PickleRefusedError(ModelLoadError):
+    """The file holds pickled Python objects and the user did not opt in."""
+
+
+def load(
+    source: Any,
+    *,
+    factory: str | Callable[[], nn.Module] | None = None,
+    trust_pickle: bool = False,
+    **options: Any,
+) -> Model:
+    """Load a model handle from ``source`` (see the module docstring for what is accepted).
+
+    ``factory`` builds the network for a ``state_dict`` checkpoint (``"pkg.mod:fn"`` or a
+    callable). ``options`` go to :class:`~convlens.model.Model` (``preprocess``,
+    ``postprocess``, ``labels``, ``name``, ``input_size``) and override what the source says.
+    """
+    if isinstance(source, Model):
+        return _with_options(source, options)
+    if isinstance(source, nn.Module):
+        return Model(source, **options)
+    if isinstance(source, (str, Path)):
+        text = str(source)
+        path = Path(text).expanduser()
+        if path.exists():
+            return _load_file(path, factory=factory, trust_pickle=trust_pickle, options=options)
+        from convlens import zoo
+
+        if text in zoo.names():
+            return _with_options(zoo.load(text), options)
+        if _looks_like_factory(text):
+            return _from_factory(text, options)
+        if path.suffix.lower() in MODEL_SUFFIXES:
+            raise FileNotFoundError(f"model file {text!r} does not exist")
+        from convlens.naming import unknown
+
+        raise unknown("model (not a file, a zoo name or 'pkg.module:factory')", text, zoo.names())
+    raise TypeError(
+        "expected a Model, an nn.Module, a zoo name, a model file or 'pkg.module:factory', "
+        f"got {type(source).__name__}"
+    )
+
+
+def _with_options(model: Model, options: dict[str, Any]) -> Model:
+    if not options:
+        return model
+    keep: dict[str, Any] = {
+        "preprocess": model.preprocess,
+        "postprocess": model.postprocess,
+        "labels": model.synonyms,
+        "name": model.name,
+        "input_size": model._input_size,
+    }
+    keep.update(options)
+    return Model(model.module, **keep)
+
+
+def _looks_like_factory(text: str) -> bool:
+    module, sep, attr = text.partition(":")
+    return bool(sep) and module.replace(".", "").replace("_", "").isalnum() and attr.isidentifier()
+
+
+def _resolve_factory(spec: str | Callable[[], Any]) -> Callable[[], Any]:
+    if callable(spec):
+        return spec
+    if not _looks_like_factory(spec):
+        raise ModelLoadError(f"expected a factory 'package.module:function', got {spec!r}")
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ModelLoadError(f"cannot import {module_name!r} for factory {spec!r}: {err}") from err
+    try:
+        fn = getattr(module, attr)
+    except AttributeError:
+        raise ModelLoadError(f"module {module_name!r} has no attribute {attr!r}") from None
+    if not callable(fn):
+        raise ModelLoadError(f"{spec!r} is not callable")
+    return fn  # type: ignore[no-any-return]
+
+
+def _from_factory(spec: str | Callable[[], Any], options: dict[str, Any]) -> Model:
+    built = _resolve_factory(spec)()
+    if isinstance(built, Model):
+        return _with_options(built, options)
+    if isinstance(built, nn.Module):
+        options.setdefault("name", spec if isinstance(spec, str) else type(built).__name__)
+        return Model(built, **options)
+    raise ModelLoadError(
+        f"factory {spec!r} returned {type(built).__name__}, expected an nn.Module or a Model"
+    )
+
+
+# -- files ----------------------------------------------------------------------------------
+
+
+def sniff(path: Path) -> str:
+    """What a file holds, from its first bytes: ``torchscript``, ``torch`` (a ``torch.save``
+    zip), ``torch-legacy`` (old pickle format), ``keras``, ``hdf5``, ``safetensors``, ``onnx``
+    (protobuf: checked by parsing later), ``python`` or ``unknown``."""
+    with path.open("rb") as f:
+        head = f.read(16)
+    if not head:
+        return "empty"
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except zipfile.BadZipFile:
+            return "unknown"
+        if any(n.endswith("config.json") for n in names) and not any(
+            n.endswith("data.pkl") for n in names
+        ):
+            return "keras"
+        if any("/code/" in n or n.endswith("constants.pkl") for n in names):
+            return "torchscript"
+        if any(n.endswith("data.pkl") for n in names):
+            return "torch"
+        return "zip"
+    if head.startswith(b"\x89HDF\r\n\x1a\n"):
+        return "hdf5"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "torch-legacy"
+    if len(head) >= 8 and int.from_bytes(head[:8], "little") < 100_000_000 and head[8:9] == b"{":
+        return "safetensors"
+    if path.suffix.lower() == ".py":
+        return "python"
+    if head[:1] in (b"\x08", b"\x0a", b"\x12", b"\x1a", b"\x22", b"\x3a", b"\x42"):
+        return "onnx"  # a protobuf field tag; parsing decides
+    return "unknown"
+
+
+_AGREES = {
+    "torch": {"torchscript", "torch", "torch-legacy"},
+    "onnx": {"onnx"},
+    "keras": {"keras", "hdf5"},
+    "safetensors": {"safetensors"},
+    "plugin": {"python", "unknown", "onnx"},  # source text; imported, not parsed here
+}
+
+
+def _load_file(
+    path: Path,
+    *,
+    factory: str | Callable[[], nn.Module] | None,
+    trust_pickle: bool,
+    options: dict[str, Any],
+) -> Model:
+    if path.is_dir():
+        raise ModelLoadError(f"{path} is a folder; expected a model file")
+    declared = MODEL_SUFFIXES.get(path.suffix.lower())
+    if declared is None:
+        raise ModelLoadError(
+            f"{path.name}: unknown model file type {path.suffix!r}; expected one of "
+            f"{', '.join(sorted(MODEL_SUFFIXES))}"
+        )
+    found = sniff(path)
+    if found == "empty":
+        raise ModelLoadError(f"{path} is empty (0 bytes)")
+    if found not in _AGREES[declared]:
+        raise ModelLoadError(
+            f"{path.name} has the suffix {path.suffix} ({declared}) but its content looks like "
+            f"{found!r}; rename it or re-export it"
+        )
+    options.setdefault("name", path.stem)
+    if declared == "plugin":
+        return _load_plugin(path, options)
+    if declared == "onnx":
+        from convlens.interop import load_onnx
+
+        return Model(load_onnx(path), **options)
+    if declared == "keras":
+        from convlens.interop import load_keras
+
+        return Model(load_keras(path), **options)
+    if declared == "safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError as err:
+            raise ModelLoadError("reading .safetensors needs `pip install safetensors`") from err
+        return _from_state_dict(path, load_file(str(path)), factory, options)
+    if found == "torchscript":
+        try:
+            module = torch.jit.load(str(path), map_location="cpu")
+        except Exception as err:
+            raise ModelLoadError(
+                f"{path.name} is a TorchScript archive that failed to load: {err}"
+            ) from err
+        return Model(module, **options)
+    return _load_checkpoint(path, factory=factory, trust_pickle=trust_pickle, options=options)
+
+
+def _load_checkpoint(
+    path: Path,
+    *,
+    factory: str | Callable[[], nn.Module] | None,
+    trust_pickle: bool,
+    options: dict[str, Any],
+) -> Model:
+    try:
+        content = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if not trust_pickle:
+            raise PickleRefusedError(
+                f"{path.name} holds pickled Python objects (probably a whole model saved with "
+                "torch.save(model)). Unpickling runs code from the file, so convlens refuses it. "
+                "If you trust the file, pass trust_pickle=True (CLI: --trust-pickle); better, "
+                "save model.state_dict() and load it with factory='package.module:function'. "
+                f"(torch said: {str(err).splitlines()[0]})"
+            ) from None
+        content = torch.load(str(path), map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise ModelLoadError(f"{path.name} is not a readable torch checkpoint: {err}") from err
+    if isinstance(content, Model):
+        return _with_options(content, options)
+    if isinstance(content, nn.Module):
+        return Model(content, **options)
+    if isinstance(content, Mapping):
+        return _from_state_dict(path, content, factory, options)
+    raise ModelLoadError(
+        f"{path.name} holds a {type(content).__name__}; expected a state_dict (a mapping of "
+        "tensors), a TorchScript archive or a whole model"
+    )
+
+
+def _state_dict_of(content: Mapping[str, Any]) -> Mapping[str, torch.Tensor] | None:
+    if content and all(isinstance(v, torch.Tensor) for v in content.values()):
+        return content
+    for key in ("state_dict", "model_state_dict", "model", "net", "weights"):
+        inner = content.get(key)
+        if (
+            isinstance(inner, Mapping)
+            and inner
+            and all(isinstance(v, torch.Tensor) for v in inner.values())
+        ):
+            return inner
+    return None
+
+
+def _from_state_dict(
+    path: Path,
+    content: Mapping[str, Any],
+    factory: str | Callable[[], nn.Module] | None,
+    options: dict[str, Any],
+) -> Model:
+    state = _state_dict_of(content)
+    if state is None:
+        keys = ", ".join(list(map(str, content))[:8])
+        raise ModelLoadError(
+            f"{path.name} is a mapping but holds no state_dict of tensors (keys: {keys})"
+        )
+    if factory is None:
+        raise ModelLoadError(
+            f"{path.name} holds only weights (a state_dict of {len(state)} tensors); say which "
+            "network they belong to with factory='package.module:function' (CLI: --factory)"
+        )
+    built = _resolve_factory(factory)()
+    module = built.module if isinstance(built, Model) else built
+    if not isinstance(module, nn.Module):
+        raise ModelLoadError(f"factory returned {type(built).__name__}, expected an nn.Module")
+    missing, unexpected = _key_mismatch(module, state)
+    if missing or unexpected:
+        raise ModelLoadError(
+            f"the weights in {path.name} do not fit the factory's network: "
+            f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected "
+            f"(e.g. {unexpected[:3]})"
+        )
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as err:  # shape mismatches
+        raise ModelLoadError(f"the weights in {path.name} do not fit: {err}") from None
+    module.eval()
+    if isinstance(built, Model):
+        built.module = module
+        return _with_options(built, options)
+    return Model(module, **options)
+
+
+def _key_mismatch(module: nn.Module, state: Mapping[str, torch.Tensor]) -> tuple[list, list]:
+    expected = set(module.state_dict())
+    given = set(state)
+    return sorted(expected - given), sorted(given - expected)
+
+
+def _load_plugin(path: Path, options: dict[str, Any]) -> Model:
+    """Run a plugin file and take the Model it defines.
+
+    The file defines ``model`` (a Model or nn.Module), or a function ``model()`` returning
+    one, or exactly one Model at top level. Plugin files are code: load only your own.
+    """
+    spec = importlib.util.spec_from_file_location(f"convlens_plugin_{path.stem}", path)
+    if spec is None or spec.loader is None:
+        raise ModelLoadError(f"cannot import plugin {path}")
+    namespace = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(namespace)
+    except Exception as err:
+        raise ModelLoadError(
+            f"plugin {path.name} raised {type(err).__name__} while loading: {err}"
+        ) from err
+    found: Any = getattr(namespace, "model", None)
+    if callable(found) and not isinstance(found, (Model, nn.Module)):
+        found = found()
+    if found is None:
+        models = [v for v in vars(namespace).values() if isinstance(v, Model)]
+        if len(models) != 1:
+            raise ModelLoadError(
+                f"plugin {path.name} must define `model` (a convlens.Model, an nn.Module, or a "
+                f"function returning one); found {len(models)} Model objects"
+            )
+        found = models[0]
+    if isinstance(found, Model):
+        if (
+            "name" in options
+            and options["name"] == path.stem
+            and found.name != type(found.module).__name__
+        ):
+            options.pop("name")  # the plugin named its model
+        return _with_options(found, options)
+    if isinstance(found, nn.Module):
+        return Model(found, **options)
+    raise ModelLoadError(
+        f"plugin {path.name}: `model` is a {type(found).__name__}, expected a convlens.Model "
+        "or an nn.Module"
+    )
