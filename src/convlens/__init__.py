@@ -1,18 +1,54 @@
 """convlens: see what a convolutional network sees, and why it decides.
 
+The public names below are imported on first use, so ``import convlens`` (and the CLI's
+``--help``) does not pay for importing torch.
+
 >>> import convlens as cl
->>> model = cl.load("mobilenet_v2")
+>>> model = cl.load("mobilenet_v2")               # doctest: +SKIP
 >>> model.predict(cl.sample("chelsea"))           # doctest: +SKIP
 """
 
-from convlens.activations import Activations, activations
-from convlens.images import ImageError, load_image, load_images, sample, samples
-from convlens.layers import LayerTable, layer_table
-from convlens.loading import ModelLoadError, PickleRefusedError, load
-from convlens.model import Batch, Model, Prediction, Preprocessing
-from convlens.naming import UnknownNameError, parse_layer
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+_WHERE = {
+    "Activations": "activations",
+    "activations": "activations",
+    "ImageError": "images",
+    "load_image": "images",
+    "load_images": "images",
+    "sample": "images",
+    "samples": "images",
+    "LayerTable": "layers",
+    "layer_table": "layers",
+    "ModelLoadError": "loading",
+    "PickleRefusedError": "loading",
+    "load": "loading",
+    "Batch": "model",
+    "Model": "model",
+    "Prediction": "model",
+    "Preprocessing": "model",
+    "UnknownNameError": "naming",
+    "parse_layer": "naming",
+}
+_MODULES = {
+    "activations",
+    "hooks",
+    "images",
+    "layers",
+    "loading",
+    "model",
+    "naming",
+    "render",
+    "report",
+    "zoo",
+    "demo",
+    "interop",
+}
 
 __all__ = [
     "Activations",
@@ -34,3 +70,27 @@ __all__ = [
     "sample",
     "samples",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        value = getattr(importlib.import_module(f"convlens.{_WHERE[name]}"), name)
+    elif name in _MODULES:
+        value = importlib.import_module(f"convlens.{name}")
+    else:
+        raise AttributeError(f"module 'convlens' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*__all__, *_MODULES, "__version__"])
+
+
+if TYPE_CHECKING:
+    from convlens.activations import Activations, activations
+    from convlens.images import ImageError, load_image, load_images, sample, samples
+    from convlens.layers import LayerTable, layer_table
+    from convlens.loading import ModelLoadError, PickleRefusedError, load
+    from convlens.model import Batch, Model, Prediction, Preprocessing
+    from convlens.naming import UnknownNameError, parse_layer

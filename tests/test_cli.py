@@ -1,0 +1,149 @@
+"""The command line, end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import TinyNet
+from PIL import Image
+from typer.testing import CliRunner
+
+import convlens as cl
+from convlens.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def files(tmp_path):
+    """A plugin model (TinyNet on grey 4x4 pictures) and two pictures."""
+    plugin = tmp_path / "tiny_plugin.py"
+    plugin.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(__import__('pathlib').Path(__file__).parent)!r})\n"
+        "import convlens as cl\n"
+        "from conftest import TinyNet\n"
+        "model = cl.Model(TinyNet(), labels=['alpha', 'beta', 'gamma'], name='tiny',\n"
+        "    preprocess=cl.Preprocessing(crop=4, resize=4, mean=(0.0,), std=(1.0,), channels=1))\n"
+    )
+    Image.new("RGB", (8, 8), (255, 255, 255)).save(tmp_path / "white.png")
+    Image.new("RGB", (8, 8), (0, 0, 0)).save(tmp_path / "black.png")
+    return tmp_path
+
+
+def test_help_does_not_import_torch():
+    code = "import sys, convlens.cli; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_layers_table_and_json(files):
+    result = runner.invoke(app, ["layers", str(files / "tiny_plugin.py")])
+    assert result.exit_code == 0, result.output
+    assert (
+        "conv" in result.output
+        and "1x2x4x4" in result.output
+        and "total parameters: 29" in result.output
+    )
+    result = runner.invoke(
+        app, ["layers", str(files / "tiny_plugin.py"), "--kind", "pool", "--json"]
+    )
+    rows = json.loads(result.output)["layers"]
+    assert [r["name"] for r in rows] == ["pool", "gap"]
+    assert rows[0]["output_shape"] == [1, 2, 2, 2]
+
+
+def test_predict_json_numbers(files):
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            str(files / "tiny_plugin.py"),
+            str(files / "white.png"),
+            "--top",
+            "3",
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    (entry,) = json.loads(result.output)
+    # a white 4x4 picture (all ones): each 2x2 pool window holds one full 3x3 sum, 9
+    logits = torch.tensor([9.0, 0.0, 9.0])
+    probs = logits.softmax(0)
+    by_label = {t["label"]: t["probability"] for t in entry["top"]}
+    assert by_label["beta"] == pytest.approx(float(probs[1]), rel=1e-5)
+    assert by_label["alpha"] == pytest.approx(float(probs[0]), rel=1e-5)
+
+
+def test_activations_writes_grids_heatmaps_and_npz(files):
+    out = files / "out"
+    result = runner.invoke(
+        app,
+        [
+            "activations",
+            str(files / "tiny_plugin.py"),
+            str(files),
+            "--layer",
+            "conv,pool:0",
+            "--out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    written = sorted(p.name for p in out.iterdir())
+    assert written == [
+        "activations.npz",
+        "black__conv.png",
+        "black__pool.png",
+        "black__pool_0.png",
+        "white__conv.png",
+        "white__pool.png",
+        "white__pool_0.png",
+    ]
+    with np.load(out / "activations.npz") as npz:
+        assert npz["__images__"].tolist() == ["black", "white"]
+        expected = TinyNet().conv(torch.ones(1, 1, 4, 4)).detach().numpy()
+        np.testing.assert_allclose(npz["conv"][1:2], expected, rtol=1e-6)
+
+
+def test_errors_are_one_line(files):
+    bad = files / "broken.jpg"
+    bad.write_text("not a picture")
+    result = runner.invoke(app, ["predict", str(files / "tiny_plugin.py"), str(bad)])
+    assert result.exit_code == 2
+    assert "error:" in result.output and "broken.jpg" in result.output
+    assert "Traceback" not in result.output
+    result = runner.invoke(
+        app, ["activations", str(files / "tiny_plugin.py"), str(files / "white.png"), "-l", "cnv"]
+    )
+    assert result.exit_code == 2 and "did you mean 'conv'" in result.output
+    result = runner.invoke(app, ["layers", "resnet9000"])
+    assert result.exit_code == 2 and "unknown model" in result.output
+    pickled = files / "whole.pt"
+    torch.save(TinyNet(), pickled)
+    result = runner.invoke(app, ["layers", str(pickled)])
+    assert result.exit_code == 2 and "--trust-pickle" in result.output
+
+
+def test_zoo_lists_mobilenet():
+    result = runner.invoke(app, ["zoo"])
+    assert result.exit_code == 0 and "mobilenet_v2" in result.output
+
+
+@pytest.mark.slow
+def test_demo_writes_a_self_contained_page(tmp_path):
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    page = tmp_path / "index.html"
+    assert str(page) in result.output.replace("\n", "")
+    html = page.read_text()
+    assert "Egyptian cat" in html and "espresso" in html
+    assert "http://" not in html and "https://" not in html
+    assert html.count("data:image/png;base64,") >= 10
+    assert len(list((tmp_path / "activations").glob("*.png"))) == 6
+    assert cl.load_image(tmp_path / "activations" / "features.3.png").width > 200

@@ -1,0 +1,70 @@
+"""Every public entry point that runs a model leaves no hooks and no changes behind, also
+when the model's forward raises halfway."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+from conftest import Exploding, model_state, tiny_model
+
+import convlens as cl
+from convlens.hooks import has_hooks
+
+X = torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+
+# name -> how to call it on a model; extend when a public function that runs a model is added.
+OPERATIONS = {
+    "activations": lambda m: cl.activations(m, X, ["conv"] if _has(m, "conv") else ["first"]),
+    "activations_all_layers": lambda m: cl.activations(m, X),
+    "activations_streamed": lambda m: cl.activations(m, X, stream_to=_TMP["dir"] / "a.npz"),
+    "layer_table": lambda m: cl.layer_table(m),
+    "Model.predict": lambda m: m.predict(X),
+    "Model.probabilities": lambda m: m.probabilities(X),
+    "Model.layers": lambda m: m.layers(),
+}
+_TMP: dict = {}
+
+
+def _has(model: cl.Model, name: str) -> bool:
+    return name in dict(model.module.named_modules())
+
+
+def _exploding() -> cl.Model:
+    return cl.Model(Exploding(), preprocess=None, input_size=(1, 4, 4))
+
+
+def test_every_public_model_function_is_covered():
+    public = {
+        name
+        for name in cl.__all__
+        if inspect.isfunction(getattr(cl, name))
+        and next(iter(inspect.signature(getattr(cl, name)).parameters), None) == "model"
+    }
+    covered = {name.split("_all")[0].split("_streamed")[0] for name in OPERATIONS}
+    assert public <= covered, f"add {sorted(public - covered)} to OPERATIONS"
+
+
+@pytest.mark.parametrize("operation", sorted(OPERATIONS))
+@pytest.mark.parametrize("make", [tiny_model, _exploding], ids=["working", "raising"])
+def test_no_hooks_and_no_changes_left(operation, make, tmp_path):
+    _TMP["dir"] = tmp_path
+    model = make()
+    model.module.train()  # the user's flags must come back as they were
+    first = next(model.module.parameters())
+    first.requires_grad_(False)
+    before = model_state(model.module)
+    try:
+        OPERATIONS[operation](model)
+    except RuntimeError as err:
+        assert "boom halfway" in str(err)
+    assert has_hooks(model.module) == []
+    assert model_state(model.module) == before
+    assert [p.name for p in tmp_path.iterdir()] in ([], ["a.npz"])
+
+
+def test_package_exports_match_the_lazy_table():
+    assert sorted(cl.__all__) == sorted(cl._WHERE)
+    for name in cl.__all__:
+        assert getattr(cl, name) is not None
