@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _WHERE = {
-    "Activations": "activations",
-    "activations": "activations",
+    "Activations": "capture",
+    "activations": "capture",
     "ImageError": "images",
     "load_image": "images",
     "load_images": "images",
@@ -36,7 +36,7 @@ _WHERE = {
     "parse_layer": "naming",
 }
 _MODULES = {
-    "activations",
+    "capture",
     "hooks",
     "images",
     "layers",
@@ -88,7 +88,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from convlens.activations import Activations, activations
+    from convlens.capture import Activations, activations
     from convlens.images import ImageError, load_image, load_images, sample, samples
     from convlens.layers import LayerTable, layer_table
     from convlens.loading import ModelLoadError, PickleRefusedError, load

@@ -183,7 +183,7 @@ def activations(
     with user_errors():
         import torch
 
-        from convlens.activations import activations as capture
+        from convlens.capture import activations as capture
 
         handle = _load(model, factory, trust_pickle)
         specs = [s.strip() for item in (layer or []) for s in item.split(",") if s.strip()]

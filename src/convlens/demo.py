@@ -10,7 +10,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from convlens.activations import activations
+from convlens.capture import activations
 from convlens.images import samples
 from convlens.loading import load
 from convlens.model import Model
