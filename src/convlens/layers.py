@@ -68,6 +68,7 @@ def layer_kind(module: nn.Module) -> str:
         ("pool", ("pool",)),
         ("act", ("relu", "sigmoid", "tanh", "swish", "activation")),
         ("linear", ("gemm", "dense", "linear")),
+        ("norm", ("norm",)),
     ):
         if any(w in type_name for w in words):
             return kind

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from convlens.model import Model
+from convlens.model import Model, Preprocessing
 
 MODEL_SUFFIXES = {
     ".pt": "torch",
@@ -217,14 +217,17 @@ def _load_file(
     options.setdefault("name", path.stem)
     if declared == "plugin":
         return _load_plugin(path, options)
-    if declared == "onnx":
-        from convlens.interop import load_onnx
+    if declared in ("onnx", "keras"):
+        from convlens import interop
 
-        return Model(load_onnx(path), **options)
-    if declared == "keras":
-        from convlens.interop import load_keras
-
-        return Model(load_keras(path), **options)
+        if declared == "onnx":
+            module = interop.load_onnx(path)
+        else:
+            module = interop.load_keras(path)
+            if module.output_activation in ("softmax", "sigmoid"):
+                options.setdefault("postprocess", "none")  # it returns probabilities already
+        _size_from_graph(getattr(module, "input_size", None), options)
+        return Model(module, **options)
     if declared == "safetensors":
         try:
             from safetensors.torch import load_file
@@ -240,6 +243,25 @@ def _load_file(
             ) from err
         return Model(module, **options)
     return _load_checkpoint(path, factory=factory, trust_pickle=trust_pickle, options=options)
+
+
+def _size_from_graph(size: tuple[int | None, ...] | None, options: dict[str, Any]) -> None:
+    """A graph with a fixed (C, H, W) input gets pictures resized and cropped to that size
+    and scaled to [0, 1] (no normalisation: pass ``preprocess=`` when the model wants one)."""
+    if not size or len(size) != 3 or None in size or size[0] not in (1, 3):
+        return
+    channels, height, width = (int(v) for v in size)  # type: ignore[arg-type]
+    options.setdefault("input_size", (channels, height, width))
+    options.setdefault(
+        "preprocess",
+        Preprocessing(
+            crop=(height, width),
+            resize=min(height, width),
+            mean=(0.0,) * channels,
+            std=(1.0,) * channels,
+            channels=channels,
+        ),
+    )
 
 
 def _load_checkpoint(
