@@ -25,24 +25,11 @@ def factory_module(tmp_path, monkeypatch):
     (tmp_path / "tinyfactory.py").write_text(
         textwrap.dedent(
             """
-            import torch
             from torch import nn
-
-            class Net(nn.Module):
-                def __init__(self):
-                    super().__init__()
-                    self.conv = nn.Conv2d(1, 2, 3, padding=1)
-                    self.relu = nn.ReLU()
-                    self.pool = nn.MaxPool2d(2)
-                    self.gap = nn.AdaptiveAvgPool2d(1)
-                    self.flatten = nn.Flatten()
-                    self.fc = nn.Linear(2, 3)
-
-                def forward(self, x):
-                    return self.fc(self.flatten(self.gap(self.pool(self.relu(self.conv(x))))))
+            from conftest import TinyNet
 
             def build():
-                return Net()
+                return TinyNet()
 
             def wrong():
                 return nn.Linear(3, 3)

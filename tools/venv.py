@@ -74,6 +74,9 @@ def main() -> None:
         pip("-c", str(req_dir / "constraints.txt"), *requirements)
         pip("--no-deps", "-r", str(req_dir / "assets.txt"))
         (venv / STAMP).write_text(json.dumps(key, indent=1))
+        for old in CACHE.glob("venv-*"):  # environments of older requirement sets (5 GB each)
+            if old != venv:
+                shutil.rmtree(old, ignore_errors=True)
 
     link = ROOT / ".venv"
     if link.is_symlink() or link.exists():
