@@ -107,4 +107,5 @@ def model_state(module: nn.Module) -> tuple:
         weight_hash(module),
         tuple((n, m.training) for n, m in module.named_modules()),
         tuple((n, p.requires_grad) for n, p in module.named_parameters()),
+        tuple((n, m.inplace) for n, m in module.named_modules() if hasattr(m, "inplace")),
     )

@@ -47,6 +47,33 @@ def test_inplace_relu_does_not_rewrite_captured_outputs():
     assert float(acts["bn"].min()) < 0  # the in-place ReLU did not reach the copy
 
 
+class Residual(torch.nn.Module):
+    """out = bn(x); out += x (in place, in forward); relu(inplace) -- as ResNet blocks do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bn = torch.nn.BatchNorm2d(1).eval()
+        self.relu = torch.nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.bn(x)
+        out += x
+        return self.relu(out)
+
+
+def test_in_place_additions_in_forward_do_not_rewrite_captured_outputs():
+    net = Residual()
+    with torch.no_grad():
+        net.bn.running_mean.fill_(2.0)
+    model = cl.Model(net, preprocess=None, input_size=(1, 2, 2))
+    x = torch.tensor([[[[0.0, 1.0], [2.0, 3.0]]]])
+    bn_out = (x - 2.0) / np.sqrt(1.0 + net.bn.eps)
+    for _ in range(2):  # the first call learns that `bn` needs a copy; the second uses it
+        acts = cl.activations(model, x, ["bn", "relu"])
+        torch.testing.assert_close(acts["bn"], bn_out)
+        torch.testing.assert_close(acts["relu"], (bn_out + x).clamp(min=0))
+
+
 def test_batches_match_one_pass_and_half_precision(tiny):
     x = torch.randn(7, 1, 4, 4, generator=torch.Generator().manual_seed(0))
     whole = cl.activations(tiny, x, ["conv", "pool"], batch_size=7)
@@ -171,3 +198,41 @@ def test_layer_table_orders_nested_modules_by_call():
     assert table.names == ["0", "0.0", "0.1", "1"]
     assert table.get("0").kind == "block" and table.get("0").params == 4 * 3 * 9 + 4
     assert table.get("1").output_shape == (1, 4 * 3 * 3)
+
+
+def _reference_capture(module: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The obviously-correct way: clone every 4-D output the moment it is produced."""
+    out: dict[str, torch.Tensor] = {}
+
+    def keep(name: str, output: object) -> None:  # returns None: the output stays as it is
+        if isinstance(output, torch.Tensor) and output.dim() == 4 and name not in out:
+            out[name] = output.detach().clone()
+
+    handles = [
+        m.register_forward_hook(lambda _m, _i, o, n=n: keep(n, o))
+        for n, m in module.named_modules()
+        if n
+    ]
+    try:
+        with torch.no_grad():
+            module(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return out
+
+
+@pytest.mark.parametrize("arch", ["mobilenet_v2", "resnet18"])
+def test_every_layer_equals_a_clone_everything_reference(arch):
+    """Real torchvision networks: in-place ReLUs, `out += identity`, nested blocks."""
+    import torchvision
+
+    torch.manual_seed(0)
+    net = getattr(torchvision.models, arch)().eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    expected = _reference_capture(net, x)
+    for _ in range(2):  # learning call, then the call that uses what was learnt
+        acts = cl.activations(cl.Model(net, input_size=(3, 64, 64)), x)
+        assert acts.layers == list(expected)
+        for name, tensor in expected.items():
+            assert torch.equal(acts[name], tensor), name

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import weakref
 import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 
 from convlens import render
 from convlens.hooks import forward_hooks, preserved
@@ -84,8 +86,9 @@ def activations(
     -------
     Activations
         ``acts["features.3"]`` is a float tensor (N, C, h, w) on the CPU, exactly the layer's
-        output (outputs are copied when produced, so in-place operations that follow, such as
-        ``ReLU(inplace=True)``, do not change them).
+        output as it was produced: in-place operations that follow (``ReLU(inplace=True)``,
+        ``out += identity``) do not change it. Layers whose outputs are one tensor (a block and
+        its last layer) share memory; treat the tensors as read-only.
     """
     model = _as_model(model)
     if batch_size < 1:
@@ -98,24 +101,18 @@ def activations(
     hook_names = names if names is not None else [n for n, _ in module.named_modules() if n]
 
     store: _Store = _DiskStore(Path(stream_to)) if stream_to else _MemoryStore()
-    captured: dict[str, torch.Tensor] = {}
-
-    def keep(name: str, output: Any) -> None:
-        tensor = _first_tensor(output)
-        if tensor is None or name in captured:  # a module called twice: its first output
-            return
-        if names is None and tensor.dim() != 4:
-            return
-        captured[name] = tensor.detach().to("cpu", dtype or torch.float32, copy=True)
-
+    recorder = _Recorder(spatial_only=names is None, must_copy=_MUST_COPY.setdefault(module, set()))
     total = count_pictures(images)
     image_names: list[str] = []
-    pictures: list[Image.Image] = []
+    picture_parts: list[Sequence[Image.Image]] = []
     try:
-        with preserved(module), forward_hooks(module, hook_names, keep), torch.inference_mode():
+        with (
+            preserved(module, out_of_place=True),
+            forward_hooks(module, hook_names, recorder.keep),
+            torch.no_grad(),  # not inference_mode: its tensors have no version counter
+        ):
             for batch in model.batches(images, batch_size):
-                captured.clear()
-                model.forward(batch.inputs)
+                captured = recorder.run(model, batch.inputs)
                 if names is not None:
                     missed = [n for n in names if n not in captured]
                     if missed:
@@ -123,20 +120,66 @@ def activations(
                             f"layers {missed} were not called in the forward pass (or returned "
                             "no tensor); pick layers from model.layers()"
                         )
-                store.add(captured)
+                store.add({n: t.to("cpu", dtype or torch.float32) for n, t in captured.items()})
                 image_names += batch.names
                 if not stream_to:
-                    pictures += batch.pictures
+                    picture_parts.append(batch.pictures)
                 if progress is not None:
                     progress(len(image_names), total)
         data = store.finish()
     except BaseException:
         store.abort()
         raise
+    pictures = (
+        picture_parts[0] if len(picture_parts) == 1 else [p for part in picture_parts for p in part]
+    )
     order = names if names is not None else list(data)
     return Activations(
         model, image_names, pictures, {n: data[n] for n in order if n in data}, refs or []
     )
+
+
+# Layers whose output a later in-place operation (``out += identity`` in a forward method)
+# overwrites, learnt per network on the first call: those are copied when produced.
+_MUST_COPY: weakref.WeakKeyDictionary[nn.Module, set[str]] = weakref.WeakKeyDictionary()
+
+
+class _Recorder:
+    """Keeps layer outputs during a forward pass, copying only those that get overwritten.
+
+    Outputs are kept by reference (a container's output is usually its last child's tensor,
+    so nothing is stored twice). torch's own in-place layers run out of place during the pass
+    (``preserved(..., out_of_place=True)``); any other in-place operation (``out += x`` in a
+    ``forward`` method) is caught by the kept tensor's version counter after the pass: the
+    batch then runs again copying those layers when they are produced, and the network is
+    remembered so later calls copy them straight away.
+    """
+
+    def __init__(self, *, spatial_only: bool, must_copy: set[str]) -> None:
+        self.spatial_only = spatial_only
+        self.must_copy = must_copy
+        self.kept: dict[str, tuple[torch.Tensor, int]] = {}
+
+    def keep(self, name: str, output: Any) -> None:
+        tensor = _first_tensor(output)
+        if tensor is None or name in self.kept:  # a module called twice: its first output
+            return
+        if self.spatial_only and tensor.dim() != 4:
+            return
+        tensor = tensor.detach()
+        if name in self.must_copy:
+            tensor = tensor.clone()
+        self.kept[name] = (tensor, tensor._version)
+
+    def run(self, model: Model, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        for _attempt in range(2):
+            self.kept = {}
+            model.forward(inputs)
+            stale = {n for n, (t, version) in self.kept.items() if t._version != version}
+            if not stale:
+                return {n: t for n, (t, _) in self.kept.items()}
+            self.must_copy |= stale
+        raise RuntimeError(f"layer outputs kept changing after they were produced: {sorted(stale)}")
 
 
 class _Store:
@@ -248,7 +291,7 @@ class Activations(Mapping[str, torch.Tensor]):
         self,
         model: Model,
         names: list[str],
-        pictures: list[Image.Image],
+        pictures: Sequence[Image.Image],
         data: Mapping[str, torch.Tensor],
         requested: Sequence[LayerRef] = (),
     ) -> None:

@@ -216,7 +216,7 @@ def layer_table(model: Model, input_size: Sequence[int] | None = None) -> LayerT
     shapes: dict[str, tuple[int, ...]] = {}
     order: dict[str, int] = {}
 
-    def entered(name: str) -> None:
+    def entered(name: str, _inputs: tuple[Any, ...]) -> None:
         order.setdefault(name, len(order))
 
     def returned(name: str, output: Any) -> None:

@@ -7,6 +7,7 @@ else in convlens takes a :class:`Model`.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -146,14 +147,33 @@ class Batch:
 
     names: list[str]
     inputs: torch.Tensor
-    pictures: list[Image.Image]
+    pictures: Sequence[Image.Image]
 
     def __len__(self) -> int:
         return len(self.names)
 
 
+class _Pictures(Sequence[Image.Image]):
+    """The pictures behind an input tensor, made only when someone looks (for overlays)."""
+
+    def __init__(self, inputs: torch.Tensor, preprocess: Preprocessing) -> None:
+        self.inputs = inputs
+        self.preprocess = preprocess
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return _Pictures(self.inputs[index], self.preprocess)
+        from convlens.render import to_pil
+
+        pixels = self.preprocess.denormalize(self.inputs[index : index + 1].detach().float())
+        return to_pil(pixels[0].cpu())
+
+
 def _device_dtype(module: nn.Module) -> tuple[torch.device, torch.dtype]:
-    for tensor in (*module.parameters(), *module.buffers()):
+    for tensor in itertools.chain(module.parameters(), module.buffers()):
         if tensor.is_floating_point():
             return tensor.device, tensor.dtype
     return torch.device("cpu"), torch.float32
@@ -231,6 +251,7 @@ class Model:
         self.name = name or type(module).__name__
         self._input_size = tuple(input_size) if input_size is not None else None
         self._layer_table: Any = None
+        self._size_free: tuple[nn.Module, bool] | None = None
 
     # -- what the network is -------------------------------------------------------------
     @property
@@ -310,13 +331,11 @@ class Model:
                     f"expected an input tensor (C, H, W) or (N, C, H, W), got {tuple(images.shape)}"
                 )
             self._check_input(inputs)
-            inputs = inputs.to(self.device, self.dtype)
-            pictures = []
+            device, dtype = _device_dtype(self.module)
+            inputs = inputs.to(device, dtype)
+            pictures: Sequence[Image.Image] = []
             if isinstance(self.preprocess, Preprocessing):
-                from convlens.render import to_pil
-
-                pixels = self.preprocess.denormalize(inputs.detach().float()).cpu()
-                pictures = [to_pil(p) for p in pixels]
+                pictures = _Pictures(inputs, self.preprocess)
             return Batch([f"image{i}" for i in range(len(inputs))], inputs, pictures)
         named = load_images(images)
         names = [n for n, _ in named]
@@ -352,7 +371,9 @@ class Model:
             expected = self.input_shape
         except ValueError:
             return
-        size_free = _accepts_any_size(self.module)
+        if self._size_free is None or self._size_free[0] is not self.module:
+            self._size_free = (self.module, _accepts_any_size(self.module))
+        size_free = self._size_free[1]
         if inputs.shape[1] != expected[0] or (not size_free and inputs.shape[2:] != expected[1:]):
             want = (
                 f"(N, {expected[0]}, H, W)"

@@ -66,7 +66,12 @@ def get_layer(module: nn.Module, name: str) -> nn.Module:
     """
     if name in ("", "output"):
         return module
-    found = dict(module.named_modules()).get(name)  # works for TorchScript modules too
-    if found is None:
-        raise unknown("layer", name, (n for n, _ in module.named_modules() if n))
-    return found
+    try:
+        return module.get_submodule(name)
+    except AttributeError:
+        pass
+    except RuntimeError:  # TorchScript modules have no get_submodule
+        found = dict(module.named_modules()).get(name)
+        if found is not None:
+            return found
+    raise unknown("layer", name, (n for n, _ in module.named_modules() if n))
