@@ -22,7 +22,7 @@ from PIL import Image
 from torch import nn
 
 from convlens import render
-from convlens.hooks import forward_hooks, preserved
+from convlens.hooks import first_tensor, forward_hooks, preserved
 from convlens.model import Model, count_pictures
 from convlens.naming import LayerRef, parse_layer, unknown
 
@@ -35,20 +35,6 @@ def _as_model(model: Any) -> Model:
     from convlens.loading import load
 
     return load(model)
-
-
-def _first_tensor(output: Any) -> torch.Tensor | None:
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, (list, tuple)):
-        for item in output:
-            if isinstance(item, torch.Tensor):
-                return item
-    if isinstance(output, dict):
-        for item in output.values():
-            if isinstance(item, torch.Tensor):
-                return item
-    return None
 
 
 def activations(
@@ -161,7 +147,7 @@ class _Recorder:
         self.kept: dict[str, tuple[torch.Tensor, int]] = {}
 
     def keep(self, name: str, output: Any) -> None:
-        tensor = _first_tensor(output)
+        tensor = first_tensor(output)
         if tensor is None or name in self.kept:  # a module called twice: its first output
             return
         if self.spatial_only and tensor.dim() != 4:

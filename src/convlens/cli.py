@@ -237,7 +237,7 @@ def demo(
                 bar.update(task, completed=done, total=total, description=what or "demo")
 
             page = run(out, model=model, progress=report)
-    console.print(f"report: {page}")
+    console.print(f"report: {page.resolve()}")
 
 
 def main() -> None:

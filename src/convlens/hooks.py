@@ -109,6 +109,23 @@ def preserved(
                 p.requires_grad_(requires_grad)
 
 
+def first_tensor(output: Any) -> torch.Tensor | None:
+    """The first tensor in a layer output (a tensor, or nested lists/tuples/dicts of them)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (list, tuple)):
+        for item in output:
+            found = first_tensor(item)
+            if found is not None:
+                return found
+    if isinstance(output, dict):
+        for item in output.values():
+            found = first_tensor(item)
+            if found is not None:
+                return found
+    return None
+
+
 def has_hooks(module: nn.Module) -> list[str]:
     """Names of submodules that still carry forward/backward hooks (for tests and checks)."""
     found = []

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from convlens.hooks import forward_hooks
+from convlens.hooks import first_tensor, forward_hooks
 from convlens.naming import unknown
 
 if TYPE_CHECKING:
@@ -185,22 +185,6 @@ class LayerTable(Sequence[LayerInfo]):
         )
 
 
-def _first_tensor(output: Any) -> torch.Tensor | None:
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, (list, tuple)):
-        for item in output:
-            found = _first_tensor(item)
-            if found is not None:
-                return found
-    if isinstance(output, dict):
-        for item in output.values():
-            found = _first_tensor(item)
-            if found is not None:
-                return found
-    return None
-
-
 def layer_table(model: Model, input_size: Sequence[int] | None = None) -> LayerTable:
     """The layer table of ``model`` from one dry forward pass of a zero image.
 
@@ -220,7 +204,7 @@ def layer_table(model: Model, input_size: Sequence[int] | None = None) -> LayerT
         order.setdefault(name, len(order))
 
     def returned(name: str, output: Any) -> None:
-        tensor = _first_tensor(output)
+        tensor = first_tensor(output)
         if name not in shapes and tensor is not None:
             shapes[name] = tuple(tensor.shape)
 

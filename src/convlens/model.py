@@ -116,7 +116,11 @@ class Preprocessing:
         return pixels.expand(-1, 3, -1, -1) if pixels.shape[1] == 1 else pixels
 
     def __call__(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        pictures = [self.picture(im) for im in images]
+        """RGB images -> (N, C, H, W) network input."""
+        return self.inputs([self.picture(im) for im in images])
+
+    def inputs(self, pictures: Sequence[Image.Image]) -> torch.Tensor:
+        """Pictures already resized and cropped (see :meth:`picture`) -> network input."""
         sizes = {p.size for p in pictures}
         if len(sizes) > 1:
             raise ValueError(
@@ -342,7 +346,7 @@ class Model:
         raw = [im for _, im in named]
         if isinstance(self.preprocess, Preprocessing):
             pictures = [self.preprocess.picture(im) for im in raw]
-            inputs = self.preprocess.normalize(torch.stack([to_tensor(p) for p in pictures]))
+            inputs = self.preprocess.inputs(pictures)
         else:
             pictures = raw
             inputs = self.preprocess(raw)
