@@ -92,8 +92,9 @@ def test_stream_to_npz_equals_memory(tiny, tmp_path):
     assert torch.equal(streamed["conv"], memory["conv"])
     assert torch.equal(streamed["pool"], memory["pool"])
     with np.load(target) as npz:
-        assert sorted(npz.files) == ["conv", "pool"]
+        assert sorted(npz.files) == ["__images__", "conv", "pool"]
         assert np.array_equal(npz["conv"], memory["conv"].numpy())
+        assert npz["__images__"].tolist() == [f"image{i}" for i in range(5)]
     assert [p.name for p in tmp_path.iterdir()] == ["acts.npz"]  # no scratch left behind
 
 
@@ -155,12 +156,8 @@ def test_save_writes_grids_heatmaps_and_npz(tiny, image4, tmp_path):
     acts = cl.activations(tiny, image4, ["conv", "pool:0"])
     written = acts.save(tmp_path)
     names = sorted(p.name for p in written)
-    assert names == [
-        "activations.npz",
-        "image0__conv.png",
-        "image0__pool.png",
-        "image0__pool_0.png",
-    ]
+    # a layer named by one channel gets that channel's heatmap, not the whole grid
+    assert names == ["activations.npz", "image0__conv.png", "image0__pool_0.png"]
     with np.load(tmp_path / "activations.npz") as npz:
         assert np.array_equal(npz["conv"], acts["conv"].numpy())
         assert npz["__images__"].tolist() == ["image0"]

@@ -99,10 +99,8 @@ def test_activations_writes_grids_heatmaps_and_npz(files):
     assert written == [
         "activations.npz",
         "black__conv.png",
-        "black__pool.png",
         "black__pool_0.png",
         "white__conv.png",
-        "white__pool.png",
         "white__pool_0.png",
     ]
     with np.load(out / "activations.npz") as npz:

@@ -112,7 +112,7 @@ def activations(
                     picture_parts.append(batch.pictures)
                 if progress is not None:
                     progress(len(image_names), total)
-        data = store.finish()
+        data = store.finish(image_names)
     except BaseException:
         store.abort()
         raise
@@ -171,7 +171,7 @@ class _Recorder:
 class _Store:
     def add(self, captured: Mapping[str, torch.Tensor]) -> None: ...
 
-    def finish(self) -> Mapping[str, Any]:
+    def finish(self, names: Sequence[str]) -> Mapping[str, Any]:
         raise NotImplementedError
 
     def abort(self) -> None: ...
@@ -185,7 +185,7 @@ class _MemoryStore(_Store):
         for name, tensor in captured.items():
             self.parts.setdefault(name, []).append(tensor)
 
-    def finish(self) -> dict[str, torch.Tensor]:
+    def finish(self, names: Sequence[str]) -> dict[str, torch.Tensor]:
         return {
             n: parts[0] if len(parts) == 1 else torch.cat(parts) for n, parts in self.parts.items()
         }
@@ -221,7 +221,7 @@ class _DiskStore(_Store):
                 f.write(array.tobytes())
             self.layers[name] = (path, dtype, shape, count + len(array))
 
-    def finish(self) -> Mapping[str, Any]:
+    def finish(self, names: Sequence[str]) -> Mapping[str, Any]:
         partial = self.target.with_name(self.target.name + ".partial")
         with zipfile.ZipFile(partial, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
             for name, (path, dtype, shape, count) in self.layers.items():
@@ -236,6 +236,8 @@ class _DiskStore(_Store):
                     }
                     np.lib.format.write_array_header_1_0(dst, header)
                     shutil.copyfileobj(src, dst, 1 << 20)
+            with archive.open("__images__.npy", "w") as dst:
+                np.lib.format.write_array(dst, np.array(names))
         os.replace(partial, self.target)
         shutil.rmtree(self.scratch, ignore_errors=True)
         return _NpzLayers(self.target, list(self.layers))
@@ -407,9 +409,10 @@ class Activations(Mapping[str, torch.Tensor]):
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         written = []
+        whole = {r.name for r in self.requested if r.channel is None}
         for layer, tensor in self._data.items():
-            if tensor.dim() != 4:
-                continue
+            if tensor.dim() != 4 or (self.requested and layer not in whole):
+                continue  # a layer asked for by one channel only gets that channel's heatmap
             for i, name in enumerate(self.names):
                 path = out / f"{_safe(name)}__{_safe(layer)}.png"
                 self.grid(layer, i).save(path)
