@@ -125,7 +125,8 @@ def layers(
         out.add_column(column, justify="right" if column == "params" else "left")
     for row in table:
         shape = "x".join(map(str, row.output_shape)) if row.output_shape else "-"
-        out.add_row("  " * row.depth + row.name, row.type, shape, f"{row.params:,}")
+        indent = "" if kind else "  " * row.depth  # nesting shows only in the full table
+        out.add_row(indent + row.name, row.type, shape, f"{row.params:,}")
     console.print(out)
     console.print(f"total parameters: {table.total_params:,}")
 
