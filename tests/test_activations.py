@@ -181,6 +181,7 @@ def test_layer_table_by_hand(tiny):
     assert table.filter(["pool", "act"]).names == ["relu", "pool", "gap"]
     assert table.spatial().names == ["conv", "relu", "pool", "gap"]
     assert "total parameters: 29" in str(table)
+    assert str(table.filter("norm")).endswith("total parameters: 29")
     with pytest.raises(ValueError, match="expected layer kinds"):
         table.filter("convolution")
     with pytest.raises(UnknownNameError, match="did you mean 'pool'"):

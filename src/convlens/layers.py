@@ -153,16 +153,19 @@ class LayerTable(Sequence[LayerInfo]):
 
     def __str__(self) -> str:
         header = ("layer", "type", "output shape", "params")
+        present = set(self.names)
+        nested = all(r.depth == 0 or r.name.rsplit(".", 1)[0] in present for r in self.rows)
+        # indent only when every parent is in the table
         lines = [
             (
-                "  " * r.depth + r.name,
+                "  " * r.depth * nested + r.name,
                 r.type,
                 "x".join(map(str, r.output_shape)) if r.output_shape else "-",
                 f"{r.params:,}",
             )
             for r in self.rows
         ]
-        widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
+        widths = [max([len(h), *(len(line[i]) for line in lines)]) for i, h in enumerate(header)]
         fmt = "  ".join(f"{{:<{w}}}" for w in widths[:-1]) + f"  {{:>{widths[-1]}}}"
         out = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
         out += [fmt.format(*line) for line in lines]
