@@ -176,6 +176,8 @@ def test_layer_table_by_hand(tiny):
         "fc": (1, 3),
     }
     assert table.get("conv").params == 20 and table.get("fc").params == 9
+    assert table.last_spatial().name == "pool"  # gap's 1x1 output is no map
+    assert [r.calls for r in table] == [1] * 6
     assert table.total_params == 29
     assert table.filter("conv").names == ["conv"]
     assert table.filter(["pool", "act"]).names == ["relu", "pool", "gap"]
@@ -186,6 +188,16 @@ def test_layer_table_by_hand(tiny):
         table.filter("convolution")
     with pytest.raises(UnknownNameError, match="did you mean 'pool'"):
         table.get("poool")
+
+
+def test_last_spatial_layer_skips_reused_modules():
+    import torchvision
+
+    table = cl.layer_table(cl.Model(torchvision.models.resnet18()))
+    assert table.get("layer4.1.relu").calls == 2  # one ReLU module used twice per block
+    assert table.last_spatial().name == "layer4"
+    mobilenet = cl.layer_table(cl.Model(torchvision.models.mobilenet_v2()))
+    assert mobilenet.last_spatial().name == "features"  # the same tensor as features.18
 
 
 def test_layer_table_orders_nested_modules_by_call():

@@ -85,6 +85,8 @@ class LayerInfo:
     output_shape: tuple[int, ...] | None
     params: int
     depth: int
+    calls: int = 0
+    returned: int = -1  # rank in the order layers returned in the dry run (-1: never called)
 
     @property
     def spatial(self) -> bool:
@@ -138,6 +140,22 @@ class LayerTable(Sequence[LayerInfo]):
     def spatial(self) -> LayerTable:
         """Only layers whose output is a 4-D map."""
         return LayerTable([r for r in self.rows if r.spatial], self.input_shape, self.total_params)
+
+    def last_spatial(self) -> LayerInfo:
+        """The last layer to return a map larger than 1x1 in the forward pass, among layers
+        called once (a module reused several times, like ResNet's shared ReLU, has no single
+        output). This is the default layer of the CAM methods."""
+        rows = [
+            r
+            for r in self.rows
+            if r.spatial
+            and r.calls == 1
+            and r.output_shape is not None
+            and r.output_shape[2] * r.output_shape[3] > 1
+        ]
+        if not rows:
+            raise ValueError("the model has no layer with a spatial (N, C, h, w) output")
+        return max(rows, key=lambda r: r.returned)
 
     def to_dicts(self) -> list[dict[str, Any]]:
         return [
@@ -203,11 +221,16 @@ def layer_table(model: Model, input_size: Sequence[int] | None = None) -> LayerT
     shapes: dict[str, tuple[int, ...]] = {}
     order: dict[str, int] = {}
 
+    calls: dict[str, int] = {}
+    returns: dict[str, int] = {}
+
     def entered(name: str, _inputs: tuple[Any, ...]) -> None:
         order.setdefault(name, len(order))
+        calls[name] = calls.get(name, 0) + 1
 
     def returned(name: str, output: Any) -> None:
         tensor = first_tensor(output)
+        returns.setdefault(name, len(returns))
         if name not in shapes and tensor is not None:
             shapes[name] = tuple(tensor.shape)
 
@@ -225,6 +248,8 @@ def layer_table(model: Model, input_size: Sequence[int] | None = None) -> LayerT
             output_shape=shapes.get(n),
             params=sum(p.numel() for p in modules[n].parameters()),
             depth=n.count("."),
+            calls=calls.get(n, 0),
+            returned=returns.get(n, -1),
         )
         for n in called
     ]
