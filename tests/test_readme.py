@@ -20,7 +20,7 @@ CLI_LINES = [
     line.split("  #")[0].strip()
     for lang, body in BLOCKS
     if lang == "bash"
-    for line in body.splitlines()
+    for line in re.sub(r"\\\n\s*", "", body).splitlines()  # join continued lines
     if line.startswith("convlens ")
 ]
 PYTHON = [body for lang, body in BLOCKS if lang == "python"]
@@ -73,4 +73,7 @@ def test_python_examples(workdir):
         if body is not plugin:
             exec(compile(body, "README.md", "exec"), namespace)
     assert namespace["pred"].topk(0)[0][:2] == (285, "Egyptian cat")
+    assert namespace["cam"].layer == "features" and namespace["cam"].map.shape == (1, 7, 7)
+    assert namespace["cam"].target_labels == ["tabby"]
+    assert float(namespace["ig"].extras["completeness_error"].max()) < 2.0
     assert (workdir / "out" / "channel17.png").is_file()

@@ -18,6 +18,9 @@ __version__ = "0.1.0"
 _WHERE = {
     "Activations": "capture",
     "activations": "capture",
+    "Attribution": "attribution",
+    "explain": "attribution",
+    "methods": "attribution",
     "ImageError": "images",
     "load_image": "images",
     "load_images": "images",
@@ -36,6 +39,10 @@ _WHERE = {
     "parse_layer": "naming",
 }
 _MODULES = {
+    "attribution",
+    "cam",
+    "gradients",
+    "occlusion",
     "capture",
     "hooks",
     "images",
@@ -52,6 +59,7 @@ _MODULES = {
 
 __all__ = [
     "Activations",
+    "Attribution",
     "Batch",
     "ImageError",
     "LayerTable",
@@ -62,10 +70,12 @@ __all__ = [
     "Preprocessing",
     "UnknownNameError",
     "activations",
+    "explain",
     "layer_table",
     "load",
     "load_image",
     "load_images",
+    "methods",
     "parse_layer",
     "sample",
     "samples",
@@ -88,6 +98,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
+    from convlens.attribution import Attribution, explain, methods
     from convlens.capture import Activations, activations
     from convlens.images import ImageError, load_image, load_images, sample, samples
     from convlens.layers import LayerTable, layer_table

@@ -209,6 +209,149 @@ def activations(
     console.print(f"wrote {len(pngs)} PNG file(s) and activations.npz to {out}/")
 
 
+def _parse_value(text: str) -> object:
+    """'16' -> 16, '0.5' -> 0.5, 'true' -> True, '1,2,3' -> (1, 2, 3), else the text."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if "," in text:
+        return tuple(_parse_value(part) for part in text.split(","))
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+@app.command()
+def explain(
+    model: ModelArg,
+    images: Annotated[list[str], typer.Argument(help="Image files or folders.")],
+    method: Annotated[
+        str,
+        typer.Option("--method", "-m", help="Comma-separated methods (see `convlens methods`)."),
+    ] = "gradcam",
+    target: Annotated[
+        str | None,
+        typer.Option(
+            "--target",
+            "-t",
+            help="Class index or label, or several comma-separated (default: each image's top-1).",
+        ),
+    ] = None,
+    layer: Annotated[
+        str | None,
+        typer.Option("--layer", "-l", help="Layer of the CAM methods (default: last map)."),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("out/explain"),
+    window: Annotated[int | None, typer.Option(help="Occlusion window (pixels).")] = None,
+    stride: Annotated[int | None, typer.Option(help="Occlusion stride (pixels).")] = None,
+    fill: Annotated[
+        str | None, typer.Option(help="Occlusion fill: zero, black, mean, blur or R,G,B.")
+    ] = None,
+    steps: Annotated[int | None, typer.Option(help="Integrated Gradients steps.")] = None,
+    samples: Annotated[int | None, typer.Option(help="SmoothGrad samples.")] = None,
+    masks: Annotated[int | None, typer.Option(help="RISE masks.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of random methods.")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Perturbed copies per forward pass.")
+    ] = None,
+    memory_budget_mb: Annotated[
+        float | None, typer.Option(help="Memory for perturbed copies (sizes the batches).")
+    ] = None,
+    option: Annotated[
+        list[str] | None,
+        typer.Option("--option", "-O", help="Any method option as key=value (repeatable)."),
+    ] = None,
+    factory: FactoryOpt = None,
+    trust_pickle: TrustOpt = False,
+) -> None:
+    """Explain the model's decisions: PNG overlays, raw maps (.npz), summary.json, index.html."""
+    with user_errors():
+        from convlens.attribution import get_method, method_options
+        from convlens.explain_report import explanation_report
+
+        handle = _load(model, factory, trust_pickle)
+        chosen = [get_method(m.strip()).name for m in method.split(",") if m.strip()]
+        given: dict[str, object] = {
+            k: v
+            for k, v in {
+                "layer": layer,
+                "window": window,
+                "stride": stride,
+                "fill": _parse_value(fill) if fill else None,
+                "steps": steps,
+                "samples": samples,
+                "masks": masks,
+                "seed": seed,
+                "batch_size": batch_size,
+                "memory_budget_mb": memory_budget_mb,
+            }.items()
+            if v is not None
+        }
+        for item in option or []:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"expected --option key=value, got {item!r}")
+            given[key.strip()] = _parse_value(value)
+        batch = handle.prepare(images)
+        prediction = handle.predict(batch, top=1)
+        wanted = [_target(t) for t in target.split(",")] if target else [None]
+        out.mkdir(parents=True, exist_ok=True)
+        results = []
+        with _progress_bar("explain") as bar:
+            task = bar.add_task("methods", total=len(chosen) * len(wanted))
+            for name in chosen:
+                info = get_method(name)
+                accepted = method_options(name)
+                options = {k: v for k, v in given.items() if accepted is None or k in accepted}
+                if not info.needs_layer:
+                    options.pop("layer", None)
+                for one in wanted:
+                    bar.update(task, description=name)
+                    result = info.fn(handle, batch, one, **options)
+                    stem = name if one is None else f"{name}__{one}"
+                    result.save(out, stem=stem)
+                    results.append(result)
+                    bar.advance(task)
+        summary = {
+            "model": handle.name,
+            "images": batch.names,
+            "predictions": prediction.to_dicts(),
+            "explanations": [r.summary() for r in results],
+        }
+        (out / "summary.json").write_text(json.dumps(summary, indent=1))
+        page = explanation_report(results, prediction, title=f"convlens explain · {handle.name}")
+        page.save(out / "index.html")
+    console.print(f"wrote {len(results)} method(s) x {len(batch)} image(s) to {out.resolve()}/")
+    console.print(f"report: {(out / 'index.html').resolve()}")
+
+
+def _target(text: str) -> int | str:
+    return int(text) if text.strip().lstrip("-").isdigit() else text
+
+
+@app.command()
+def methods() -> None:
+    """The attribution methods convlens knows."""
+    from convlens.attribution import ALIASES
+    from convlens.attribution import methods as registry
+
+    table = Table()
+    for column in ("method", "family", "layer", "description", "paper"):
+        table.add_column(column)
+    aliases: dict[str, list[str]] = {}
+    for alias, name in ALIASES.items():
+        aliases.setdefault(name, []).append(alias)
+    for info in registry().values():
+        name = info.name + (f" ({', '.join(aliases[info.name])})" if info.name in aliases else "")
+        table.add_row(
+            name, info.family, "yes" if info.needs_layer else "", info.description, info.paper
+        )
+    console.print(table)
+
+
 @app.command()
 def zoo() -> None:
     """The named models that load offline."""

@@ -71,9 +71,40 @@ def activations_panel(report: Report, model: Model, out: Path, pictures: dict[st
     section.add_image(heat, caption=f"{spec}, the most active channel, over the photo")
 
 
+# Methods shown on the demo page, with settings that keep `make demo` quick on a CPU.
+DEMO_METHODS: dict[str, dict[str, object]] = {
+    "gradcam": {},
+    "gradcam++": {},
+    "layercam": {},
+    "ig": {"steps": 32},
+    "smoothgrad": {"samples": 16, "seed": 0},
+    "occlusion": {"window": 32, "stride": 16},
+}
+
+
+def explanations_panel(report: Report, model: Model, out: Path, pictures: dict[str, Path]) -> None:
+    from convlens.attribution import get_method
+    from convlens.explain_report import add_explanations
+
+    batch = model.prepare(list(pictures.values()))
+    prediction = model.predict(batch, top=1)
+    results = []
+    for name, options in DEMO_METHODS.items():
+        result = get_method(name).fn(model, batch, None, **options)
+        result.save(out / "explanations", stem=result.method)
+        results.append(result)
+    section = report.add_section(
+        "Why this decision",
+        text="Where the evidence for each photo's top-1 class lies, by several methods "
+        "(jet: each map scaled to its own range; signed maps blue = against, red = for).",
+    )
+    add_explanations(section, results, prediction)
+
+
 PANELS: list[Callable[[Report, Model, Path, dict[str, Path]], None]] = [
     predictions_panel,
     activations_panel,
+    explanations_panel,
 ]
 
 

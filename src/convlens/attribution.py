@@ -1,0 +1,453 @@
+"""What every attribution method shares: the result object, targets, the method registry,
+the default layer, batching under a memory budget, and :func:`explain`.
+
+Every method is a plain function with one signature (STYLE.md)::
+
+    fn(model, images, target=None, *, layer=None, **options) -> Attribution
+
+registered with ``@register("name", family=..., needs_layer=...)``. The registry drives the CLI
+choices, the report and the parametrised tests. Input-space maps are (N, H, W) (or
+(N, C, H, W) where channels matter), layer maps (N, h, w); :meth:`Attribution.upsampled`
+brings a layer map to the input size.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from convlens import render
+from convlens.model import Batch, Model
+from convlens.naming import unknown
+
+# -- targets ----------------------------------------------------------------------------------
+
+TargetSpec = Any  # None | int | str | Sequence[int | str] | Tensor | callable | Target
+
+
+@dataclass
+class Target:
+    """Which output each image is explained for.
+
+    ``indices`` is a (N,) long tensor of class indices, or ``None`` when ``fn`` (any callable
+    ``outputs -> (N,) scores``) decides. :meth:`score` gives the (N,) scalar that gradient
+    methods differentiate: the raw output (logit) of the class, not its probability.
+    """
+
+    indices: torch.Tensor | None
+    fn: Callable[[torch.Tensor], torch.Tensor] | None = None
+    description: str = "top-1"
+
+    def score(self, outputs: torch.Tensor) -> torch.Tensor:
+        if self.fn is not None:
+            scores = self.fn(outputs)
+            if not isinstance(scores, torch.Tensor) or scores.shape != (outputs.shape[0],):
+                got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores)
+                raise ValueError(f"a target callable must return (N,) scores, got {got}")
+            return scores
+        assert self.indices is not None
+        if outputs.dim() != 2:
+            raise ValueError(
+                f"class targets need (N, K) outputs, got {tuple(outputs.shape)}; "
+                "pass a callable target for other outputs"
+            )
+        return outputs.gather(1, self.indices.to(outputs.device).view(-1, 1)).squeeze(1)
+
+    def repeat(self, times: int) -> Target:
+        """The same target for each image repeated ``times`` times in a row (for batches of
+        perturbed copies: image 0 x times, image 1 x times, ...)."""
+        if self.indices is None:
+            return self
+        return replace(self, indices=self.indices.repeat_interleave(times))
+
+    def select(self, index: slice | torch.Tensor) -> Target:
+        if self.indices is None:
+            return self
+        return replace(self, indices=self.indices[index])
+
+
+def resolve_target(model: Model, inputs: torch.Tensor, target: TargetSpec) -> Target:
+    """A :class:`Target` for a batch: ``None`` (each image's top-1 class, one extra forward
+    pass), a class index or name (the same for all), one index or name per image, or a
+    callable on the output (detectors, multi-label heads)."""
+    n = inputs.shape[0]
+    if isinstance(target, Target):
+        if target.indices is not None and len(target.indices) != n:
+            raise ValueError(f"expected one target per image ({n}), got {len(target.indices)}")
+        return target
+    if callable(target) and not isinstance(target, torch.Tensor):
+        name = getattr(target, "__name__", "callable")
+        return Target(None, target, description=name)
+    if target is None:
+        with torch.no_grad():
+            outputs = model.forward(inputs)
+        if outputs.dim() != 2:
+            raise ValueError(
+                f"top-1 needs (N, K) outputs, got {tuple(outputs.shape)}; pass a callable target"
+            )
+        return Target(outputs.argmax(1).cpu(), description="top-1")
+    if isinstance(target, (int, np.integer, str)):
+        index = model.class_index(target)  # type: ignore[arg-type]
+        return Target(torch.full((n,), index, dtype=torch.long), description=model.label(index))
+    items = target.tolist() if isinstance(target, torch.Tensor) else list(target)
+    if len(items) != n:
+        raise ValueError(f"expected one target per image ({n}), got {len(items)}")
+    indices = [model.class_index(t) for t in items]
+    return Target(torch.tensor(indices, dtype=torch.long), description="per image")
+
+
+# -- the result -------------------------------------------------------------------------------
+
+
+@dataclass
+class Attribution:
+    """An explanation of a batch: one map per image, with everything needed to read it.
+
+    Attributes
+    ----------
+    map:
+        (N, H, W) input-space or (N, h, w) layer-space map (or (N, C, H, W)), float32 on the
+        CPU, sign kept (positive = evidence for the target).
+    method, settings:
+        The registry name and every setting that changed the result.
+    targets, target_labels:
+        The class index and label explained for each image (``None`` for callable targets).
+    scores:
+        (N,) the target's raw score (logit) for each unperturbed image.
+    layer:
+        The layer of a layer map (CAMs), else ``None``.
+    input_size:
+        (H, W) of the network input, for upsampling.
+    extras:
+        Method-specific diagnostics, e.g. ``completeness_error`` for Integrated Gradients.
+    """
+
+    map: torch.Tensor
+    method: str
+    settings: dict[str, Any]
+    targets: list[int] | None
+    target_labels: list[str] | None
+    scores: torch.Tensor | None
+    layer: str | None
+    input_size: tuple[int, int]
+    names: list[str] = field(default_factory=list)
+    pictures: Sequence[Image.Image] = field(default_factory=list, repr=False)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.map.shape[0])
+
+    @property
+    def is_layer_map(self) -> bool:
+        return tuple(self.map.shape[-2:]) != tuple(self.input_size)
+
+    def upsampled(self, size: tuple[int, int] | None = None, mode: str = "bilinear") -> Attribution:
+        """The map resized to ``size`` (default: the input size); a separate step, not a flag
+        of the methods. Bilinear, ``align_corners=False`` (as pytorch-grad-cam and Captum)."""
+        size = size or self.input_size
+        if tuple(self.map.shape[-2:]) == tuple(size):
+            return self
+        x = self.map if self.map.dim() == 4 else self.map.unsqueeze(1)
+        kwargs = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
+        y = torch.nn.functional.interpolate(x.float(), size=size, mode=mode, **kwargs)
+        return replace(self, map=y if self.map.dim() == 4 else y.squeeze(1))
+
+    def maps2d(self) -> torch.Tensor:
+        """(N, H, W): channel maps summed over channels (signs kept)."""
+        return self.map.sum(1) if self.map.dim() == 4 else self.map
+
+    def normalized(
+        self,
+        mode: str = "per_map",
+        *,
+        clip_percentile: float | None = None,
+        signed: bool = False,
+        absolute: bool = False,
+    ) -> np.ndarray:
+        """(N, H, W) float32 in [0, 1] for display: ``per_map``, ``shared`` or ``absolute``
+        scaling (see :func:`convlens.render.normalize`); ``absolute=True`` takes |map| first;
+        ``signed=True`` keeps 0 at 0.5 (diverging colour maps)."""
+        maps = self.maps2d()
+        if absolute:
+            maps = maps.abs()
+        return render.normalize(maps, mode=mode, clip_percentile=clip_percentile, signed=signed)
+
+    def overlay(
+        self,
+        index: int = 0,
+        *,
+        alpha: float = 0.5,
+        cmap: str | None = None,
+        signed: bool | None = None,
+        clip_percentile: float | None = None,
+    ) -> render.Figure:
+        """Map ``index`` (upsampled) over the picture the network saw. Signed methods use a
+        diverging colour map centred on 0, others jet. Pixel-level maps are clipped to their
+        1st..99th percentile by default (a few extreme gradients would otherwise wash out the
+        rest, as Captum's visualiser also does); layer maps are not clipped."""
+        if clip_percentile is None and not self.is_layer_map:
+            clip_percentile = 1.0
+        if not self.pictures:
+            raise ValueError("this attribution has no pictures to overlay (input was a tensor?)")
+        signed = self.settings.get("signed", False) if signed is None else signed
+        cmap = cmap or ("coolwarm" if signed else "jet")
+        up = self.upsampled(self.pictures[index].size[::-1]).maps2d()[index]
+        picture = render.overlay(
+            self.pictures[index],
+            up,
+            alpha=alpha,
+            cmap=cmap,
+            signed=signed,
+            clip_percentile=clip_percentile,
+        )
+        return render.Figure(picture, caption=self.caption(index))
+
+    def heatmap(self, index: int = 0, *, cmap: str | None = None) -> render.Figure:
+        signed = bool(self.settings.get("signed", False))
+        cmap = cmap or ("coolwarm" if signed else "jet")
+        picture = render.heatmap(self.maps2d()[index], cmap, signed=signed)
+        return render.Figure(picture, caption=self.caption(index))
+
+    def caption(self, index: int = 0) -> str:
+        name = self.names[index] if index < len(self.names) else f"image{index}"
+        what = self.target_labels[index] if self.target_labels else "target"
+        where = f" @ {self.layer}" if self.layer else ""
+        return f"{name} · {self.method}{where} · {what}"
+
+    def save(self, folder: str | os.PathLike[str], *, stem: str | None = None) -> list[Path]:
+        """One overlay PNG per image and the raw maps in ``<stem>.npz``."""
+        out = Path(folder)
+        out.mkdir(parents=True, exist_ok=True)
+        stem = stem or self.method
+        written = []
+        for i in range(len(self)):
+            name = self.names[i] if i < len(self.names) else f"image{i}"
+            figure = self.overlay(i) if self.pictures else self.heatmap(i)
+            written.append(figure.save(out / f"{_safe(name)}__{_safe(stem)}.png"))
+        arrays = {"map": self.map.numpy(), "names": np.array(self.names)}
+        if self.targets is not None:
+            arrays["targets"] = np.array(self.targets)
+        target = out / f"{_safe(stem)}.npz"
+        partial = target.with_name(target.name + ".partial.npz")
+        np.savez(partial, **arrays)  # type: ignore[arg-type]
+        os.replace(partial, target)
+        written.append(target)
+        return written
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready description (no arrays)."""
+        return {
+            "method": self.method,
+            "settings": {k: _jsonable(v) for k, v in self.settings.items()},
+            "layer": self.layer,
+            "targets": self.targets,
+            "target_labels": self.target_labels,
+            "scores": self.scores.tolist() if self.scores is not None else None,
+            "map_shape": list(self.map.shape),
+            "extras": {k: _jsonable(v) for k, v in self.extras.items()},
+        }
+
+    def _repr_png_(self) -> bytes:
+        first = self.overlay(0) if self.pictures else self.heatmap(0)
+        return first._repr_png_()
+
+    def _repr_html_(self) -> str:
+        figures = [
+            (self.overlay(i) if self.pictures else self.heatmap(i))._repr_html_()
+            for i in range(min(len(self), 8))
+        ]
+        return "<div style='display:flex;flex-wrap:wrap;gap:8px'>" + "".join(figures) + "</div>"
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-+" else "_" for c in name)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.tolist() if value.numel() <= 16 else f"tensor{tuple(value.shape)}"
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return repr(value)
+
+
+def make_attribution(
+    attribution_map: torch.Tensor,
+    *,
+    method: str,
+    settings: dict[str, Any],
+    model: Model,
+    batch: Batch,
+    target: Target,
+    scores: torch.Tensor | None,
+    layer: str | None = None,
+    extras: dict[str, Any] | None = None,
+) -> Attribution:
+    """Assemble an :class:`Attribution` (maps moved to the CPU as float32)."""
+    indices = target.indices.tolist() if target.indices is not None else None
+    return Attribution(
+        map=attribution_map.detach().float().cpu(),
+        method=method,
+        settings=settings,
+        targets=indices,
+        target_labels=[model.label(i) for i in indices] if indices is not None else None,
+        scores=scores.detach().float().cpu() if scores is not None else None,
+        layer=layer,
+        input_size=(int(batch.inputs.shape[-2]), int(batch.inputs.shape[-1])),
+        names=list(batch.names),
+        pictures=batch.pictures,
+        extras=extras or {},
+    )
+
+
+# -- the registry -----------------------------------------------------------------------------
+
+Method = Callable[..., Attribution]
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    name: str
+    fn: Method
+    family: str  # "gradient", "cam" or "perturbation"
+    needs_layer: bool
+    signed: bool  # whether maps carry a meaningful sign
+    paper: str
+    description: str
+
+
+METHODS: dict[str, MethodInfo] = {}
+
+# Short names people type, accepted wherever a method is named.
+ALIASES = {
+    "ig": "integrated_gradients",
+    "grad-cam": "gradcam",
+    "gradcampp": "gradcam++",
+    "score-cam": "scorecam",
+    "layer-cam": "layercam",
+    "eigen-cam": "eigencam",
+    "gxi": "gradient_x_input",
+    "input_x_gradient": "gradient_x_input",
+}
+
+
+def register(
+    name: str,
+    *,
+    family: str,
+    paper: str,
+    description: str,
+    needs_layer: bool = False,
+    signed: bool = False,
+) -> Callable[[Method], Method]:
+    """Add an attribution method to the registry (the CLI, the report and the tests read it)."""
+
+    def add(fn: Method) -> Method:
+        if name in METHODS:
+            raise ValueError(f"attribution method {name!r} is already registered")
+        METHODS[name] = MethodInfo(name, fn, family, needs_layer, signed, paper, description)
+        return fn
+
+    return add
+
+
+def methods() -> dict[str, MethodInfo]:
+    """Every registered method (importing the method modules fills the registry)."""
+    from convlens import cam, gradients, occlusion  # noqa: F401  (registration)
+
+    return dict(sorted(METHODS.items()))
+
+
+def get_method(name: str) -> MethodInfo:
+    """A registered method by name or alias (``ig``); unknown names list close ones."""
+    table = methods()
+    key = name.strip()
+    if key not in table:
+        key = ALIASES.get(key.lower(), key)
+    if key not in table:
+        raise unknown("attribution method", name, [*table, *ALIASES])
+    return table[key]
+
+
+def method_options(name: str) -> list[str] | None:
+    """The keyword options a method accepts (from its signature); ``None`` when it passes
+    any option on (a wrapper such as SmoothGrad)."""
+    import inspect
+
+    parameters = inspect.signature(get_method(name).fn).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return None
+    return [p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY]
+
+
+# -- layers, batches, memory --------------------------------------------------------------------
+
+
+def default_layer(model: Model) -> str:
+    """The last layer with a spatial output (called once), from the layer table."""
+    return str(model.layers().last_spatial().name)
+
+
+def bytes_per_image(model: Model) -> int:
+    """A rough bound on the memory one image needs in a forward pass: the sum of every leaf
+    layer's output (bytes), from the layer table. Used to size batches of perturbed copies."""
+    table = model.layers()
+    element = torch.finfo(model.dtype).bits // 8 if model.dtype.is_floating_point else 4
+    total = sum(
+        math.prod(r.output_shape[1:])
+        for r in table
+        if r.output_shape is not None and r.kind != "block"
+    )
+    return max(1, total * element)
+
+
+DEFAULT_MEMORY_BUDGET_MB = 1024
+
+
+def batch_size_for(
+    model: Model, memory_budget_mb: float | None, *, factor: float = 1.0, cap: int = 256
+) -> int:
+    """How many images fit one forward pass under ``memory_budget_mb`` (``factor`` > 1 when
+    a backward pass also keeps activations)."""
+    budget = (memory_budget_mb or DEFAULT_MEMORY_BUDGET_MB) * 2**20
+    return int(max(1, min(cap, budget // (bytes_per_image(model) * factor))))
+
+
+def chunks(total: int, size: int) -> Iterator[slice]:
+    """Consecutive slices of at most ``size`` covering ``range(total)``."""
+    for start in range(0, total, size):
+        yield slice(start, min(start + size, total))
+
+
+# -- the front door -----------------------------------------------------------------------------
+
+
+def explain(
+    model: Any,
+    images: Any,
+    method: str = "gradcam",
+    target: TargetSpec = None,
+    **options: Any,
+) -> Attribution:
+    """Explain ``images`` with the registered ``method`` (see :func:`methods`).
+
+    ``target`` is ``None`` (top-1), a class index or label, one per image, or a callable on the
+    output. ``options`` go to the method (``layer=``, ``steps=``, ``window=``...).
+    """
+    from convlens.capture import _as_model
+
+    handle = _as_model(model)
+    info = get_method(method)
+    return info.fn(handle, images, target, **options)

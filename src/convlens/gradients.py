@@ -1,0 +1,768 @@
+"""Gradient methods: maps built from the gradient of the target's score (its raw logit) with
+respect to the input. One backward pass per image, or per interpolation point / noisy copy,
+always through ``torch.autograd.grad`` with respect to the input only (no parameter gradients).
+
+Saliency (Simonyan, Vedaldi & Zisserman 2013, "Deep Inside Convolutional Networks",
+arXiv:1312.6034): ``absolute=True`` (default) gives ``max_c |dS/dx_c|`` as in the paper,
+``absolute=False`` the signed ``sum_c dS/dx_c``; ``channels=True`` keeps (N, C, H, W), which is
+Captum's ``Saliency(abs=absolute)`` exactly.
+
+Gradient x input (Shrikumar, Greenside, Shcherbina & Kundaje 2016, arXiv:1605.01713):
+``sum_c x_c * dS/dx_c`` (signed); ``channels=True`` is Captum's ``InputXGradient``.
+
+Integrated Gradients (Sundararajan, Taly & Yan 2017, "Axiomatic Attribution for Deep Networks",
+arXiv:1703.01365): ``(x - b) * sum_k w_k dS/dx(b + a_k (x - b))`` with the points ``a_k`` and
+weights ``w_k`` of ``rule``, summed over channels (signed). The rules are Captum's and use
+Captum's points (``torch.linspace`` for the Riemann sums, ``numpy``'s Gauss-Legendre nodes) so
+parity is exact, with one difference by design: Captum's ``"riemann_trapezoid"`` gives the
+weight ``1/n`` to every point and ``1/(2n)`` to the two ends, which sums to ``(n-1)/n``; its
+attributions are therefore ours times ``(n-1)/n`` and miss completeness by ``1/n`` of
+``f(x) - f(b)`` (2 % at 50 steps). Ours uses the trapezoid rule, ``1/(n-1)`` and ``1/(2(n-1))``.
+``extras["delta"]`` is ``f(x) - f(b)`` and ``extras["completeness_error"]``
+``|sum(map) - delta|`` per image. The default baseline is a black picture ("black", the input
+the model's preprocessing makes of black pixels, not a zero tensor: Captum's default baseline
+is the zero tensor, our ``"zero"``).
+
+Guided backpropagation (Springenberg, Dosovitskiy, Brox & Riedmiller 2014, "Striving for
+Simplicity: The All Convolutional Net", arXiv:1412.6806): the gradient, except that every
+ReLU module also lets only positive gradients through on the way back. Done with forward hooks
+that put a tensor hook (``grad.clamp(min=0)``) on each call's output, inside a ``with`` block: no
+module is swapped, a ReLU called several times in one forward (ResNet's blocks) gets one hook
+per call, and in-place ReLUs work (the hook sits on the output, whose own backward then applies
+the ReLU mask). Captum's ``GuidedBackprop`` overrides ``nn.ReLU`` only; MobileNetV2's
+activations are ``nn.ReLU6``, so on MobileNetV2 Captum's guided backprop is the plain gradient.
+We treat ``nn.ReLU6`` like a ReLU by default (the gradient is clamped at 0 and masked by
+``0 < x < 6``); ``relu6=False`` reproduces Captum. ReLUs called as functions (``F.relu``) are
+not modules and cannot be hooked (as in Captum). The map keeps its channels, (N, C, H, W).
+
+SmoothGrad (Smilkov, Thorat, Kim, Viégas & Wattenberg 2017, arXiv:1706.03825), SmoothGrad²
+(Hooker, Erhan, Kindermans & Kim 2019, arXiv:1806.10758) and VarGrad (Adebayo et al. 2018,
+arXiv:1810.03307) are one wrapper, :func:`smoothed`, over any gradient method (Captum's
+``NoiseTunnel``): the base method runs on ``samples`` noisy copies ``x + N(0, s^2)`` of each
+image, ``s = noise * (max(x) - min(x))`` per image (the paper's noise level), and the maps are
+averaged (``kind="mean"``), their squares averaged (``"squared"``) or their variance taken
+(``"var"``). Noise is drawn from the generator (seed 0 unless ``seed`` or ``generator`` is
+given) exactly as Captum draws it from torch's global one, ``randn(copies, C, H, W) * s`` per
+chunk of copies in the order image 0's copies, image 1's copies, ...: with
+``torch.manual_seed(seed)``, ``stdevs=s`` and ``nt_samples_batch_size`` equal to our copies per
+image per chunk, Captum adds the very same noise. For one image the noise does not depend on
+the chunk size; for several images it does (as in Captum).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from convlens.attribution import (
+    METHODS,
+    Attribution,
+    Method,
+    Target,
+    TargetSpec,
+    batch_size_for,
+    chunks,
+    get_method,
+    make_attribution,
+    register,
+    resolve_target,
+)
+from convlens.hooks import forward_hooks, preserved
+from convlens.model import Model, Preprocessing
+from convlens.occlusion import gaussian_blur
+
+RULES = ("riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle", "gausslegendre")
+BASELINES = ("black", "zero", "mean", "blur", "noise")
+KINDS = ("mean", "squared", "var")
+# A backward pass keeps every layer's output and adds a gradient of the same size on the way.
+BACKWARD_FACTOR = 2.0
+
+Progress = Callable[[int, int], None]
+Baseline = str | float | Sequence[float] | torch.Tensor
+
+
+# -- shared ------------------------------------------------------------------------------------
+
+
+def input_gradients(
+    model: Model, inputs: torch.Tensor, target: Target
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, C, H, W) gradient of the target's score with respect to ``inputs``, and the (N,)
+    scores. ``inputs`` is not changed; the gradient is taken for a fresh leaf copy."""
+    x = inputs.detach().requires_grad_(True)
+    with torch.enable_grad():
+        scores = target.score(model.forward(x))
+        (grads,) = torch.autograd.grad(scores.sum(), x)
+    return grads, scores.detach()
+
+
+def _no_layer(method: str, layer: str | None) -> None:
+    if layer is not None:
+        raise ValueError(f"{method} explains the input and takes no layer, got layer={layer!r}")
+
+
+def _flag(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected {name}=True or False, got {value!r}")
+    return value
+
+
+def _batch_size(model: Model, batch_size: int | None, memory_budget_mb: float | None) -> int:
+    if batch_size is None:
+        return batch_size_for(model, memory_budget_mb, factor=BACKWARD_FACTOR)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"expected batch_size >= 1 (copies per forward pass), got {batch_size!r}")
+    return batch_size
+
+
+def _generator(
+    seed: int | None, generator: torch.Generator | None, device: torch.device
+) -> tuple[torch.Generator, int | str]:
+    """The generator to draw from, and what to record in the settings."""
+    if seed is not None and generator is not None:
+        raise ValueError("expected a seed or a generator, got both")
+    if generator is not None:
+        if not isinstance(generator, torch.Generator):
+            raise ValueError(f"expected a torch.Generator, got {type(generator).__name__}")
+        return generator, "generator"
+    seed = 0 if seed is None else seed
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"expected an int seed, got {seed!r}")
+    return torch.Generator(device=device).manual_seed(seed), seed
+
+
+def _clean_scores(model: Model, inputs: torch.Tensor, target: Target, size: int) -> torch.Tensor:
+    """(N,) the target's raw score for ``inputs``, ``size`` at a time, forward only."""
+    scores = []
+    for part in chunks(len(inputs), size):
+        with torch.no_grad():
+            scores.append(target.select(part).score(model.forward(inputs[part])).float())
+    return torch.cat(scores)
+
+
+# -- saliency, gradient x input -------------------------------------------------------------------
+
+
+@register(
+    "saliency",
+    family="gradient",
+    paper="Simonyan, Vedaldi & Zisserman 2013, arXiv:1312.6034",
+    description="|gradient| of the target score (max over channels); signed with absolute=False",
+)
+def saliency(
+    model: Model,
+    images: Any,
+    target: TargetSpec = None,
+    *,
+    layer: str | None = None,
+    absolute: bool = True,
+    channels: bool = False,
+) -> Attribution:
+    """Vanilla gradient map.
+
+    ``absolute=True``: ``max_c |dS/dx_c|`` (N, H, W), values >= 0, as in the paper.
+    ``absolute=False``: ``sum_c dS/dx_c`` (N, H, W), signed. ``channels=True`` returns the
+    (N, C, H, W) gradient (``|.|`` if ``absolute``), which is Captum's ``Saliency``.
+    ``S`` is the target's raw logit.
+    """
+    _no_layer("saliency", layer)
+    absolute, channels = _flag(absolute, "absolute"), _flag(channels, "channels")
+    batch = model.prepare(images)
+    goal = resolve_target(model, batch.inputs, target)
+    with preserved(model.module):
+        grads, scores = input_gradients(model, batch.inputs, goal)
+    if channels:
+        saliency_map = grads.abs() if absolute else grads
+    else:
+        saliency_map = grads.abs().amax(1) if absolute else grads.sum(1)
+    return make_attribution(
+        saliency_map,
+        method="saliency",
+        settings={"signed": not absolute, "absolute": absolute, "channels": channels},
+        model=model,
+        batch=batch,
+        target=goal,
+        scores=scores,
+    )
+
+
+@register(
+    "gradient_x_input",
+    family="gradient",
+    paper="Shrikumar, Greenside, Shcherbina & Kundaje 2016, arXiv:1605.01713",
+    description="input times gradient, summed over channels (signed)",
+    signed=True,
+)
+def gradient_x_input(
+    model: Model,
+    images: Any,
+    target: TargetSpec = None,
+    *,
+    layer: str | None = None,
+    channels: bool = False,
+) -> Attribution:
+    """``sum_c x_c * dS/dx_c`` (N, H, W), signed; (N, C, H, W) with ``channels=True``
+    (Captum's ``InputXGradient``). ``x`` is the network input (after normalisation)."""
+    _no_layer("gradient_x_input", layer)
+    channels = _flag(channels, "channels")
+    batch = model.prepare(images)
+    goal = resolve_target(model, batch.inputs, target)
+    with preserved(model.module):
+        grads, scores = input_gradients(model, batch.inputs, goal)
+    product = grads * batch.inputs
+    return make_attribution(
+        product if channels else product.sum(1),
+        method="gradient_x_input",
+        settings={"signed": True, "channels": channels},
+        model=model,
+        batch=batch,
+        target=goal,
+        scores=scores,
+    )
+
+
+# -- integrated gradients --------------------------------------------------------------------------
+
+
+def integration_points(rule: str, steps: int) -> tuple[list[float], list[float]]:
+    """The points ``a_k`` in [0, 1] and weights ``w_k`` of a quadrature ``rule`` with ``steps``
+    points: ``integral_0^1 g(a) da ~ sum_k w_k g(a_k)``.
+
+    The points are Captum's (``torch.linspace`` in float32 for the Riemann sums, the
+    Gauss-Legendre nodes of ``numpy.polynomial.legendre.leggauss``); the weights too, except
+    for ``riemann_trapezoid`` whose weights here sum to 1 (see the module docstring).
+    """
+    if rule not in RULES:
+        raise ValueError(f"expected rule among {', '.join(map(repr, RULES))}, got {rule!r}")
+    least = 2 if rule == "riemann_trapezoid" else 1
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < least:
+        raise ValueError(f"expected steps >= {least} for rule {rule!r}, got {steps!r}")
+    n = steps
+    if rule == "gausslegendre":
+        nodes, gauss_weights = np.polynomial.legendre.leggauss(n)
+        return [float(a) for a in 0.5 * (1 + nodes)], [float(w) for w in 0.5 * gauss_weights]
+    if rule == "riemann_trapezoid":
+        alphas = torch.linspace(0, 1, n).tolist()
+        weights = [1 / (n - 1)] * n
+        weights[0] /= 2
+        weights[-1] /= 2
+        return alphas, weights
+    start, end = {
+        "riemann_left": (0.0, 1 - 1 / n),
+        "riemann_right": (1 / n, 1.0),
+        "riemann_middle": (1 / (2 * n), 1 - 1 / (2 * n)),
+    }[rule]
+    return torch.linspace(start, end, n).tolist(), [1 / n] * n
+
+
+def baseline_inputs(
+    model: Model,
+    inputs: torch.Tensor,
+    baseline: Baseline,
+    *,
+    blur_sigma: float = 10.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The (N, C, H, W) baseline for ``inputs`` in input space.
+
+    ``"black"``: a black picture through the model's :class:`Preprocessing` (``(0 - mean) /
+    std``); ``"zero"`` (or ``"zeros"``): the zero input tensor; ``"mean"``: each image's
+    per-channel mean; ``"blur"``: the input blurred by a Gaussian of ``blur_sigma`` pixels
+    (edges replicated); ``"noise"``: a picture of uniform [0, 1] pixel noise through the
+    preprocessing, drawn from ``generator``; an (r, g, b) colour in [0, 1]; a number (that value
+    in input space); or a tensor broadcastable to the input.
+    """
+    n, _, height, width = inputs.shape
+    expected = (
+        f"expected baseline among {', '.join(map(repr, BASELINES))}, an (r, g, b) colour in "
+        "[0, 1], a number or a tensor broadcastable to the input"
+    )
+    if isinstance(baseline, str):
+        name = "zero" if baseline == "zeros" else baseline
+        if name == "zero":
+            return torch.zeros_like(inputs)
+        if name == "black":
+            return _pictures(model, inputs, torch.zeros(1, 3, 1, 1)).expand_as(inputs).clone()
+        if name == "mean":
+            return inputs.mean(dim=(2, 3), keepdim=True).expand_as(inputs).clone()
+        if name == "blur":
+            if isinstance(blur_sigma, bool) or not isinstance(blur_sigma, (int, float)):
+                raise ValueError(f"expected blur_sigma > 0 (pixels), got {blur_sigma!r}")
+            if not blur_sigma > 0:
+                raise ValueError(f"expected blur_sigma > 0 (pixels), got {blur_sigma!r}")
+            return gaussian_blur(inputs, float(blur_sigma))
+        if name == "noise":
+            gen = generator or torch.Generator(device=inputs.device).manual_seed(0)
+            pixels = torch.rand((n, 3, height, width), generator=gen, device=gen.device)
+            return _pictures(model, inputs, pixels)
+        raise ValueError(f"{expected}, got {baseline!r}")
+    if isinstance(baseline, torch.Tensor):
+        values = baseline.to(inputs.device, inputs.dtype)
+        try:
+            fits = torch.broadcast_shapes(values.shape, inputs.shape) == inputs.shape
+        except RuntimeError:
+            fits = False
+        if not fits:
+            raise ValueError(
+                f"{expected}; a baseline tensor of shape {tuple(baseline.shape)} does not "
+                f"broadcast to the input {tuple(inputs.shape)}"
+            )
+        return values.expand_as(inputs).clone()
+    if isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
+        return torch.full_like(inputs, float(baseline))
+    if isinstance(baseline, (tuple, list)):
+        if len(baseline) != 3 or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1
+            for v in baseline
+        ):
+            raise ValueError(f"{expected}; a colour is three values in [0, 1], got {baseline!r}")
+        rgb = torch.tensor([float(v) for v in baseline]).view(1, 3, 1, 1)
+        return _pictures(model, inputs, rgb).expand_as(inputs).clone()
+    raise ValueError(f"{expected}, got {type(baseline).__name__}")
+
+
+def _pictures(model: Model, inputs: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+    """RGB pixels in [0, 1] (N or 1, 3, H or 1, W or 1) as network input, through the model's
+    normalisation."""
+    if not isinstance(model.preprocess, Preprocessing):
+        raise ValueError(
+            "a picture baseline ('black', 'noise' or a colour) needs the model's Preprocessing "
+            "to normalise it; this model has a custom preprocess: use baseline='zero', a "
+            "number or a tensor"
+        )
+    values = model.preprocess.normalize(pixels.to(inputs.device, inputs.dtype))
+    if values.shape[1] != inputs.shape[1]:
+        raise ValueError(
+            f"the model's Preprocessing gives {values.shape[1]} channels, the input has "
+            f"{inputs.shape[1]}"
+        )
+    return values
+
+
+def _baseline_setting(baseline: Baseline) -> Any:
+    if isinstance(baseline, torch.Tensor):
+        return f"tensor{tuple(baseline.shape)}"
+    if isinstance(baseline, str):
+        return "zero" if baseline == "zeros" else baseline
+    return list(baseline) if isinstance(baseline, (tuple, list)) else baseline
+
+
+@register(
+    "integrated_gradients",
+    family="gradient",
+    paper="Sundararajan, Taly & Yan 2017, arXiv:1703.01365",
+    description="path integral of gradients from a baseline (black picture by default), "
+    "with the completeness error",
+    signed=True,
+)
+def integrated_gradients(
+    model: Model,
+    images: Any,
+    target: TargetSpec = None,
+    *,
+    layer: str | None = None,
+    steps: int = 50,
+    rule: str = "gausslegendre",
+    baseline: Baseline = "black",
+    blur_sigma: float = 10.0,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+    channels: bool = False,
+    batch_size: int | None = None,
+    memory_budget_mb: float | None = None,
+    progress: Progress | None = None,
+) -> Attribution:
+    """Integrated Gradients (N, H, W), summed over channels, signed; (N, C, H, W) with
+    ``channels=True`` (Captum's ``IntegratedGradients``, same points and weights, except for the
+    trapezoid rule's weights: see the module docstring).
+
+    Parameters
+    ----------
+    steps, rule:
+        Number of points on the straight path and the quadrature: ``"gausslegendre"`` (default,
+        as Captum), ``"riemann_trapezoid"``, ``"riemann_left"``, ``"riemann_right"``,
+        ``"riemann_middle"``.
+    baseline:
+        ``"black"`` (default), ``"zero"``, ``"mean"``, ``"blur"`` (``blur_sigma`` pixels),
+        ``"noise"`` (uniform pixel noise from ``seed`` / ``generator``), a colour, a number or
+        a tensor: see :func:`baseline_inputs`.
+    batch_size:
+        Path points per forward pass (default: what fits ``memory_budget_mb``); the points are
+        made chunk by chunk, never all at once.
+    progress:
+        Called as ``progress(done, total)`` with the number of path points evaluated.
+
+    ``extras``: ``delta`` (N,) ``f(x) - f(baseline)``, ``completeness_error`` (N,)
+    ``|sum(attributions) - delta|`` and ``baseline_scores`` (N,) ``f(baseline)``.
+    """
+    _no_layer("integrated_gradients", layer)
+    channels = _flag(channels, "channels")
+    alphas, weights = integration_points(rule, steps)
+    size = _batch_size(model, batch_size, memory_budget_mb)
+    batch = model.prepare(images)
+    goal = resolve_target(model, batch.inputs, target)
+    x = batch.inputs.detach()
+    n = len(x)
+    settings: dict[str, Any] = {
+        "signed": True,
+        "steps": steps,
+        "rule": rule,
+        "baseline": _baseline_setting(baseline),
+        "channels": channels,
+    }
+    gen: torch.Generator | None = None
+    if isinstance(baseline, str) and baseline == "noise":
+        gen, settings["seed"] = _generator(seed, generator, x.device)
+    if isinstance(baseline, str) and baseline == "blur":
+        settings["blur_sigma"] = blur_sigma
+    base = baseline_inputs(model, x, baseline, blur_sigma=blur_sigma, generator=gen)
+    alpha = torch.tensor(alphas, dtype=torch.float32).to(x.device, x.dtype)
+    weight = torch.tensor(weights, dtype=torch.float32).to(x.device)
+    total = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+    group = min(n, size)
+    per_image = max(1, size // group)
+    done, work = 0, n * steps
+    with preserved(model.module):
+        scores = _clean_scores(model, x, goal, size)
+        baseline_scores = _clean_scores(model, base, goal, size)
+        for images_part in chunks(n, group):
+            origin = base[images_part].unsqueeze(1)
+            path = (x[images_part] - base[images_part]).unsqueeze(1)
+            count = len(origin)
+            for steps_part in chunks(steps, per_image):
+                k = steps_part.stop - steps_part.start
+                a = alpha[steps_part].view(1, k, 1, 1, 1)
+                points = (origin + a * path).reshape(count * k, *x.shape[1:])
+                grads, _ = input_gradients(model, points, goal.select(images_part).repeat(k))
+                grads = grads.view(count, k, *x.shape[1:]).float()
+                total[images_part] += (grads * weight[steps_part].view(1, k, 1, 1, 1)).sum(1)
+                done += count * k
+                if progress is not None:
+                    progress(done, work)
+    attributions = total * (x - base).float()
+    delta = scores - baseline_scores
+    error = (attributions.double().sum(dim=(1, 2, 3)) - delta.double()).abs().float()
+    return make_attribution(
+        attributions if channels else attributions.sum(1),
+        method="integrated_gradients",
+        settings=settings,
+        model=model,
+        batch=batch,
+        target=goal,
+        scores=scores,
+        extras={
+            "delta": delta.cpu(),
+            "completeness_error": error.cpu(),
+            "baseline_scores": baseline_scores.cpu(),
+        },
+    )
+
+
+# -- guided backpropagation ----------------------------------------------------------------
+
+
+def _positive_gradient(grad: torch.Tensor) -> torch.Tensor:
+    return grad.clamp(min=0)
+
+
+@register(
+    "guided_backprop",
+    family="gradient",
+    paper="Springenberg, Dosovitskiy, Brox & Riedmiller 2014, arXiv:1412.6806",
+    description="gradient with only positive gradients passed back through every ReLU "
+    "(channels kept)",
+    signed=True,
+)
+def guided_backprop(
+    model: Model,
+    images: Any,
+    target: TargetSpec = None,
+    *,
+    layer: str | None = None,
+    relu6: bool = True,
+) -> Attribution:
+    """Guided backpropagation (N, C, H, W), signed (mostly positive; channels kept, as it is
+    shown as a colour image). Every ``nn.ReLU`` module (and ``nn.ReLU6`` unless
+    ``relu6=False``, which is what Captum does) passes back ``mask * max(grad, 0)``, where
+    ``mask`` is the activation's own derivative. Hooks live only for the call."""
+    _no_layer("guided_backprop", layer)
+    relu6 = _flag(relu6, "relu6")
+    kinds: tuple[type[nn.Module], ...] = (nn.ReLU, nn.ReLU6) if relu6 else (nn.ReLU,)
+    batch = model.prepare(images)
+    goal = resolve_target(model, batch.inputs, target)
+    # a module called several times appears once here, and its hook fires at every call
+    names = [name for name, m in model.module.named_modules() if isinstance(m, kinds)]
+
+    def guide(_name: str, output: Any) -> None:
+        if isinstance(output, torch.Tensor) and output.requires_grad:
+            output.register_hook(_positive_gradient)
+
+    with preserved(model.module), forward_hooks(model.module, names, guide):
+        grads, scores = input_gradients(model, batch.inputs, goal)
+    return make_attribution(
+        grads,
+        method="guided_backprop",
+        settings={"signed": True, "relu6": relu6, "relus": len(names)},
+        model=model,
+        batch=batch,
+        target=goal,
+        scores=scores,
+    )
+
+
+# -- SmoothGrad, SmoothGrad², VarGrad ----------------------------------------------------
+
+
+def smoothed(base: str | Method) -> Method:
+    """A method that runs ``base`` (a registered name or any method function) on noisy copies
+    of the input and aggregates: SmoothGrad (``kind="mean"``), SmoothGrad² (``"squared"``),
+    VarGrad (``"var"``). Options of the returned function: ``samples``, ``noise``, ``kind``,
+    ``seed`` / ``generator``, ``batch_size``, ``memory_budget_mb``, ``progress``; any other
+    option goes to ``base``. See :func:`smoothgrad`."""
+    if isinstance(base, str):
+        info = get_method(base)
+        base_fn, base_name = info.fn, info.name
+    elif callable(base):
+        base_fn = base
+        base_name = next(
+            (name for name, info in METHODS.items() if info.fn is base),
+            getattr(base, "__name__", "method"),
+        )
+    else:
+        raise ValueError(f"expected a method name or function, got {type(base).__name__}")
+
+    def method(
+        model: Model,
+        images: Any,
+        target: TargetSpec = None,
+        *,
+        layer: str | None = None,
+        samples: int = 25,
+        noise: float = 0.15,
+        kind: str = "mean",
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+        batch_size: int | None = None,
+        memory_budget_mb: float | None = None,
+        progress: Progress | None = None,
+        **base_options: Any,
+    ) -> Attribution:
+        return _noise_tunnel(
+            base_fn,
+            base_name,
+            model,
+            images,
+            target,
+            layer=layer,
+            samples=samples,
+            noise=noise,
+            kind=kind,
+            seed=seed,
+            generator=generator,
+            batch_size=batch_size,
+            memory_budget_mb=memory_budget_mb,
+            progress=progress,
+            base_options=base_options,
+        )
+
+    method.__name__ = f"smoothed_{base_name}"
+    method.__doc__ = f"SmoothGrad over {base_name}: see convlens.gradients.smoothgrad."
+    return method
+
+
+@register(
+    "smoothgrad",
+    family="gradient",
+    paper="Smilkov et al. 2017, arXiv:1706.03825; SmoothGrad²: Hooker et al. 2019, "
+    "arXiv:1806.10758; VarGrad: Adebayo et al. 2018, arXiv:1810.03307",
+    description="a gradient method (base=, saliency by default) averaged over noisy copies; "
+    "kind=mean|squared|var",
+)
+def smoothgrad(
+    model: Model,
+    images: Any,
+    target: TargetSpec = None,
+    *,
+    layer: str | None = None,
+    base: str = "saliency",
+    samples: int = 25,
+    noise: float = 0.15,
+    kind: str = "mean",
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+    batch_size: int | None = None,
+    memory_budget_mb: float | None = None,
+    progress: Progress | None = None,
+    **base_options: Any,
+) -> Attribution:
+    """SmoothGrad, SmoothGrad² and VarGrad over any registered gradient method ``base``.
+
+    The map has the base method's shape (N, H, W) or (N, C, H, W); ``kind="mean"`` keeps the
+    base's sign, ``"squared"`` (mean of squared maps) and ``"var"`` (their variance over the
+    copies) are >= 0.
+
+    Parameters
+    ----------
+    base:
+        A registered gradient method (``saliency``, ``gradient_x_input``,
+        ``integrated_gradients``, ``guided_backprop``); its options are passed through
+        (``absolute=False``, ``steps=16``, ...).
+    samples:
+        Noisy copies per image.
+    noise:
+        Standard deviation of the Gaussian noise as a fraction of each image's value range
+        ``max(x) - min(x)`` in input space (the paper's noise level; 0.1 to 0.2 works well).
+    seed, generator:
+        Where the noise comes from (seed 0 by default); a base method that draws random
+        numbers (IG's ``"noise"`` baseline) draws from the same generator.
+    batch_size:
+        Noisy copies per call of the base (and per forward pass, for bases that take it).
+
+    ``extras``: ``noise_std`` (N,) the noise's standard deviation per image, and the base's
+    per-copy diagnostics (``completeness_error``, ...) averaged over each image's copies.
+    """
+    if not isinstance(base, str):
+        raise ValueError(f"expected base to be a method name, got {type(base).__name__}")
+    info = get_method(base)
+    if info.family != "gradient" or info.name == "smoothgrad":
+        gradient = sorted(n for n, i in METHODS.items() if i.family == "gradient")
+        gradient.remove("smoothgrad")
+        raise ValueError(
+            f"expected base among the gradient methods {', '.join(gradient)}, got {base!r}"
+        )
+    return _noise_tunnel(
+        info.fn,
+        info.name,
+        model,
+        images,
+        target,
+        layer=layer,
+        samples=samples,
+        noise=noise,
+        kind=kind,
+        seed=seed,
+        generator=generator,
+        batch_size=batch_size,
+        memory_budget_mb=memory_budget_mb,
+        progress=progress,
+        base_options=base_options,
+    )
+
+
+def _noise_tunnel(
+    base_fn: Method,
+    base_name: str,
+    model: Model,
+    images: Any,
+    target: TargetSpec,
+    *,
+    layer: str | None,
+    samples: int,
+    noise: float,
+    kind: str,
+    seed: int | None,
+    generator: torch.Generator | None,
+    batch_size: int | None,
+    memory_budget_mb: float | None,
+    progress: Progress | None,
+    base_options: dict[str, Any],
+) -> Attribution:
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"expected samples >= 1, got {samples!r}")
+    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not noise >= 0:
+        raise ValueError(f"expected noise >= 0 (a fraction of the value range), got {noise!r}")
+    if kind not in KINDS:
+        raise ValueError(f"expected kind among {', '.join(map(repr, KINDS))}, got {kind!r}")
+    size = _batch_size(model, batch_size, memory_budget_mb)
+    batch = model.prepare(images)
+    goal = resolve_target(model, batch.inputs, target)
+    x = batch.inputs.detach()
+    n = len(x)
+    gen, seed_setting = _generator(seed, generator, x.device)
+    # Batching and randomness are shared with a base that takes them (IG's steps, its noise
+    # baseline); every other option is the base's own.
+    accepted = inspect.signature(base_fn).parameters
+    passed = dict(base_options)
+    shared = {"batch_size": batch_size, "memory_budget_mb": memory_budget_mb, "generator": gen}
+    passed.update({k: v for k, v in shared.items() if k in accepted and v is not None})
+    std = noise * (x.amax(dim=(1, 2, 3)) - x.amin(dim=(1, 2, 3)))  # (N,)
+    group = min(n, size)
+    per_image = max(1, size // group)
+    with preserved(model.module):
+        scores = _clean_scores(model, x, goal, size)
+    parts: list[torch.Tensor] = []
+    extras_parts: dict[str, list[torch.Tensor]] = {}
+    base_result: Attribution | None = None
+    done = 0
+    for images_part in chunks(n, group):
+        count = images_part.stop - images_part.start
+        # Sums of (map - the first copy's map) and of its square: exact for identical maps,
+        # stable for VarGrad; for SmoothGrad² the sum of squared maps.
+        shift: torch.Tensor | None = None
+        sums: torch.Tensor | None = None
+        extras_sums: dict[str, torch.Tensor] = {}
+        for samples_part in chunks(samples, per_image):
+            k = samples_part.stop - samples_part.start
+            draw = torch.randn((count * k, *x.shape[1:]), generator=gen, device=gen.device)
+            sigma = std[images_part].repeat_interleave(k).view(-1, 1, 1, 1)
+            noisy = x[images_part].repeat_interleave(k, dim=0) + draw.to(x.device, x.dtype) * sigma
+            chosen = goal.select(images_part).repeat(k)
+            spec = chosen.indices if chosen.indices is not None else chosen.fn
+            base_result = base_fn(model, noisy, spec, layer=layer, **passed)
+            maps = base_result.map.view(count, k, *base_result.map.shape[1:])
+            if shift is None:
+                shift = maps[:, 0]
+            if kind == "squared":
+                chunk_sums = (maps * maps).sum(1)
+            else:
+                centred = maps - shift.unsqueeze(1)
+                chunk_sums = torch.stack([centred.sum(1), (centred * centred).sum(1)])
+            sums = chunk_sums if sums is None else sums + chunk_sums
+            for key, value in base_result.extras.items():
+                if isinstance(value, torch.Tensor) and value.shape[:1] == (count * k,):
+                    per_image_sum = value.float().view(count, k, *value.shape[1:]).sum(1)
+                    extras_sums[key] = extras_sums.get(key, 0) + per_image_sum
+            done += count * k
+            if progress is not None:
+                progress(done, n * samples)
+        assert shift is not None and sums is not None
+        total = sums / samples
+        if kind == "squared":
+            parts.append(total)
+        elif kind == "mean":
+            parts.append(shift + total[0])
+        else:
+            parts.append((total[1] - total[0] * total[0]).clamp(min=0))
+        for key, value in extras_sums.items():
+            extras_parts.setdefault(key, []).append(value / samples)
+    assert base_result is not None
+    smoothed_map = torch.cat(parts)
+    settings = {key: value for key, value in base_result.settings.items() if key != "signed"}
+    settings.update(
+        {
+            "signed": kind == "mean" and bool(base_result.settings.get("signed", False)),
+            "base": base_name,
+            "samples": samples,
+            "noise": float(noise),
+            "kind": kind,
+            "seed": seed_setting,
+        }
+    )
+    extras: dict[str, Any] = {"noise_std": std.float().cpu()}
+    extras.update({key: torch.cat(values) for key, values in extras_parts.items()})
+    return make_attribution(
+        smoothed_map,
+        method="smoothgrad",
+        settings=settings,
+        model=model,
+        batch=batch,
+        target=goal,
+        scores=scores,
+        layer=base_result.layer,
+        extras=extras,
+    )
