@@ -109,3 +109,17 @@ def test_default_layer_and_batch_sizes(tiny):
     assert batch_size_for(tiny, 1, cap=10_000) == 2**20 // (79 * 4)
     assert batch_size_for(tiny, 1e-9) == 1
     assert [(s.start, s.stop) for s in chunks(7, 3)] == [(0, 3), (3, 6), (6, 7)]
+
+
+@pytest.mark.parametrize("method", ["gradcam", "saliency", "occlusion"])
+def test_several_classes_at_once_equal_separate_calls(tiny, method):
+    options = {"window": 2, "stride": 1} if method == "occlusion" else {}
+    x = torch.cat([X, -X])
+    both = cl.explain(tiny, x, method, classes=["alpha", "beta"], **options)
+    assert both.names == ["image0:alpha", "image0:beta", "image1:alpha", "image1:beta"]
+    assert both.targets == [0, 1, 0, 1]
+    for k, label in enumerate(["alpha", "beta"]):
+        alone = cl.explain(tiny, x, method, label, **options)
+        torch.testing.assert_close(both.map[k::2], alone.map)
+    with pytest.raises(ValueError, match="either target= or classes="):
+        cl.explain(tiny, x, method, "alpha", classes=["beta"], **options)

@@ -17,6 +17,7 @@ import convlens as cl
 from convlens.cli import app
 
 runner = CliRunner()
+DEMO_NAMES = ["gradcam", "gradcam++", "layercam", "integrated_gradients", "smoothgrad", "occlusion"]
 
 
 @pytest.fixture
@@ -145,3 +146,81 @@ def test_demo_writes_a_self_contained_page(tmp_path):
     assert html.count("data:image/png;base64,") >= 10
     assert len(list((tmp_path / "activations").glob("*.png"))) == 6
     assert cl.load_image(tmp_path / "activations" / "features.3.png").width > 200
+    assert "Why this decision" in html
+    overlays = sorted(p.name for p in (tmp_path / "explanations").glob("chelsea__*.png"))
+    assert overlays == [f"chelsea__{m}.png" for m in sorted(DEMO_NAMES)]
+
+
+def test_explain_writes_overlays_maps_summary_and_page(files):
+    out = files / "explain"
+    result = runner.invoke(
+        app,
+        [
+            "explain",
+            str(files / "tiny_plugin.py"),
+            str(files / "white.png"),
+            str(files / "black.png"),
+            "--method",
+            "gradcam,ig,occlusion",
+            "--target",
+            "beta,gamma",
+            "--window",
+            "2",
+            "--stride",
+            "1",
+            "--steps",
+            "8",
+            "--out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images"] == ["white", "black"]
+    runs = [(e["method"], e["target_labels"]) for e in summary["explanations"]]
+    assert runs == [
+        ("gradcam", ["beta", "beta"]),
+        ("gradcam", ["gamma", "gamma"]),
+        ("integrated_gradients", ["beta", "beta"]),
+        ("integrated_gradients", ["gamma", "gamma"]),
+        ("occlusion", ["beta", "beta"]),
+        ("occlusion", ["gamma", "gamma"]),
+    ]
+    assert summary["explanations"][4]["settings"]["window"] in (2, [2, 2])
+    with np.load(out / "occlusion__beta.npz") as npz:
+        reference = cl.explain(
+            cl.load(files / "tiny_plugin.py"),
+            [files / "white.png", files / "black.png"],
+            "occlusion",
+            "beta",
+            window=2,
+            stride=1,
+        )
+        np.testing.assert_allclose(npz["map"], reference.map.numpy())
+    assert (out / "white__gradcam__gamma.png").is_file()
+    html = (out / "index.html").read_text()
+    assert "integrated_gradients" in html and "https://" not in html.replace("https://arxiv", "")
+
+
+def test_explain_errors(files):
+    result = runner.invoke(
+        app, ["explain", str(files / "tiny_plugin.py"), str(files / "white.png"), "-m", "gradcma"]
+    )
+    assert result.exit_code == 2 and "did you mean 'gradcam'" in result.output
+    result = runner.invoke(
+        app,
+        ["explain", str(files / "tiny_plugin.py"), str(files / "white.png"), "-t", "zeta"],
+    )
+    assert result.exit_code == 2 and "unknown class 'zeta'" in result.output
+    result = runner.invoke(
+        app,
+        ["explain", str(files / "tiny_plugin.py"), str(files / "white.png"), "-l", "pol"],
+    )
+    assert result.exit_code == 2 and "did you mean 'pool'" in result.output
+
+
+def test_methods_lists_the_registry():
+    result = runner.invoke(app, ["methods"])
+    assert result.exit_code == 0
+    for name in cl.methods():
+        assert name in result.output

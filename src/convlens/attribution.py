@@ -439,15 +439,34 @@ def explain(
     images: Any,
     method: str = "gradcam",
     target: TargetSpec = None,
+    *,
+    classes: Sequence[int | str] | None = None,
     **options: Any,
 ) -> Attribution:
     """Explain ``images`` with the registered ``method`` (see :func:`methods`).
 
     ``target`` is ``None`` (top-1), a class index or label, one per image, or a callable on the
-    output. ``options`` go to the method (``layer=``, ``steps=``, ``window=``...).
+    output. ``classes=["tabby", "tiger cat"]`` explains every image for each of several classes
+    in one batched call: the result holds N x len(classes) maps, image-major, named
+    ``"<image>:<class>"``. ``options`` go to the method (``layer=``, ``steps=``, ``window=``...).
     """
     from convlens.capture import _as_model
 
     handle = _as_model(model)
     info = get_method(method)
-    return info.fn(handle, images, target, **options)
+    if classes is None:
+        return info.fn(handle, images, target, **options)
+    if target is not None:
+        raise ValueError("give either target= or classes=, not both")
+    if isinstance(classes, (str, int)):
+        classes = [classes]
+    indices = [handle.class_index(c) for c in classes]
+    batch = handle.prepare(images)
+    count = len(indices)
+    expanded = Batch(
+        [f"{name}:{handle.label(k)}" for name in batch.names for k in indices],
+        batch.inputs.repeat_interleave(count, dim=0),
+        [p for p in batch.pictures for _ in range(count)],
+    )
+    per_image = Target(torch.tensor(indices * len(batch), dtype=torch.long), description="classes")
+    return info.fn(handle, expanded, per_image, **options)

@@ -339,7 +339,8 @@ def methods() -> None:
     from convlens.attribution import methods as registry
 
     table = Table()
-    for column in ("method", "family", "layer", "description", "paper"):
+    table.add_column("method", no_wrap=True)
+    for column in ("family", "layer", "description", "paper"):
         table.add_column(column)
     aliases: dict[str, list[str]] = {}
     for alias, name in ALIASES.items():
