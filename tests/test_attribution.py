@@ -123,3 +123,16 @@ def test_several_classes_at_once_equal_separate_calls(tiny, method):
         torch.testing.assert_close(both.map[k::2], alone.map)
     with pytest.raises(ValueError, match="either target= or classes="):
         cl.explain(tiny, x, method, "alpha", classes=["beta"], **options)
+
+
+def test_display_sign_modes():
+    attribution = _attribution(torch.tensor([[[-2.0, 0.0], [1.0, 2.0]]]))
+    maps, signed = attribution._display("signed")
+    assert signed and torch.equal(maps, attribution.map)
+    maps, signed = attribution._display("absolute")
+    assert not signed and maps.tolist() == [[[2.0, 0.0], [1.0, 2.0]]]
+    maps, signed = attribution._display("positive")
+    assert not signed and maps.tolist() == [[[0.0, 0.0], [1.0, 2.0]]]
+    assert attribution._display(None)[1]  # "test" is no gradient method: signed stays signed
+    with pytest.raises(ValueError, match="expected sign"):
+        attribution._display("both")

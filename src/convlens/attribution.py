@@ -180,40 +180,70 @@ class Attribution:
             maps = maps.abs()
         return render.normalize(maps, mode=mode, clip_percentile=clip_percentile, signed=signed)
 
+    def _display(self, sign: str | None) -> tuple[torch.Tensor, bool]:
+        """The (N, H, W) maps to draw and whether to draw them signed.
+
+        ``sign``: ``"signed"`` (diverging, 0 in the middle), ``"absolute"`` (|map|) or
+        ``"positive"`` (negative evidence shown as 0). By default signed maps are drawn signed,
+        except pixel-level gradient maps, drawn as |map| as Captum's visualiser does: their
+        signs flip from pixel to pixel and read as noise."""
+        signed_method = bool(self.settings.get("signed", False))
+        if sign is None:
+            pixel_gradients = METHODS.get(self.method) is not None and (
+                METHODS[self.method].family == "gradient"
+            )
+            sign = (
+                "absolute"
+                if signed_method and pixel_gradients
+                else ("signed" if signed_method else "positive")
+            )
+        if sign not in ("signed", "absolute", "positive"):
+            raise ValueError(f"expected sign 'signed', 'absolute' or 'positive', got {sign!r}")
+        maps = self.maps2d()
+        if sign == "absolute":
+            return maps.abs(), False
+        if sign == "positive":
+            return maps.clamp(min=0), False
+        return maps, True
+
     def overlay(
         self,
         index: int = 0,
         *,
         alpha: float = 0.5,
         cmap: str | None = None,
-        signed: bool | None = None,
+        sign: str | None = None,
         clip_percentile: float | None = None,
     ) -> render.Figure:
-        """Map ``index`` (upsampled) over the picture the network saw. Signed methods use a
-        diverging colour map centred on 0, others jet. Pixel-level maps are clipped to their
-        1st..99th percentile by default (a few extreme gradients would otherwise wash out the
-        rest, as Captum's visualiser also does); layer maps are not clipped."""
-        if clip_percentile is None and not self.is_layer_map:
-            clip_percentile = 1.0
+        """Map ``index`` (upsampled) over the picture the network saw: jet for unsigned
+        display, a diverging map centred on 0 for signed (see :meth:`_display` for ``sign``).
+        Pixel-level maps are clipped to their 1st..99th percentile by default (a few extreme
+        gradients would otherwise wash out the rest); layer maps are not clipped."""
         if not self.pictures:
             raise ValueError("this attribution has no pictures to overlay (input was a tensor?)")
-        signed = self.settings.get("signed", False) if signed is None else signed
-        cmap = cmap or ("coolwarm" if signed else "jet")
-        up = self.upsampled(self.pictures[index].size[::-1]).maps2d()[index]
+        if clip_percentile is None and not self.is_layer_map:
+            clip_percentile = 1.0
+        maps, signed = self._display(sign)
+        height, width = self.pictures[index].size[::-1]
+        up = replace(self, map=maps[index : index + 1]).upsampled((height, width)).map[0]
         picture = render.overlay(
             self.pictures[index],
             up,
             alpha=alpha,
-            cmap=cmap,
+            cmap=cmap or ("coolwarm" if signed else "jet"),
             signed=signed,
             clip_percentile=clip_percentile,
         )
         return render.Figure(picture, caption=self.caption(index))
 
-    def heatmap(self, index: int = 0, *, cmap: str | None = None) -> render.Figure:
-        signed = bool(self.settings.get("signed", False))
-        cmap = cmap or ("coolwarm" if signed else "jet")
-        picture = render.heatmap(self.maps2d()[index], cmap, signed=signed)
+    def heatmap(
+        self, index: int = 0, *, cmap: str | None = None, sign: str | None = None
+    ) -> render.Figure:
+        """Map ``index`` alone, at its own resolution."""
+        maps, signed = self._display(sign)
+        picture = render.heatmap(
+            maps[index], cmap or ("coolwarm" if signed else "jet"), signed=signed
+        )
         return render.Figure(picture, caption=self.caption(index))
 
     def caption(self, index: int = 0) -> str:
