@@ -15,7 +15,8 @@ from convlens import occlusion as occlusion_module
 from convlens.attribution import get_method
 from convlens.hooks import has_hooks
 from convlens.model import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
-from convlens.occlusion import gaussian_blur, occlusion, rise, rise_masks
+from convlens.occlusion import occlusion, rise, rise_masks
+from convlens.references import gaussian_blur
 
 # -- helpers ------------------------------------------------------------------------------------
 
@@ -542,13 +543,13 @@ def _first_block(count: int, cell: int, p: float, seed: int, size: tuple[int, in
         ({"window": (2, 0)}, r"expected window >= 1.*got \(2, 0\)"),
         ({"window": "big"}, "expected window >= 1"),
         ({"window": (1, 2, 3)}, "expected window >= 1"),
-        ({"fill": "purple"}, r"expected fill 'zero', 'black', 'mean', 'blur'.*got 'purple'"),
+        ({"fill": "purple"}, r"expected fill among 'zero', 'black', 'mean', 'blur'.*got 'purple'"),
         ({"fill": (0, 0, 300)}, r"three values in \[0, 1\].*got \(0, 0, 300\)"),
         ({"fill": torch.zeros(3, 4, 4)}, r"shape \(3, 4, 4\) does not broadcast"),
         ({"fill": None}, "got NoneType"),
         ({"fill": "blur", "blur_sigma": 0}, "expected blur_sigma > 0"),
         ({"score": "prob"}, "expected score 'logit' or 'probability', got 'prob'"),
-        ({"batch_size": 0}, "expected batch_size >= 1, got 0"),
+        ({"batch_size": 0}, r"expected batch_size >= 1 \(copies per forward pass\), got 0"),
         ({"layer": "conv"}, "takes no layer, got layer='conv'"),
     ],
 )

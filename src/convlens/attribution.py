@@ -455,6 +455,40 @@ def batch_size_for(
     return int(max(1, min(cap, budget // (bytes_per_image(model) * factor))))
 
 
+def checked_batch_size(
+    model: Model, batch_size: int | None, memory_budget_mb: float | None, *, factor: float = 1.0
+) -> int:
+    """``batch_size`` if given (checked), else what fits ``memory_budget_mb``."""
+    if batch_size is None:
+        return batch_size_for(model, memory_budget_mb, factor=factor)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"expected batch_size >= 1 (copies per forward pass), got {batch_size!r}")
+    return batch_size
+
+
+def make_generator(
+    seed: int | None, generator: torch.Generator | None, device: torch.device | str = "cpu"
+) -> tuple[torch.Generator, int | str]:
+    """The generator a random method draws from (``seed`` 0 when neither is given), and what
+    to record in its settings."""
+    if seed is not None and generator is not None:
+        raise ValueError("expected a seed or a generator, got both")
+    if generator is not None:
+        if not isinstance(generator, torch.Generator):
+            raise ValueError(f"expected a torch.Generator, got {type(generator).__name__}")
+        return generator, "generator"
+    seed = 0 if seed is None else seed
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"expected an int seed, got {seed!r}")
+    return torch.Generator(device=device).manual_seed(seed), seed
+
+
+def no_layer(method: str, layer: Any) -> None:
+    """Input-space methods take no layer."""
+    if layer is not None:
+        raise ValueError(f"{method} explains the input and takes no layer, got layer={layer!r}")
+
+
 def chunks(total: int, size: int) -> Iterator[slice]:
     """Consecutive slices of at most ``size`` covering ``range(total)``."""
     for start in range(0, total, size):

@@ -65,16 +65,18 @@ from convlens.attribution import (
     Method,
     Target,
     TargetSpec,
-    batch_size_for,
+    checked_batch_size,
     chunks,
     get_method,
     make_attribution,
+    make_generator,
+    no_layer,
     register,
     resolve_target,
 )
 from convlens.hooks import forward_hooks, preserved
-from convlens.model import Model, Preprocessing
-from convlens.occlusion import gaussian_blur
+from convlens.model import Model
+from convlens.references import reference_input, reference_setting
 
 RULES = ("riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle", "gausslegendre")
 BASELINES = ("black", "zero", "mean", "blur", "noise")
@@ -101,39 +103,10 @@ def input_gradients(
     return grads, scores.detach()
 
 
-def _no_layer(method: str, layer: str | None) -> None:
-    if layer is not None:
-        raise ValueError(f"{method} explains the input and takes no layer, got layer={layer!r}")
-
-
 def _flag(value: Any, name: str) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"expected {name}=True or False, got {value!r}")
     return value
-
-
-def _batch_size(model: Model, batch_size: int | None, memory_budget_mb: float | None) -> int:
-    if batch_size is None:
-        return batch_size_for(model, memory_budget_mb, factor=BACKWARD_FACTOR)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"expected batch_size >= 1 (copies per forward pass), got {batch_size!r}")
-    return batch_size
-
-
-def _generator(
-    seed: int | None, generator: torch.Generator | None, device: torch.device
-) -> tuple[torch.Generator, int | str]:
-    """The generator to draw from, and what to record in the settings."""
-    if seed is not None and generator is not None:
-        raise ValueError("expected a seed or a generator, got both")
-    if generator is not None:
-        if not isinstance(generator, torch.Generator):
-            raise ValueError(f"expected a torch.Generator, got {type(generator).__name__}")
-        return generator, "generator"
-    seed = 0 if seed is None else seed
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"expected an int seed, got {seed!r}")
-    return torch.Generator(device=device).manual_seed(seed), seed
 
 
 def _clean_scores(model: Model, inputs: torch.Tensor, target: Target, size: int) -> torch.Tensor:
@@ -170,7 +143,7 @@ def saliency(
     (N, C, H, W) gradient (``|.|`` if ``absolute``), which is Captum's ``Saliency``.
     ``S`` is the target's raw logit.
     """
-    _no_layer("saliency", layer)
+    no_layer("saliency", layer)
     absolute, channels = _flag(absolute, "absolute"), _flag(channels, "channels")
     batch = model.prepare(images)
     goal = resolve_target(model, batch.inputs, target)
@@ -208,7 +181,7 @@ def gradient_x_input(
 ) -> Attribution:
     """``sum_c x_c * dS/dx_c`` (N, H, W), signed; (N, C, H, W) with ``channels=True``
     (Captum's ``InputXGradient``). ``x`` is the network input (after normalisation)."""
-    _no_layer("gradient_x_input", layer)
+    no_layer("gradient_x_input", layer)
     channels = _flag(channels, "channels")
     batch = model.prepare(images)
     goal = resolve_target(model, batch.inputs, target)
@@ -268,88 +241,19 @@ def baseline_inputs(
     blur_sigma: float = 10.0,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """The (N, C, H, W) baseline for ``inputs`` in input space.
-
-    ``"black"``: a black picture through the model's :class:`Preprocessing` (``(0 - mean) /
-    std``); ``"zero"`` (or ``"zeros"``): the zero input tensor; ``"mean"``: each image's
-    per-channel mean; ``"blur"``: the input blurred by a Gaussian of ``blur_sigma`` pixels
-    (edges replicated); ``"noise"``: a picture of uniform [0, 1] pixel noise through the
-    preprocessing, drawn from ``generator``; an (r, g, b) colour in [0, 1]; a number (that value
-    in input space); or a tensor broadcastable to the input.
-    """
-    n, _, height, width = inputs.shape
-    expected = (
-        f"expected baseline among {', '.join(map(repr, BASELINES))}, an (r, g, b) colour in "
-        "[0, 1], a number or a tensor broadcastable to the input"
+    """The (N, C, H, W) baseline for ``inputs`` in input space (the vocabulary of
+    :mod:`convlens.references`: ``"black"`` by default, ``"zero"``, ``"mean"``, ``"blur"``,
+    ``"noise"``, a colour, a number or a tensor)."""
+    reference = reference_input(
+        model,
+        inputs,
+        baseline,
+        what="baseline",
+        names=BASELINES,
+        blur_sigma=blur_sigma,
+        generator=generator,
     )
-    if isinstance(baseline, str):
-        name = "zero" if baseline == "zeros" else baseline
-        if name == "zero":
-            return torch.zeros_like(inputs)
-        if name == "black":
-            return _pictures(model, inputs, torch.zeros(1, 3, 1, 1)).expand_as(inputs).clone()
-        if name == "mean":
-            return inputs.mean(dim=(2, 3), keepdim=True).expand_as(inputs).clone()
-        if name == "blur":
-            if isinstance(blur_sigma, bool) or not isinstance(blur_sigma, (int, float)):
-                raise ValueError(f"expected blur_sigma > 0 (pixels), got {blur_sigma!r}")
-            if not blur_sigma > 0:
-                raise ValueError(f"expected blur_sigma > 0 (pixels), got {blur_sigma!r}")
-            return gaussian_blur(inputs, float(blur_sigma))
-        if name == "noise":
-            gen = generator or torch.Generator(device=inputs.device).manual_seed(0)
-            pixels = torch.rand((n, 3, height, width), generator=gen, device=gen.device)
-            return _pictures(model, inputs, pixels)
-        raise ValueError(f"{expected}, got {baseline!r}")
-    if isinstance(baseline, torch.Tensor):
-        values = baseline.to(inputs.device, inputs.dtype)
-        try:
-            fits = torch.broadcast_shapes(values.shape, inputs.shape) == inputs.shape
-        except RuntimeError:
-            fits = False
-        if not fits:
-            raise ValueError(
-                f"{expected}; a baseline tensor of shape {tuple(baseline.shape)} does not "
-                f"broadcast to the input {tuple(inputs.shape)}"
-            )
-        return values.expand_as(inputs).clone()
-    if isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
-        return torch.full_like(inputs, float(baseline))
-    if isinstance(baseline, (tuple, list)):
-        if len(baseline) != 3 or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1
-            for v in baseline
-        ):
-            raise ValueError(f"{expected}; a colour is three values in [0, 1], got {baseline!r}")
-        rgb = torch.tensor([float(v) for v in baseline]).view(1, 3, 1, 1)
-        return _pictures(model, inputs, rgb).expand_as(inputs).clone()
-    raise ValueError(f"{expected}, got {type(baseline).__name__}")
-
-
-def _pictures(model: Model, inputs: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
-    """RGB pixels in [0, 1] (N or 1, 3, H or 1, W or 1) as network input, through the model's
-    normalisation."""
-    if not isinstance(model.preprocess, Preprocessing):
-        raise ValueError(
-            "a picture baseline ('black', 'noise' or a colour) needs the model's Preprocessing "
-            "to normalise it; this model has a custom preprocess: use baseline='zero', a "
-            "number or a tensor"
-        )
-    values = model.preprocess.normalize(pixels.to(inputs.device, inputs.dtype))
-    if values.shape[1] != inputs.shape[1]:
-        raise ValueError(
-            f"the model's Preprocessing gives {values.shape[1]} channels, the input has "
-            f"{inputs.shape[1]}"
-        )
-    return values
-
-
-def _baseline_setting(baseline: Baseline) -> Any:
-    if isinstance(baseline, torch.Tensor):
-        return f"tensor{tuple(baseline.shape)}"
-    if isinstance(baseline, str):
-        return "zero" if baseline == "zeros" else baseline
-    return list(baseline) if isinstance(baseline, (tuple, list)) else baseline
+    return reference.expand_as(inputs).clone()
 
 
 @register(
@@ -400,10 +304,10 @@ def integrated_gradients(
     ``extras``: ``delta`` (N,) ``f(x) - f(baseline)``, ``completeness_error`` (N,)
     ``|sum(attributions) - delta|`` and ``baseline_scores`` (N,) ``f(baseline)``.
     """
-    _no_layer("integrated_gradients", layer)
+    no_layer("integrated_gradients", layer)
     channels = _flag(channels, "channels")
     alphas, weights = integration_points(rule, steps)
-    size = _batch_size(model, batch_size, memory_budget_mb)
+    size = checked_batch_size(model, batch_size, memory_budget_mb, factor=BACKWARD_FACTOR)
     batch = model.prepare(images)
     goal = resolve_target(model, batch.inputs, target)
     x = batch.inputs.detach()
@@ -412,12 +316,12 @@ def integrated_gradients(
         "signed": True,
         "steps": steps,
         "rule": rule,
-        "baseline": _baseline_setting(baseline),
+        "baseline": reference_setting(baseline),
         "channels": channels,
     }
     gen: torch.Generator | None = None
     if isinstance(baseline, str) and baseline == "noise":
-        gen, settings["seed"] = _generator(seed, generator, x.device)
+        gen, settings["seed"] = make_generator(seed, generator, x.device)
     if isinstance(baseline, str) and baseline == "blur":
         settings["blur_sigma"] = blur_sigma
     base = baseline_inputs(model, x, baseline, blur_sigma=blur_sigma, generator=gen)
@@ -490,7 +394,7 @@ def guided_backprop(
     shown as a colour image). Every ``nn.ReLU`` module (and ``nn.ReLU6`` unless
     ``relu6=False``, which is what Captum does) passes back ``mask * max(grad, 0)``, where
     ``mask`` is the activation's own derivative. Hooks live only for the call."""
-    _no_layer("guided_backprop", layer)
+    no_layer("guided_backprop", layer)
     relu6 = _flag(relu6, "relu6")
     kinds: tuple[type[nn.Module], ...] = (nn.ReLU, nn.ReLU6) if relu6 else (nn.ReLU,)
     batch = model.prepare(images)
@@ -678,12 +582,12 @@ def _noise_tunnel(
         raise ValueError(f"expected noise >= 0 (a fraction of the value range), got {noise!r}")
     if kind not in KINDS:
         raise ValueError(f"expected kind among {', '.join(map(repr, KINDS))}, got {kind!r}")
-    size = _batch_size(model, batch_size, memory_budget_mb)
+    size = checked_batch_size(model, batch_size, memory_budget_mb, factor=BACKWARD_FACTOR)
     batch = model.prepare(images)
     goal = resolve_target(model, batch.inputs, target)
     x = batch.inputs.detach()
     n = len(x)
-    gen, seed_setting = _generator(seed, generator, x.device)
+    gen, seed_setting = make_generator(seed, generator, x.device)
     # Batching and randomness are shared with a base that takes them (IG's steps, its noise
     # baseline); every other option is the base's own.
     accepted = inspect.signature(base_fn).parameters

@@ -38,26 +38,29 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from convlens.attribution import (
     Attribution,
     Target,
     TargetSpec,
-    batch_size_for,
+    checked_batch_size,
     chunks,
     make_attribution,
+    make_generator,
+    no_layer,
     register,
     resolve_target,
 )
 from convlens.hooks import preserved
-from convlens.model import Model, Preprocessing
+from convlens.model import Model
+from convlens.references import reference_input, reference_setting
 
 FILLS = ("zero", "black", "mean", "blur")
 SCORES = ("logit", "probability")
 MASK_BLOCK = 128  # RISE masks drawn (and held) at a time
 
 Fill = str | float | Sequence[float] | torch.Tensor
+FILLS = ("zero", "black", "mean", "blur")
 Progress = Callable[[int, int], None]
 
 
@@ -114,7 +117,7 @@ def occlusion(
     (N, rows, columns), the score drop of each window (Zeiler & Fergus's coarse map).
     ``scores`` holds the unperturbed logits whatever ``score`` is.
     """
-    _no_layer("occlusion", layer)
+    no_layer("occlusion", layer)
     batch = model.prepare(images)
     x = batch.inputs
     n, _, height, width = x.shape
@@ -124,7 +127,7 @@ def occlusion(
     _check_window(ww, sw, width, "width")
     _check_score(score)
     fill_values = _fill_values(model, x, fill, blur_sigma)
-    size = _batch_size(model, batch_size, memory_budget_mb)
+    size = checked_batch_size(model, batch_size, memory_budget_mb)
     chosen = resolve_target(model, x, target)
 
     rows = _cover(height, wh, sh, x.device)  # (nh, H) which rows each window position covers
@@ -155,7 +158,7 @@ def occlusion(
     settings = {
         "window": (wh, ww),
         "stride": (sh, sw),
-        "fill": _fill_setting(fill),
+        "fill": reference_setting(fill),
         "score": score,
         "batch_size": size,
         "signed": True,
@@ -249,7 +252,7 @@ def rise(
     progress:
         Called as ``progress(done, total)`` with the number of masked copies evaluated.
     """
-    _no_layer("rise", layer)
+    no_layer("rise", layer)
     batch = model.prepare(images)
     x = batch.inputs
     n, _, height, width = x.shape
@@ -262,9 +265,9 @@ def rise(
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1:
         raise ValueError(f"expected a keep probability p in (0, 1], got {p!r}")
     _check_score(score)
-    rng, seed_setting = _generator(seed, generator)
+    rng, seed_setting = make_generator(seed, generator)
     fill_values = _fill_values(model, x, fill, blur_sigma)
-    size = _batch_size(model, batch_size, memory_budget_mb)
+    size = checked_batch_size(model, batch_size, memory_budget_mb)
     chosen = resolve_target(model, x, target)
 
     cell_h, cell_w = math.ceil(height / cell), math.ceil(width / cell)
@@ -302,7 +305,7 @@ def rise(
         "cell": cell,
         "p": p,
         "seed": seed_setting,
-        "fill": _fill_setting(fill),
+        "fill": reference_setting(fill),
         "score": score,
         "batch_size": size,
         "signed": False,
@@ -364,26 +367,7 @@ def _upsampling_matrix(cells: int, pixels: int) -> torch.Tensor:
     return matrix.float()
 
 
-def _generator(seed: int | None, generator: torch.Generator | None) -> tuple[torch.Generator, Any]:
-    if seed is not None and generator is not None:
-        raise ValueError("expected a seed or a generator, got both")
-    if generator is not None:
-        if not isinstance(generator, torch.Generator):
-            raise ValueError(f"expected a torch.Generator, got {type(generator).__name__}")
-        return generator, "generator"
-    if seed is None:
-        seed = 0
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"expected an int seed, got {seed!r}")
-    return torch.Generator().manual_seed(seed), seed
-
-
 # -- shared ------------------------------------------------------------------------------------
-
-
-def _no_layer(method: str, layer: str | None) -> None:
-    if layer is not None:
-        raise ValueError(f"{method} explains the input and takes no layer, got layer={layer!r}")
 
 
 def _check_score(score: str) -> None:
@@ -401,14 +385,6 @@ def _pair(value: Any, name: str) -> tuple[int, int]:
     ):
         raise ValueError(f"expected {name} >= 1, an int or (height, width), got {value!r}")
     return int(pair[0]), int(pair[1])
-
-
-def _batch_size(model: Model, batch_size: int | None, memory_budget_mb: float | None) -> int:
-    if batch_size is None:
-        return batch_size_for(model, memory_budget_mb)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"expected batch_size >= 1, got {batch_size!r}")
-    return batch_size
 
 
 def _score(model: Model, inputs: torch.Tensor, target: Target, kind: str) -> torch.Tensor:
@@ -438,87 +414,4 @@ def _scores_in_chunks(
 
 def _fill_values(model: Model, inputs: torch.Tensor, fill: Any, blur_sigma: float) -> torch.Tensor:
     """What perturbed pixels become, in input space, broadcastable to ``inputs``."""
-    channels = inputs.shape[1]
-    expected = (
-        "expected fill 'zero', 'black', 'mean', 'blur', an (r, g, b) colour in [0, 1], "
-        "a number or a tensor broadcastable to the input"
-    )
-    if isinstance(fill, str):
-        if fill == "zero":
-            return torch.zeros(1, channels, 1, 1, dtype=inputs.dtype, device=inputs.device)
-        if fill == "black":
-            return _colour(model, inputs, (0.0, 0.0, 0.0))
-        if fill == "mean":
-            return inputs.mean(dim=(2, 3), keepdim=True)
-        if fill == "blur":
-            if isinstance(blur_sigma, bool) or not isinstance(blur_sigma, (int, float)):
-                raise ValueError(f"expected blur_sigma > 0 (pixels), got {blur_sigma!r}")
-            if not blur_sigma > 0:
-                raise ValueError(f"expected blur_sigma > 0 (pixels), got {blur_sigma!r}")
-            return gaussian_blur(inputs, float(blur_sigma))
-        raise ValueError(f"{expected}, got {fill!r}")
-    if isinstance(fill, torch.Tensor):
-        values = fill.to(inputs.device, inputs.dtype)
-        try:
-            fits = torch.broadcast_shapes(values.shape, inputs.shape) == inputs.shape
-        except RuntimeError:
-            fits = False
-        if not fits:
-            raise ValueError(
-                f"{expected}; a fill tensor of shape {tuple(fill.shape)} does not broadcast "
-                f"to the input {tuple(inputs.shape)}"
-            )
-        return values
-    if isinstance(fill, (int, float)) and not isinstance(fill, bool):
-        return torch.full(
-            (1, channels, 1, 1), float(fill), dtype=inputs.dtype, device=inputs.device
-        )
-    if isinstance(fill, (tuple, list)):
-        if len(fill) != 3 or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in fill
-        ):
-            raise ValueError(
-                f"{expected}; a colour is three values in [0, 1] (divide 0-255 values by "
-                f"255), got {fill!r}"
-            )
-        return _colour(model, inputs, tuple(float(v) for v in fill))
-    raise ValueError(f"{expected}, got {type(fill).__name__}")
-
-
-def _colour(model: Model, inputs: torch.Tensor, rgb: tuple[float, ...]) -> torch.Tensor:
-    """An RGB colour in [0, 1] as network input (1, C, 1, 1), through the model's normalisation."""
-    if not isinstance(model.preprocess, Preprocessing):
-        raise ValueError(
-            "a colour fill ('black' or (r, g, b)) needs the model's Preprocessing to normalise "
-            "it; this model has a custom preprocess: use fill='zero', a number or a tensor"
-        )
-    pixels = torch.tensor(rgb, dtype=inputs.dtype, device=inputs.device).view(1, 3, 1, 1)
-    values = model.preprocess.normalize(pixels)
-    if values.shape[1] != inputs.shape[1]:
-        raise ValueError(
-            f"the model's Preprocessing gives {values.shape[1]} channels, the input has "
-            f"{inputs.shape[1]}"
-        )
-    return values
-
-
-def _fill_setting(fill: Any) -> Any:
-    if isinstance(fill, torch.Tensor):
-        return f"tensor{tuple(fill.shape)}"
-    return list(fill) if isinstance(fill, (tuple, list)) else fill
-
-
-def gaussian_blur(inputs: torch.Tensor, sigma: float) -> torch.Tensor:
-    """(N, C, H, W) blurred per channel by a Gaussian of ``sigma`` pixels, truncated at radius
-    ``int(3 * sigma + 0.5)``, edges replicated (``scipy.ndimage.gaussian_filter(mode="nearest",
-    truncate=3)``). Works for any image size (a kernel wider than the image is fine)."""
-    radius = int(3 * sigma + 0.5)
-    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
-    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
-    kernel = (kernel / kernel.sum()).to(inputs.device, inputs.dtype)
-    channels = inputs.shape[1]
-    rows = kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1)
-    cols = kernel.view(1, 1, 1, -1).repeat(channels, 1, 1, 1)
-    # replicate padding may be wider than the image
-    out = F.conv2d(F.pad(inputs, (0, 0, radius, radius), mode="replicate"), rows, groups=channels)
-    return F.conv2d(F.pad(out, (radius, radius, 0, 0), mode="replicate"), cols, groups=channels)
+    return reference_input(model, inputs, fill, what="fill", names=FILLS, blur_sigma=blur_sigma)
