@@ -34,8 +34,58 @@ class Timing:
 
     @property
     def iqr_ms(self) -> float:
+        """The interquartile range (NaN for a single run)."""
+        if len(self.samples) < 2:
+            return float("nan")
         q1, _, q3 = self._quartiles()
         return (q3 - q1) * 1e3
+
+    unit = "ms"
+
+    @property
+    def median(self) -> float:
+        return self.median_ms
+
+    @property
+    def iqr(self) -> float:
+        return self.iqr_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "median_ms": self.median_ms,
+            "iqr_ms": self.iqr_ms,
+            "repeats": len(self.samples),
+            "samples_ms": [t * 1e3 for t in self.samples],
+        }
+
+
+@dataclass(frozen=True)
+class Quantity:
+    """Measurements of something other than wall time, in ``unit``: peak memory growth in MiB
+    (one sample per fresh process), a difference between two maps (unit ``""``), ..."""
+
+    samples: tuple[float, ...]
+    unit: str
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+    @property
+    def iqr(self) -> float:
+        if len(self.samples) < 2:
+            return float("nan")
+        q1, _, q3 = statistics.quantiles(self.samples, n=4, method="inclusive")
+        return q3 - q1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "median": self.median,
+            "iqr": self.iqr,
+            "unit": self.unit,
+            "repeats": len(self.samples),
+            "samples": list(self.samples),
+        }
 
 
 def interleaved(
@@ -71,11 +121,13 @@ class Row:
 
     ``ratio`` is this row's median over the median of the row named ``baseline``;
     ``target`` is the largest ratio that passes (``strict``: the ratio must stay below it).
+    ``timing`` is a :class:`Timing`, or a :class:`Quantity` for rows that measure something
+    else (peak memory, a difference between maps).
     """
 
     benchmark: str
     case: str
-    timing: Timing
+    timing: Timing | Quantity
     baseline: str | None = None
     ratio: float | None = None
     target: float | None = None
@@ -97,10 +149,7 @@ class Row:
         return {
             "benchmark": self.benchmark,
             "case": self.case,
-            "median_ms": self.timing.median_ms,
-            "iqr_ms": self.timing.iqr_ms,
-            "repeats": len(self.timing.samples),
-            "samples_ms": [t * 1e3 for t in self.timing.samples],
+            **self.timing.to_dict(),
             "baseline": self.baseline,
             "ratio": self.ratio,
             "target": self.target_text or None,
@@ -110,13 +159,13 @@ class Row:
 
 def compare(
     benchmark: str,
-    timings: Mapping[str, Timing],
+    timings: Mapping[str, Timing | Quantity],
     baseline: str,
     targets: Mapping[str, tuple[float, bool]] | None = None,
 ) -> list[Row]:
     """Rows for ``timings``, each with its ratio to ``baseline``; ``targets`` maps a case to
     ``(largest ratio, strict)``."""
-    base = timings[baseline].median_ms
+    base = timings[baseline].median
     rows = []
     for case, timing in timings.items():
         target, strict = (targets or {}).get(case, (None, False))
@@ -126,7 +175,7 @@ def compare(
                 case,
                 timing,
                 baseline=None if case == baseline else baseline,
-                ratio=None if case == baseline else timing.median_ms / base,
+                ratio=None if case == baseline else timing.median / base,
                 target=target,
                 strict=strict,
             )

@@ -48,14 +48,25 @@ def environment() -> dict[str, object]:
     }
 
 
+def _value(value: float, unit: str) -> str:
+    """A median or IQR with its unit: ``12.34 ms``, ``512 MiB``, ``1.9e-06`` (no unit)."""
+    if value != value:  # NaN: a single sample has no IQR
+        return "-"
+    if unit == "ms":
+        return f"{value:.2f} ms"
+    if unit == "MiB":
+        return f"{value:.0f} MiB"
+    return f"{value:.2g}" + (f" {unit}" if unit else "")
+
+
 def table(rows: list) -> str:
-    header = ("benchmark", "case", "median ms", "IQR ms", "ratio", "target", "met")
+    header = ("benchmark", "case", "median", "IQR", "ratio", "target", "met")
     lines = [
         (
             r.benchmark,
             r.case,
-            f"{r.timing.median_ms:.2f}",
-            f"{r.timing.iqr_ms:.2f}",
+            _value(r.timing.median, r.timing.unit),
+            _value(r.timing.iqr, r.timing.unit),
             f"{r.ratio:.2f}x" if r.ratio is not None else "-",
             r.target_text or "-",
             {True: "yes", False: "NO", None: "-"}[r.met],
