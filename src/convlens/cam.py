@@ -209,7 +209,8 @@ def _capture(
 
     The hook hands the rest of the network a copy of each captured output, so in-place
     operations downstream (``ReLU(inplace=True)``, ``out += identity``) never change what
-    was captured.
+    was captured. The pass runs without recording a graph up to the first captured layer and
+    records only from there, so the cost before the layer is that of an inference pass.
     """
     found: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
 
@@ -220,8 +221,13 @@ def _capture(
                 f"CAM methods need a layer with a spatial (N, C, h, w) output; {name!r} "
                 f"returned {got}"
             )
-        if gradients:
-            captured = output if output.requires_grad else output.detach().requires_grad_(True)
+        if gradients and output.requires_grad:  # a later layer, already on the graph
+            captured = output
+        elif gradients:
+            # The first captured layer: the graph starts here. Everything before it ran
+            # without recording (as fast as an inference pass); from here on it records.
+            captured = output.detach().requires_grad_(True)
+            torch.set_grad_enabled(True)
         else:
             captured = output.detach()
         found[name].append(captured)
@@ -229,7 +235,8 @@ def _capture(
 
     with preserved(model.module), torch.inference_mode(False):
         inputs = batch.inputs.clone() if batch.inputs.is_inference() else batch.inputs
-        with torch.set_grad_enabled(gradients), forward_hooks(model.module, layers, keep):
+        # no_grad's exit restores the caller's grad mode, also after the hook turned it on
+        with torch.no_grad(), forward_hooks(model.module, layers, keep):
             outputs = model.forward(inputs.detach())
         for name, outs in found.items():
             if len(outs) != 1:
