@@ -56,6 +56,10 @@ def _value(value: float, unit: str) -> str:
         return f"{value:.2f} ms"
     if unit == "MiB":
         return f"{value:.0f} MiB"
+    if unit == "img/s":
+        return f"{value:.0f} img/s"
+    if unit == "s":
+        return f"{value:.3f} s"
     return f"{value:.2g}" + (f" {unit}" if unit else "")
 
 

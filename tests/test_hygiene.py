@@ -23,6 +23,19 @@ OPERATIONS = {
     "Model.predict": lambda m: m.predict(X),
     "Model.probabilities": lambda m: m.probabilities(X),
     "Model.layers": lambda m: m.layers(),
+    "evaluate": lambda m: cl.evaluate(
+        m, _masked(), ["saliency"], ["pointing_game", "deletion"], steps=4
+    ),
+    "audit": lambda m: cl.audit(m, _masked(), "saliency", examples=1),
+    "sanity_check": lambda m: cl.sanity_check(m, X, "saliency"),
+    "featurevis": lambda m: cl.featurevis(
+        m,
+        cl.objectives.channel("conv" if _has(m, "conv") else "second", 0),
+        size=8,
+        steps=2,
+        normalize=lambda x: x.mean(1, keepdim=True),
+    ),
+    "filter_weights": lambda m: cl.filter_weights(m, "conv" if _has(m, "conv") else "first"),
 }
 _TMP: dict = {}
 
@@ -37,6 +50,14 @@ for _name in cl.methods():
     OPERATIONS[f"explain:{_name}"] = lambda m, _name=_name: cl.explain(
         m, X, _name, **SMALL.get(_name, {})
     )
+
+
+def _masked():
+    from convlens.evaluation import MaskedImages
+
+    masks = torch.zeros(2, 4, 4, dtype=torch.bool)
+    masks[:, 1:3, 1:3] = True
+    return MaskedImages(X, masks, is_input=True)
 
 
 def _has(model: cl.Model, name: str) -> bool:

@@ -57,6 +57,10 @@ def test_readme_has_examples():
 @pytest.mark.slow
 @pytest.mark.parametrize("line", CLI_LINES)
 def test_cli_example(line, workdir):
+    if "data/toons" in line and "toons make" not in line:
+        from convlens.data import toons
+
+        toons.write(workdir / "data" / "toons", n=120, seed=7)
     result = CliRunner().invoke(app, shlex.split(line)[1:])
     assert result.exit_code == 0, f"{line}\n{result.output}"
 
@@ -76,4 +80,7 @@ def test_python_examples(workdir):
     assert namespace["cam"].layer == "features" and namespace["cam"].map.shape == (1, 7, 7)
     assert namespace["cam"].target_labels == ["tabby"]
     assert float(namespace["ig"].extras["completeness_error"].max()) < 2.0
+    assert namespace["hits"].mean >= 0.8
+    assert namespace["check"].flagged is False
+    assert len(namespace["report"].to_dict()["results"]) == 4  # 2 methods x 2 metrics
     assert (workdir / "out" / "channel17.png").is_file()

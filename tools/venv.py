@@ -47,6 +47,19 @@ def flat_requirements(project: dict, extras: list[str]) -> list[str]:
     return sorted(set(out))
 
 
+def in_use(venv: Path) -> bool:
+    """Whether a running process was started from ``venv`` (it is then kept: deleting it
+    would break that process's later imports; the next build prunes it)."""
+    marker = str(venv).encode()
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if marker in cmdline.read_bytes():
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def main() -> None:
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     requirements = flat_requirements(pyproject["project"], ["dev"])
@@ -73,9 +86,10 @@ def main() -> None:
         pip("--upgrade", "pip", *build, "wheel")
         pip("-c", str(req_dir / "constraints.txt"), *requirements)
         pip("--no-deps", "-r", str(req_dir / "assets.txt"))
+        pip("--no-deps", "-r", str(req_dir / "peers.txt"))
         (venv / STAMP).write_text(json.dumps(key, indent=1))
         for old in CACHE.glob("venv-*"):  # environments of older requirement sets (5 GB each)
-            if old != venv:
+            if old != venv and not in_use(old):
                 shutil.rmtree(old, ignore_errors=True)
 
     link = ROOT / ".venv"

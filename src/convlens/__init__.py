@@ -20,6 +20,9 @@ _WHERE = {
     "activations": "capture",
     "Attribution": "attribution",
     "explain": "attribution",
+    "evaluate": "evaluation",
+    "audit": "evaluation",
+    "sanity_check": "sanity",
     "methods": "attribution",
     "ImageError": "images",
     "load_image": "images",
@@ -37,6 +40,12 @@ _WHERE = {
     "Preprocessing": "model",
     "UnknownNameError": "naming",
     "parse_layer": "naming",
+    "train": "training",
+    "FeatureVis": "visualize",
+    "featurevis": "visualize",
+    "objectives": "visualize",
+    "filter_weights": "filters",
+    "FilterView": "filters",
 }
 _MODULES = {
     "attribution",
@@ -55,12 +64,19 @@ _MODULES = {
     "zoo",
     "demo",
     "interop",
+    "architectures",
+    "metrics",
+    "sanity",
+    "visualize",
+    "filters",
 }
 
 __all__ = [
     "Activations",
     "Attribution",
     "Batch",
+    "FeatureVis",
+    "FilterView",
     "ImageError",
     "LayerTable",
     "Model",
@@ -70,15 +86,22 @@ __all__ = [
     "Preprocessing",
     "UnknownNameError",
     "activations",
+    "audit",
+    "evaluate",
     "explain",
+    "featurevis",
+    "filter_weights",
     "layer_table",
     "load",
     "load_image",
     "load_images",
     "methods",
+    "objectives",
     "parse_layer",
     "sample",
     "samples",
+    "sanity_check",
+    "train",
 ]
 
 
@@ -100,8 +123,13 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from convlens.attribution import Attribution, explain, methods
     from convlens.capture import Activations, activations
+    from convlens.evaluation import audit, evaluate
+    from convlens.filters import FilterView, filter_weights
     from convlens.images import ImageError, load_image, load_images, sample, samples
     from convlens.layers import LayerTable, layer_table
     from convlens.loading import ModelLoadError, PickleRefusedError, load
     from convlens.model import Batch, Model, Prediction, Preprocessing
     from convlens.naming import UnknownNameError, parse_layer
+    from convlens.sanity import sanity_check
+    from convlens.training import train
+    from convlens.visualize import FeatureVis, featurevis, objectives

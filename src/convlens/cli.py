@@ -385,6 +385,304 @@ def demo(
     console.print(f"report: {page.resolve()}")
 
 
+@app.command("train")
+def train_command(
+    ctx: typer.Context,
+    data: Annotated[
+        Path,
+        typer.Argument(
+            help="Image folder: ROOT/train/<class>/, ROOT/val/<class>/ [, ROOT/test/<class>/], "
+            "or ROOT/<class>/ (split 80/20 per class). Other folders and files are ignored."
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("out/train"),
+    arch: Annotated[
+        str,
+        typer.Option(
+            "--arch", help="explorer_cnn, scratch_cnn, or 'package.module:factory' (your own)."
+        ),
+    ] = "explorer_cnn",
+    arch_option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--arch-option",
+            "-A",
+            help="Architecture option as key=value, e.g. widths=16,32,64 or dense=64 (repeatable).",
+        ),
+    ] = None,
+    size: Annotated[
+        str | None,
+        typer.Option(help="Input size H or H,W (default: the architecture's, 128 for explorer)."),
+    ] = None,
+    channels: Annotated[int, typer.Option(help="3 (RGB) or 1 (grey).")] = 3,
+    epochs: Annotated[int, typer.Option(help="Passes over the training images.")] = 20,
+    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 64,
+    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
+    seed: Annotated[int, typer.Option(help="Seeds split, weights, order and augmentation.")] = 0,
+    val_fraction: Annotated[
+        float, typer.Option(help="Validation share when the data has no val/ folder.")
+    ] = 0.2,
+    patience: Annotated[
+        int,
+        typer.Option(help="Stop after this many epochs without a lower val loss (0: never)."),
+    ] = 5,
+    augment: Annotated[
+        bool, typer.Option("--augment/--no-augment", help="Random augmentation of each batch.")
+    ] = True,
+    rotation: Annotated[float, typer.Option(help="Max rotation in degrees (0: off).")] = 45.0,
+    width_shift: Annotated[
+        float, typer.Option(help="Max horizontal shift, fraction of the width.")
+    ] = 0.2,
+    height_shift: Annotated[
+        float, typer.Option(help="Max vertical shift, fraction of the height.")
+    ] = 0.2,
+    zoom: Annotated[float, typer.Option(help="Zoom range: scale in [1-z, 1+z] (0: off).")] = 0.2,
+    flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Random left-right flip.")] = True,
+    brightness: Annotated[
+        float, typer.Option(help="Brightness jitter: factor in [1-b, 1+b] (0: off).")
+    ] = 0.0,
+    fill: Annotated[
+        str, typer.Option(help="Fill where content moved away: nearest, reflect, constant.")
+    ] = "nearest",
+    filters: Annotated[
+        str | None,
+        typer.Option(help="Conv layers to watch, e.g. conv1,conv2 (default: first four convs)."),
+    ] = None,
+    snapshot_every: Annotated[
+        int, typer.Option(help="Draw the watched filters every N steps (0: never).")
+    ] = 50,
+    tensorboard: Annotated[
+        bool, typer.Option("--tensorboard/--no-tensorboard", help="Write TensorBoard logs.")
+    ] = True,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    threads: Annotated[
+        int | None,
+        typer.Option(help="CPU threads (default: all cores); 1 is faster on a busy machine."),
+    ] = None,
+) -> None:
+    """Train a classifier on an image folder: model.pt (load it with any convlens command),
+    metrics.json, tensorboard/ and filters/<layer>.gif + .png of the filters evolving."""
+    with user_errors():
+        from convlens.training import Augmentation, train
+
+        options: dict[str, object] = {}
+        for item in arch_option or []:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"expected --arch-option key=value, got {item!r}")
+            options[key.strip()] = _parse_value(value)
+        input_size = _parse_value(size) if size else None
+        if input_size is not None and not isinstance(input_size, int | tuple):
+            raise ValueError(f"expected --size H or H,W, got {size!r}")
+        augmentation = (
+            Augmentation(rotation, width_shift, height_shift, zoom, flip, brightness, fill)
+            if augment
+            else Augmentation.off()
+        )
+        command = ["convlens", "train", str(data)] + [
+            f"--{key.replace('_', '-')}={value}"
+            for key, value in ctx.params.items()
+            if key != "data" and value is not None
+        ]
+        with _progress_bar("train") as bar:
+            task = bar.add_task("reading images", total=None)
+
+            def report(event: Any) -> None:
+                if event.stage == "epoch":
+                    bar.console.print(event.message, highlight=False)
+                elif event.stage in ("load", "step"):
+                    bar.update(
+                        task, completed=event.done, total=event.total, description=event.message
+                    )
+
+            result = train(
+                data,
+                out,
+                architecture=arch,
+                options=options,
+                input_size=input_size,  # type: ignore[arg-type]
+                channels=channels,
+                epochs=epochs,
+                batch_size=batch_size,
+                lr=lr,
+                seed=seed,
+                augment=augmentation,
+                val_fraction=val_fraction,
+                early_stopping=patience or None,
+                filters=filters,
+                snapshot_every=snapshot_every,
+                tensorboard=tensorboard,
+                device=device,
+                threads=threads,
+                progress=report,
+                command=command,
+            )
+    metrics = result.metrics
+    finals = ", ".join(
+        f"{split} accuracy {metrics[f'{split}_accuracy']:.2%}"
+        for split in ("val", "test")
+        if f"{split}_accuracy" in metrics
+    )
+    stop = " (stopped early)" if result.stopped_early else ""
+    console.print(
+        f"best epoch {result.best_epoch} of {metrics['epochs_run']}{stop}; {finals}; "
+        f"{metrics['images_per_second']} images/s"
+    )
+    written = ["model.pt", "metrics.json"] + [
+        f"{name}/" for name in ("tensorboard", "filters") if (out / name).is_dir()
+    ]
+    console.print(f"wrote {', '.join(written)} to {out}/")
+
+
+@app.command()
+def filters(
+    model: ModelArg,
+    layer: Annotated[
+        list[str],
+        typer.Option(
+            "--layer", "-l", help="Conv layer ('features.0.0'; 'layer:7' for one filter); repeat."
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("out/filters"),
+    view: Annotated[
+        str, typer.Option(help="auto, rgb (colour patches), channels, mean or norm.")
+    ] = "auto",
+    scale: Annotated[str, typer.Option(help="shared (one scale) or per_filter.")] = "shared",
+    max_filters: Annotated[int, typer.Option(help="Draw the first N filters.")] = 64,
+    factory: FactoryOpt = None,
+    trust_pickle: TrustOpt = False,
+) -> None:
+    """Draw a conv layer's filter weights: RGB patches for the first layer, per-input-channel
+    tiles or reduced views deeper; the scale is written on the picture. One PNG per layer."""
+    with user_errors():
+        from convlens.filters import filter_weights
+
+        handle = _load(model, factory, trust_pickle)
+        written = []
+        for spec in [s.strip() for item in layer for s in item.split(",") if s.strip()]:
+            shown = filter_weights(handle, spec, view=view, scale=scale, max_filters=max_filters)
+            written.append(shown.save(out / f"{spec.replace(':', '_')}.png"))
+    for path in written:
+        console.print(f"wrote {path}")
+
+
+def _channel_spec(text: str) -> list[int]:
+    """'0-63' -> [0..63], '0,5,9' -> [0, 5, 9], '0-3,8' -> [0, 1, 2, 3, 8]."""
+    items: list[int] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        first, sep, last = part.partition("-")
+        if not first.isdigit() or (sep and not last.isdigit()):
+            raise ValueError(f"expected channels like 0-63 or 0,5,9, got {text!r}")
+        items += list(range(int(first), int(last) + 1)) if sep else [int(first)]
+    if not items:
+        raise ValueError(f"expected channels like 0-63 or 0,5,9, got {text!r}")
+    return items
+
+
+@app.command()
+def featurevis(
+    model: ModelArg,
+    layer: Annotated[
+        str | None,
+        typer.Option("--layer", "-l", help="Layer ('features.14') or channel ('features.14:17')."),
+    ] = None,
+    channels: Annotated[
+        str | None,
+        typer.Option(help="Channels of --layer, e.g. 0-63 or 0,5,9 (default: the first 64)."),
+    ] = None,
+    target: Annotated[
+        str | None,
+        typer.Option("--class", "-c", help="Class label(s) or index(es), comma-separated."),
+    ] = None,
+    neuron: Annotated[
+        bool, typer.Option("--neuron", help="The centre position only, not the channel mean.")
+    ] = False,
+    preset: Annotated[
+        str, typer.Option(help="lucent (Fourier, transforms, Adam), classic (40 steps) or pixels.")
+    ] = "lucent",
+    steps: Annotated[int | None, typer.Option(help="Optimisation steps (default: preset's).")] = (
+        None
+    ),
+    size: Annotated[int | None, typer.Option(help="Image side (default: the model's).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Step size (default: preset's).")] = None,
+    l2: Annotated[float, typer.Option(help="Weight of an L2 penalty toward grey.")] = 0.0,
+    tv: Annotated[float, typer.Option(help="Weight of a total-variation penalty.")] = 0.0,
+    diversity: Annotated[
+        float, typer.Option(help="Weight of a diversity term across the batch (same layer).")
+    ] = 0.0,
+    seed: Annotated[int, typer.Option(help="Seeds the start image and the transforms.")] = 0,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Images optimised together (default: memory budget).")
+    ] = None,
+    memory_budget_mb: Annotated[
+        float | None, typer.Option(help="Memory for one batch (sizes the batches).")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path(
+        "out/featurevis"
+    ),
+    factory: FactoryOpt = None,
+    trust_pickle: TrustOpt = False,
+) -> None:
+    """What a channel, neuron or class responds to most, by gradient ascent on the input:
+    grid.png, one PNG per image, featurevis.gif (the optimisation) and history.json."""
+    with user_errors():
+        from convlens.naming import parse_layer
+        from convlens.visualize import featurevis as run
+        from convlens.visualize import objectives as obj
+
+        handle = _load(model, factory, trust_pickle)
+        if (layer is None) == (target is None):
+            raise ValueError("give --layer (a layer or layer:channel) or --class, one of them")
+        objective: Any
+        if target is not None:
+            if channels is not None or neuron:
+                raise ValueError("--channels and --neuron go with --layer, not --class")
+            classes = [_target(t.strip()) for t in target.split(",") if t.strip()]
+            objective = obj.class_logit(classes if len(classes) > 1 else classes[0])
+        else:
+            assert layer is not None
+            ref = parse_layer(layer)
+            if ref.channel is not None and channels is not None:
+                raise ValueError(f"give the channel in --layer ({layer}) or --channels, not both")
+            if ref.channel is not None:
+                which: Any = ref.channel
+            elif channels is not None:
+                which = _channel_spec(channels)
+            else:
+                width = obj.channels(ref.name).bind(handle).batch or 1
+                which = list(range(min(64, width)))
+            objective = (obj.neuron if neuron else obj.channel)(ref.name, which)
+            if diversity:
+                objective = objective + diversity * obj.diversity(ref.name)
+        if l2:
+            objective = objective - l2 * obj.l2()
+        if tv:
+            objective = objective - tv * obj.total_variation()
+        with _progress_bar("featurevis") as bar:
+            task = bar.add_task("steps", total=None)
+            result = run(
+                handle,
+                objective,
+                preset=preset,
+                steps=steps,
+                size=size,
+                lr=lr,
+                seed=seed,
+                batch_size=batch_size,
+                memory_budget_mb=memory_budget_mb,
+                progress=_callback(bar, task),
+            )
+        result.save(out)
+    first, last = result.history[0].mean().item(), result.history[-1].mean().item()
+    console.print(
+        f"{result.objective}: {len(result)} image(s), objective {first:.3g} -> {last:.3g} "
+        f"(mean over images) in {result.history.shape[0]} steps"
+    )
+    console.print(f"wrote grid.png, {len(result)} PNG(s), featurevis.gif, history.json to {out}/")
+
+
 toons_app = typer.Typer(
     help="The synthetic toons data set (known masks) and its TCAV concept sets.",
     no_args_is_help=True,
@@ -453,6 +751,118 @@ def toons_concepts(
         console.print(
             f"{len(toons.CONCEPTS)} concepts and {randoms} random sets of {n} images in {root}"
         )
+
+
+DataArg = Annotated[
+    Path, typer.Argument(help="A toons folder (index.json; see `convlens.data.toons.write`).")
+]
+SplitOpt = Annotated[str, typer.Option(help="Which split of the folder to read.")]
+PartsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--parts", help="Mask parts the mask metrics use, e.g. hair,face (default: the object)."
+    ),
+]
+
+
+def _split_list(text: str | None) -> list[str] | None:
+    items = [s.strip() for s in (text or "").split(",") if s.strip()]
+    return items or None
+
+
+@app.command()
+def evaluate(
+    model: ModelArg,
+    data: DataArg,
+    method: Annotated[
+        str, typer.Option("--method", "-m", help="Comma-separated methods, or 'all'.")
+    ] = "gradcam",
+    metrics: Annotated[
+        str | None,
+        typer.Option("--metrics", help="Comma-separated metrics (default: all of them)."),
+    ] = None,
+    n: Annotated[int | None, typer.Option("--n", help="Use the first N images.")] = 500,
+    parts: PartsOpt = None,
+    split: SplitOpt = "test",
+    steps: Annotated[int, typer.Option(help="Deletion / insertion steps.")] = 20,
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 32,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("out/evaluate"),
+    factory: FactoryOpt = None,
+    trust_pickle: TrustOpt = False,
+) -> None:
+    """Score explanation methods on a data set with masks: pointing game, energy in the mask,
+    deletion / insertion AUC, Average Drop, Increase in Confidence (mean ± 95 % CI)."""
+    with user_errors():
+        from convlens.attribution import methods as registry
+        from convlens.evaluation import DEFAULT_METRICS, as_masked
+        from convlens.evaluation import evaluate as run
+
+        handle = _load(model, factory, trust_pickle)
+        names = list(registry()) if method.strip() == "all" else _split_list(method) or []
+        dataset = as_masked(data, split=split)
+        with _progress_bar("evaluate") as bar:
+            task = bar.add_task("method x batch", total=None)
+            result = run(
+                handle,
+                dataset,
+                names,
+                _split_list(metrics) or DEFAULT_METRICS,
+                parts=_split_list(parts),
+                n=n,
+                steps=steps,
+                batch_size=batch_size,
+                progress=_callback(bar, task),
+            )
+        out.mkdir(parents=True, exist_ok=True)
+        written = result.save(out / "evaluation.json")
+    console.print(result)
+    console.print(f"wrote {written.resolve()}")
+
+
+@app.command()
+def audit(
+    model: ModelArg,
+    data: DataArg,
+    method: Annotated[
+        str, typer.Option("--method", "-m", help="The method to audit with (see `audit` docs).")
+    ] = "integrated_gradients",
+    n: Annotated[int | None, typer.Option("--n", help="Use the first N images.")] = 500,
+    parts: PartsOpt = None,
+    split: SplitOpt = "test",
+    threshold: Annotated[
+        float, typer.Option(help="Background share above which the model 'relies on it'.")
+    ] = 0.5,
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 32,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("out/audit"),
+    factory: FactoryOpt = None,
+    trust_pickle: TrustOpt = False,
+) -> None:
+    """Does the model look at the object or at the background? A verdict and an HTML report."""
+    with user_errors():
+        from convlens.evaluation import as_masked
+        from convlens.evaluation import audit as run
+
+        handle = _load(model, factory, trust_pickle)
+        dataset = as_masked(data, split=split)
+        with _progress_bar("audit") as bar:
+            task = bar.add_task("batches", total=None)
+            result = run(
+                handle,
+                dataset,
+                method,
+                parts=_split_list(parts),
+                threshold=threshold,
+                n=n,
+                batch_size=batch_size,
+                progress=_callback(bar, task),
+            )
+        out.mkdir(parents=True, exist_ok=True)
+        page = result.save(out / "audit.html")
+        (out / "audit.json").write_text(result.to_json())
+    console.print(f"{handle.name}: {result.verdict}", highlight=False)
+    for row in result.classes():
+        console.print(f"  {row['class']}: {row['verdict']}", highlight=False)
+    console.print(f"report: {page.resolve()}")
 
 
 def main() -> None:

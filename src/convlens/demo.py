@@ -101,10 +101,66 @@ def explanations_panel(report: Report, model: Model, out: Path, pictures: dict[s
     add_explanations(section, results, prediction)
 
 
+# Feature visualization settings that keep `make demo` to about a minute on a 2-core CPU.
+DEMO_FEATUREVIS = {"channels": 16, "size": 96, "steps": 64, "toon_steps": 128}
+
+
+def featurevis_panel(report: Report, model: Model, out: Path, pictures: dict[str, Path]) -> None:
+    from convlens.filters import filter_weights
+    from convlens.visualize import featurevis
+    from convlens.visualize import objectives as obj
+
+    section = report.add_section(
+        "What the filters respond to",
+        text="First-layer filter weights as colour patches, then the input pattern that "
+        "maximises each of the first channels of a mid-level layer (feature visualization: "
+        "Fourier image, decorrelated colour, Lucent's transforms, Adam; all channels optimised "
+        "as one batch), and what the toon model's classes look like to it.",
+    )
+    folder = out / "featurevis"
+    first_conv = model.layers().filter(["conv"], leaves_only=True).names[0]
+    filters = filter_weights(model, first_conv)
+    filters.save(folder / f"filters_{first_conv}.png")
+    section.add_image(filters.figure, caption=filters.figure.caption)
+
+    layers = _layers_for(model)
+    layer = "features.14" if layers == MOBILENET_LAYERS else layers[len(layers) // 2]
+    width = obj.channels(layer).bind(model).batch or 1
+    channels = list(range(min(DEMO_FEATUREVIS["channels"], width)))
+    fv = featurevis(
+        model,
+        obj.channel(layer, channels),
+        size=DEMO_FEATUREVIS["size"],
+        steps=DEMO_FEATUREVIS["steps"],
+        seed=0,
+        frames=0,
+    )
+    grid = fv.grid(ncols=8)
+    grid.save(folder / f"{layer}.png")
+    section.add_image(
+        grid,
+        caption=f"{model.name} {layer}: channels 0-{channels[-1]}, {fv.history.shape[0]} steps",
+    )
+
+    toon = load("toon-cnn")
+    labels = toon.labels or []
+    classes = featurevis(
+        toon, obj.class_probability(labels), steps=DEMO_FEATUREVIS["toon_steps"], seed=0, frames=0
+    )
+    picture = classes.grid(ncols=len(labels))
+    picture.save(folder / "toon-cnn_classes.png")
+    section.add_image(
+        picture,
+        caption="toon-cnn: the input that maximises each class's probability "
+        f"({', '.join(labels)}; hair yellow, blue, red)",
+    )
+
+
 PANELS: list[Callable[[Report, Model, Path, dict[str, Path]], None]] = [
     predictions_panel,
     activations_panel,
     explanations_panel,
+    featurevis_panel,
 ]
 
 

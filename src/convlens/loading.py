@@ -289,12 +289,81 @@ def _load_checkpoint(
         return _with_options(content, options)
     if isinstance(content, nn.Module):
         return Model(content, **options)
+    if isinstance(content, Mapping) and "convlens_checkpoint" in content:
+        return _from_convlens_checkpoint(path, content, factory, options)
     if isinstance(content, Mapping):
         return _from_state_dict(path, content, factory, options)
     raise ModelLoadError(
         f"{path.name} holds a {type(content).__name__}; expected a state_dict (a mapping of "
         "tensors), a TorchScript archive or a whole model"
     )
+
+
+def _from_convlens_checkpoint(
+    path: Path,
+    content: Mapping[str, Any],
+    factory: str | Callable[[], nn.Module] | None,
+    options: dict[str, Any],
+) -> Model:
+    """A checkpoint written by ``convlens train``: the architecture (a registered name and its
+    options, or the user factory it was trained with), weights, labels and preprocessing.
+    A user factory is never imported because the file names it: the caller passes it."""
+    from convlens import architectures
+
+    version = content.get("convlens_checkpoint")
+    if version != 1:
+        raise ModelLoadError(
+            f"{path.name} is a convlens checkpoint of format {version!r}; this convlens reads "
+            "format 1 (upgrade convlens)"
+        )
+    needed = ("architecture", "state_dict", "labels", "preprocess", "input_size")
+    missing = [key for key in needed if key not in content]
+    arch = content.get("architecture")
+    state = content.get("state_dict")
+    if missing or not isinstance(arch, Mapping) or not isinstance(state, Mapping):
+        raise ModelLoadError(
+            f"{path.name} is a broken convlens checkpoint: expected the keys "
+            f"{', '.join(needed)} (architecture and state_dict as mappings); missing "
+            f"{', '.join(missing) or 'none'}"
+        )
+    arch_options = dict(arch.get("options") or {})
+    try:
+        if "factory" in arch:
+            if factory is None:
+                raise ModelLoadError(
+                    f"{path.name} was trained with the user network {arch['factory']!r}; "
+                    "convlens does not import code named by a file. If you trust it, pass "
+                    f"factory={arch['factory']!r} (CLI: --factory {arch['factory']})"
+                )
+            module = architectures.build(factory, **arch_options)  # type: ignore[arg-type]
+        else:
+            name = str(arch.get("name"))
+            if name not in architectures.names():
+                raise ModelLoadError(
+                    f"{path.name} needs the architecture {name!r}, which this convlens does not "
+                    f"have (it has {', '.join(architectures.names())})"
+                )
+            module = architectures.build(name, **arch_options)
+    except (TypeError, ValueError) as err:
+        if isinstance(err, ModelLoadError):
+            raise
+        raise ModelLoadError(f"cannot rebuild the network of {path.name}: {err}") from None
+    _fill(module, state, path, "its architecture")
+    record = dict(content["preprocess"])
+    for key in ("crop", "mean", "std"):
+        if isinstance(record.get(key), list):
+            record[key] = tuple(record[key])
+    try:
+        preprocess = Preprocessing(**record)
+        height, width = (int(v) for v in content["input_size"])
+    except (TypeError, ValueError) as err:
+        raise ModelLoadError(f"{path.name} has a broken preprocessing record: {err}") from None
+    if options.get("name") == path.stem and content.get("name"):
+        options["name"] = str(content["name"])
+    options.setdefault("preprocess", preprocess)
+    options.setdefault("labels", list(content["labels"]))
+    options.setdefault("input_size", (preprocess.channels, height, width))
+    return Model(module, **options)
 
 
 def _state_dict_of(content: Mapping[str, Any]) -> Mapping[str, torch.Tensor] | None:
@@ -332,22 +401,27 @@ def _from_state_dict(
     module = built.module if isinstance(built, Model) else built
     if not isinstance(module, nn.Module):
         raise ModelLoadError(f"factory returned {type(built).__name__}, expected an nn.Module")
+    _fill(module, state, path, "the factory's network")
+    if isinstance(built, Model):
+        built.module = module
+        return _with_options(built, options)
+    return Model(module, **options)
+
+
+def _fill(module: nn.Module, state: Mapping[str, torch.Tensor], path: Path, what: str) -> None:
+    """Load ``state`` into ``module`` strictly and put it in eval mode; a mismatch says which
+    keys are missing or unexpected, or which shapes differ."""
     missing, unexpected = _key_mismatch(module, state)
     if missing or unexpected:
         raise ModelLoadError(
-            f"the weights in {path.name} do not fit the factory's network: "
-            f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected "
-            f"(e.g. {unexpected[:3]})"
+            f"the weights in {path.name} do not fit {what}: {len(missing)} missing "
+            f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
         )
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as err:  # shape mismatches
         raise ModelLoadError(f"the weights in {path.name} do not fit: {err}") from None
     module.eval()
-    if isinstance(built, Model):
-        built.module = module
-        return _with_options(built, options)
-    return Model(module, **options)
 
 
 def _key_mismatch(module: nn.Module, state: Mapping[str, torch.Tensor]) -> tuple[list, list]:

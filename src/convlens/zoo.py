@@ -152,3 +152,43 @@ def efficientnet_lite0() -> Model:
         labels=imagenet_classes(),
         name="efficientnet_lite0",
     )
+
+
+def _shipped(name: str) -> Model:
+    """A model trained by ``convlens train`` and committed under ``data/models/``; its
+    training command, seed and measured accuracy are in ``data/models/<name>.json``."""
+    from convlens.loading import load as load_file
+
+    folder = resources.files("convlens").joinpath("data", "models")
+    path = Path(str(folder.joinpath(f"{name}.pt")))
+    if not path.is_file():
+        raise MissingWeightsError(f"{name}'s weights ({path}) are missing from this install")
+    model = load_file(path)
+    model.name = name
+    return model
+
+
+def shipped_record(name: str) -> dict:
+    """What ``data/models/<name>.json`` records: the command and seed that trained the
+    shipped model, and the accuracy it reached on a freshly generated test set."""
+    import json
+
+    text = resources.files("convlens").joinpath("data", "models", f"{name}.json").read_text("utf-8")
+    return json.loads(text)
+
+
+@register(
+    "toon-cnn",
+    "the explorer's small CNN trained on clean toons (jessie, james, cassidy); ships with convlens",
+)
+def toon_cnn() -> Model:
+    return _shipped("toon-cnn")
+
+
+@register(
+    "toon-cnn-spurious",
+    "the same CNN trained on spurious toons (background brightness follows the class); "
+    "ships with convlens",
+)
+def toon_cnn_spurious() -> Model:
+    return _shipped("toon-cnn-spurious")

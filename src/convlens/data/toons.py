@@ -26,9 +26,12 @@ Variants (:data:`VARIANTS`):
 ``spurious``
     in the ``train`` and ``val`` splits the background brightness agrees with the class
     95 % of the time (dark for jessie, middle for james, bright for cassidy); in ``test``
-    it is drawn independently, the camouflaged-tank story.
+    it is drawn independently, the camouflaged-tank story. The characters are smaller
+    (35-60 % of the frame's height instead of 50-85 %), so the background is most of the
+    picture and the shortcut is easier to learn than the hair.
 ``dyed``
-    hair colours rotated between the classes (jessie's hair is blue, ...); labels stay.
+    hair colours swapped round (:data:`DYED`: jessie's hair is blue, james's yellow,
+    cassidy's red); labels stay.
 ``hat``
     the hair is hidden under a hat of random colour; labels stay.
 ``crowd``
@@ -66,8 +69,10 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-CLASSES: tuple[str, ...] = ("jessie", "james", "cassidy")
-"""Class names, in label order."""
+CLASSES: tuple[str, ...] = ("cassidy", "james", "jessie")
+"""Class names in label order: sorted, as image-folder readers (``convlens train``,
+torchvision's ``ImageFolder``) number class folders, so label ``k`` means the same class to
+a :class:`ToonSet` and to a model trained on its folders."""
 
 PARTS: dict[str, int] = {
     "background": 0,
@@ -99,6 +104,9 @@ CONCEPTS: tuple[str, ...] = (
 
 HAIR_HUE = {"jessie": 0.0, "james": 0.62, "cassidy": 0.14}
 """Centre hue (0-1) of each class's hair colour."""
+
+DYED = {"jessie": "james", "james": "cassidy", "cassidy": "jessie"}
+"""``dyed``: whose hair colour each class wears (jessie blue, james yellow, cassidy red)."""
 
 SPURIOUS_BRIGHTNESS = {"jessie": 0.22, "james": 0.5, "cassidy": 0.78}
 """Mean background luminance each class's backgrounds get in ``spurious`` train/val."""
@@ -178,6 +186,12 @@ class ToonSet:
         import torch
 
         return torch.from_numpy(self.pixels).permute(0, 3, 1, 2).float().div_(255)
+
+    @property
+    def label_names(self) -> list[str]:
+        """The class name of each image (give these as ``target=``: a model may number its
+        classes differently)."""
+        return [self.classes[int(k)] for k in self.labels]
 
     @property
     def targets(self) -> Any:
@@ -282,8 +296,8 @@ def _placer(cx: float, cy: float, scale: float, angle: float) -> Callable[[list[
 
 
 # -- drawing a character ---------------------------------------------------------------------
-_HEAD = (0.0, -0.2)
-_FACE_R = (0.125, 0.15)
+_HEAD = (0.0, -0.17)
+_FACE_R = (0.17, 0.19)  # big cartoon heads: the hair frames the face
 
 
 def _hair_shapes(cls: str, flip: bool) -> tuple[list[list[Point]], list[list[Point]]]:
@@ -292,18 +306,18 @@ def _hair_shapes(cls: str, flip: bool) -> tuple[list[list[Point]], list[list[Poi
     rx, ry = _FACE_R
     back: list[list[Point]] = []
     front: list[list[Point]] = []
-    if cls == "jessie":  # long hair falling behind the shoulders, a curl at the end
+    if cls == "jessie":  # long hair falling behind the head to the shoulders
         back.append(
             [
                 *_arc(hx, hy, rx + 0.06, ry + 0.07, 180, 360),
-                (hx + rx + 0.11, hy + 0.2),
-                (hx + rx + 0.14, hy + 0.42),
-                (hx + rx + 0.04, hy + 0.56),
-                (hx + rx - 0.02, hy + 0.45),
-                (hx - rx + 0.02, hy + 0.45),
-                (hx - rx - 0.04, hy + 0.56),
-                (hx - rx - 0.14, hy + 0.42),
-                (hx - rx - 0.11, hy + 0.2),
+                (hx + rx + 0.08, hy + 0.12),
+                (hx + rx + 0.1, hy + 0.3),
+                (hx + rx + 0.02, hy + 0.37),
+                (hx + rx - 0.03, hy + 0.28),
+                (hx - rx + 0.03, hy + 0.28),
+                (hx - rx - 0.02, hy + 0.37),
+                (hx - rx - 0.1, hy + 0.3),
+                (hx - rx - 0.08, hy + 0.12),
             ]
         )
         front.append(
@@ -321,9 +335,9 @@ def _hair_shapes(cls: str, flip: bool) -> tuple[list[list[Point]], list[list[Poi
         )
     elif cls == "cassidy":  # two buns on the sides with curls hanging down
         for side in (-1, 1):
-            back.append(_ellipse(hx + side * (rx + 0.05), hy - 0.1, 0.075, 0.075, 20))
-            back.append(_ellipse(hx + side * (rx + 0.055), hy + 0.03, 0.04, 0.07, 16))
-            back.append(_ellipse(hx + side * (rx + 0.05), hy + 0.15, 0.035, 0.06, 16))
+            back.append(_ellipse(hx + side * (rx + 0.04), hy - 0.12, 0.08, 0.08, 20))
+            back.append(_ellipse(hx + side * (rx + 0.04), hy + 0.03, 0.04, 0.07, 16))
+            back.append(_ellipse(hx + side * (rx + 0.03), hy + 0.15, 0.035, 0.05, 16))
         front.append([*_arc(hx, hy, rx + 0.02, ry + 0.03, 180, 360), (hx, hy - 0.06)])
     else:
         raise ToonsError(f"unknown class {cls!r}; expected one of {CLASSES}")
@@ -346,11 +360,11 @@ def _hat_shapes() -> list[list[Point]]:
     return [crown, brim]
 
 
-_TORSO = [(-0.2, 0.0), (0.2, 0.0), (0.27, 0.5), (-0.27, 0.5)]
-_COLLAR = [(-0.09, 0.0), (0.09, 0.0), (0.0, 0.13)]
-_BELT = [(-0.245, 0.33), (0.245, 0.33), (0.252, 0.37), (-0.252, 0.37)]
-_NECK = [(-0.045, -0.08), (0.045, -0.08), (0.05, 0.02), (-0.05, 0.02)]
-CHARACTER_EXTENT = (-0.32, -0.45, 0.32, 0.5)
+_TORSO = [(-0.16, 0.04), (0.16, 0.04), (0.22, 0.5), (-0.22, 0.5)]
+_COLLAR = [(-0.07, 0.04), (0.07, 0.04), (0.0, 0.14)]
+_BELT = [(-0.2, 0.35), (0.2, 0.35), (0.206, 0.39), (-0.206, 0.39)]
+_NECK = [(-0.045, -0.02), (0.045, -0.02), (0.05, 0.06), (-0.05, 0.06)]
+CHARACTER_EXTENT = (-0.3, -0.45, 0.3, 0.5)
 """Local bounding box (x0, y0, x1, y1) of any character at height 1."""
 
 
@@ -402,9 +416,9 @@ def _draw_character(
     hx, hy = _HEAD
     canvas.polygon(place(_ellipse(hx, hy, *_FACE_R)), skin, face_id, instance)
     for side in (-1, 1):
-        eye = _ellipse(hx + side * 0.05, hy + 0.01, 0.018, 0.024, 12)
+        eye = _ellipse(hx + side * 0.065, hy + 0.01, 0.024, 0.032, 12)
         canvas.polygon(place(eye), (25, 25, 35), face_id, instance)
-    mouth = [(hx - 0.035, hy + 0.08), (hx + 0.035, hy + 0.08), (hx, hy + 0.1)]
+    mouth = [(hx - 0.045, hy + 0.1), (hx + 0.045, hy + 0.1), (hx, hy + 0.125)]
     canvas.polygon(place(mouth), (150, 40, 50), face_id, instance)
     if hat:
         hat_colour = _any_colour(rng)
@@ -569,7 +583,8 @@ def _one(
         placements = _crowd_places(rng, size, count)
     else:
         classes = [cls]
-        scale = rng.uniform(0.5, 0.85) * size
+        low, high = (0.35, 0.6) if variant == "spurious" else (0.5, 0.85)
+        scale = rng.uniform(low, high) * size
         x0, y0, x1, y1 = CHARACTER_EXTENT
         cx = rng.uniform(-x0 * scale, size - x1 * scale)
         cy = rng.uniform(-y0 * scale, max(size - y1 * scale, -y0 * scale))
@@ -578,7 +593,7 @@ def _one(
     for k, (c, (cx, cy, scale)) in enumerate(zip(classes, placements, strict=True), start=1):
         hair_cls = c
         if variant == "dyed":
-            hair_cls = CLASSES[(CLASSES.index(c) + 1) % len(CLASSES)]
+            hair_cls = DYED[c]
         characters.append(
             _draw_character(
                 canvas,
