@@ -59,7 +59,7 @@ def _training(threads: int) -> list[Row]:
             start = time.perf_counter()
             cl.train(root, epochs=1, seed=0, early_stopping=None, tensorboard=False)
             ours = time.perf_counter() - start
-        net = architectures.build("explorer_cnn", num_classes=3, head="gap", dense=64)
+        net = architectures.build("explorer_cnn", num_classes=3)  # what train() builds
         optimiser = torch.optim.Adam(net.parameters(), lr=1e-3)
         images = torch.rand(64, 3, 128, 128)
         labels = torch.randint(0, 3, (64,))
