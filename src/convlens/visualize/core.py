@@ -166,36 +166,22 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "._-+" else "_" for c in name)
 
 
-def _as_model(model: Model | torch.nn.Module) -> Model:
-    if isinstance(model, Model):
-        return model
-    from convlens.loading import load
-
-    return load(model)
-
-
 def _make_param(preset: Preset, param: ParamFn | str | None) -> ParamFn:
     if callable(param):
         return param
     name = param or preset.param
+    common: dict[str, Any] = {
+        "sd": preset.sd,
+        "decorrelate": preset.decorrelate,
+        "sigmoid": preset.sigmoid,
+    }
     if name == "fourier":
         return lambda shape, generator, device: params_mod.fourier(
-            shape,
-            sd=preset.sd,
-            decay_power=preset.decay_power,
-            decorrelate=preset.decorrelate,
-            sigmoid=preset.sigmoid,
-            generator=generator,
-            device=device,
+            shape, decay_power=preset.decay_power, generator=generator, device=device, **common
         )
     if name == "pixels":
         return lambda shape, generator, device: params_mod.pixels(
-            shape,
-            sd=preset.sd,
-            decorrelate=preset.decorrelate,
-            sigmoid=preset.sigmoid,
-            generator=generator,
-            device=device,
+            shape, generator=generator, device=device, **common
         )
     if name == "grey_noise":
         return lambda shape, generator, device: params_mod.grey_noise(
@@ -304,6 +290,7 @@ def featurevis(
     ``requires_grad``, no hooks), whatever happens inside.
     """
     from convlens.attribution import make_generator
+    from convlens.capture import _as_model
 
     handle = _as_model(model)
     chosen = get_preset(preset).with_options(steps=steps, optimizer=optimizer, lr=lr)
