@@ -483,3 +483,50 @@ def test_demo_panel(tmp_path):
     written = sorted(p.name for p in (tmp_path / "featurevis").glob("*.png"))
     assert written == ["conv2.png", "filters_conv1.png", "toon-cnn_classes.png"], written
     assert "What the filters respond to" in report.html()
+
+
+def test_folded_batchnorm_same_numbers_and_restores():
+    from torchvision.models import mobilenet_v2
+
+    from convlens.hooks import folded_batchnorm, forward_hooks
+
+    torch.manual_seed(0)
+    net = mobilenet_v2(num_classes=10).eval()
+    for m in net.modules():  # non-trivial statistics, as trained weights have
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+    x = torch.rand(2, 3, 64, 64)
+    seen: dict[str, torch.Tensor] = {}
+    watched = ["features.3.conv.0.0", "features.3.conv.0.1", "features.3.conv.3"]
+
+    def keep(name, out):
+        seen[name] = out
+
+    net.requires_grad_(False)
+    with forward_hooks(net, watched, keep):
+        expected = net(x)
+    reference = dict(seen)
+    with (
+        folded_batchnorm(net, keep=["features.3.conv.0.0"]) as folded,
+        forward_hooks(net, watched, keep),
+    ):
+        got = net(x)
+    # 52 Conv2d-BatchNorm2d pairs in MobileNetV2, one kept unfolded (its output is read)
+    assert folded == 51
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
+    for name in watched:  # the kept conv, its BN, a folded BN (seen through its hook)
+        scale = float(reference[name].abs().max())
+        torch.testing.assert_close(seen[name], reference[name], rtol=1e-4, atol=1e-5 * scale)
+    assert all("forward" not in vars(m) for m in net.modules())
+    # weights that want gradients are never folded
+    with folded_batchnorm(net) as folded:
+        assert folded == 52
+    net.features[0][0].weight.requires_grad_(True)
+    with folded_batchnorm(net) as folded:
+        assert folded == 51
+    net.requires_grad_(True)
+    with folded_batchnorm(net) as folded:
+        assert folded == 0

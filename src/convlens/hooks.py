@@ -6,6 +6,7 @@ included. Nothing here registers a hook that outlives the block.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -107,6 +108,85 @@ def preserved(
         for p, requires_grad in grads:
             if p.requires_grad != requires_grad:
                 p.requires_grad_(requires_grad)
+
+
+@contextmanager
+def folded_batchnorm(module: nn.Module, keep: Iterable[str] = ()) -> Iterator[int]:
+    """Inside the block, every ``Conv2d`` directly followed by an eval-mode ``BatchNorm2d`` in
+    the same ``nn.Sequential`` runs as one convolution with the normalisation folded into its
+    weights and bias, and the ``BatchNorm2d`` passes its input through: the same numbers (to
+    float rounding) for a third less work in a forward and backward pass (batch norm's backward
+    costs about as much as the convolution's on CPU). Yields how many pairs were folded.
+
+    The convolutions named in ``keep`` (layers whose own output is read), any with hooks, and
+    any whose ``forward`` is already overridden are left alone. A hook on a folded
+    ``BatchNorm2d`` sees what it would have seen. Nothing is folded when gradients with respect
+    to the weights are wanted (a parameter with ``requires_grad``). The model's modules and
+    parameters are not changed; the overrides are removed on every exit path.
+    """
+    kept = set(keep)
+    uses: dict[int, int] = {}
+    for _, m in module.named_modules(remove_duplicate=False):
+        uses[id(m)] = uses.get(id(m), 0) + 1  # a module used in two places is left alone
+    pairs: list[tuple[nn.Conv2d, nn.BatchNorm2d]] = []
+    for name, parent in module.named_modules():
+        if not isinstance(parent, nn.Sequential):
+            continue
+        children = list(parent.named_children())
+        for (conv_name, conv), (_, bn) in itertools.pairwise(children):
+            full = f"{name}.{conv_name}" if name else conv_name
+            if (
+                type(conv) is nn.Conv2d
+                and type(bn) is nn.BatchNorm2d
+                and full not in kept
+                and uses[id(conv)] == 1
+                and uses[id(bn)] == 1
+                and not bn.training
+                and bn.running_mean is not None
+                and bn.running_var is not None
+                and bn.num_features == conv.out_channels
+                and not (conv._forward_hooks or conv._forward_pre_hooks)
+                and "forward" not in vars(conv)
+                and "forward" not in vars(bn)
+                and not any(p.requires_grad for p in (*conv.parameters(), *bn.parameters()))
+            ):
+                pairs.append((conv, bn))
+    patched: list[nn.Module] = []
+    try:
+        with torch.no_grad():
+            for conv, bn in pairs:
+                assert bn.running_var is not None and bn.running_mean is not None
+                scale = (bn.running_var.double() + bn.eps).rsqrt()
+                if bn.weight is not None:
+                    scale = scale * bn.weight.double()
+                shift = -bn.running_mean.double() * scale
+                if bn.bias is not None:
+                    shift = shift + bn.bias.double()
+                if conv.bias is not None:
+                    shift = shift + conv.bias.double() * scale
+                weight = (conv.weight.double() * scale.view(-1, 1, 1, 1)).to(conv.weight.dtype)
+                bias = shift.to(conv.weight.dtype)
+                conv.forward = _folded_forward(conv, weight, bias)  # type: ignore[method-assign, assignment]
+                patched.append(conv)
+                bn.forward = _identity  # type: ignore[method-assign, assignment]
+                patched.append(bn)
+        yield len(pairs)
+    finally:
+        for m in patched:
+            del m.forward
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def _folded_forward(
+    conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return conv._conv_forward(x, weight, bias)
+
+    return forward
 
 
 def first_tensor(output: Any) -> torch.Tensor | None:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from convlens import render
-from convlens.hooks import first_tensor, forward_hooks, preserved
+from convlens.hooks import first_tensor, folded_batchnorm, forward_hooks, preserved
 from convlens.model import Model, Preprocessing
 from convlens.visualize import param as params_mod
 from convlens.visualize import transforms as tf
@@ -392,7 +392,7 @@ def featurevis(
         for p in module.parameters():
             if p.requires_grad:
                 p.requires_grad_(False)
-        with forward_hooks(module, layers, on_output):
+        with folded_batchnorm(module, keep=layers), forward_hooks(module, layers, on_output):
             if input_hw is not None and (
                 resize
                 or (
