@@ -36,6 +36,16 @@ OPERATIONS = {
         normalize=lambda x: x.mean(1, keepdim=True),
     ),
     "filter_weights": lambda m: cl.filter_weights(m, "conv" if _has(m, "conv") else "first"),
+    "tcav": lambda m: cl.tcav(
+        m,
+        0,
+        X,
+        {"up": X + 1.0, "down": X - 1.0},
+        random={f"random_{k}": X.flip(k % 2 + 2) for k in range(3)},
+        layers=["conv" if _has(m, "conv") else "first"],
+        n_random=3,
+        test_fraction=0,
+    ),
 }
 _TMP: dict = {}
 

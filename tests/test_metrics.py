@@ -284,3 +284,26 @@ def test_confidence_change_by_hand():
         m.confidence_change(model, x, -maps.abs(), 0)
     with pytest.raises(ValueError, match="probability"):
         m.confidence_change(model, x, maps, 0, score="logit")
+
+
+def test_t_tail_and_two_sample_test_match_scipy():
+    import numpy as np
+
+    stats = scipy.stats
+    from convlens.metrics import t_quantile, t_sf, ttest_ind
+
+    for t, df in [(0.5, 3), (2.0, 18), (5.0, 18), (12.0, 9), (1.0, 1), (30.0, 40), (-1.5, 7)]:
+        assert t_sf(t, df) == pytest.approx(float(stats.t.sf(t, df)), rel=1e-8, abs=1e-14)
+    assert t_quantile(0.975, 9) == pytest.approx(float(stats.t.ppf(0.975, 9)), rel=1e-8)
+    rng = np.random.default_rng(0)
+    for shift in (0.0, 0.8, 3.0):
+        a, b = rng.normal(0, 1, 10), rng.normal(shift, 1.3, 12)
+        expected = stats.ttest_ind(a, b)
+        t, p = ttest_ind(a, b)
+        assert t == pytest.approx(float(expected.statistic), rel=1e-10)
+        assert p == pytest.approx(float(expected.pvalue), rel=1e-7, abs=1e-15)
+    t, p = ttest_ind([1, 1, 1], [1, 1])
+    assert math.isnan(t) and p == 1.0
+    assert ttest_ind([1, 1], [2, 2]) == (-math.inf, 0.0)
+    with pytest.raises(ValueError, match="at least 2"):
+        ttest_ind([1.0], [1.0, 2.0])

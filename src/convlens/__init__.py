@@ -46,6 +46,8 @@ _WHERE = {
     "objectives": "visualize",
     "filter_weights": "filters",
     "FilterView": "filters",
+    "tcav": "concepts",
+    "TCAVResult": "concepts",
 }
 _MODULES = {
     "attribution",
@@ -69,6 +71,7 @@ _MODULES = {
     "sanity",
     "visualize",
     "filters",
+    "concepts",
 }
 
 __all__ = [
@@ -84,6 +87,7 @@ __all__ = [
     "PickleRefusedError",
     "Prediction",
     "Preprocessing",
+    "TCAVResult",
     "UnknownNameError",
     "activations",
     "audit",
@@ -101,6 +105,7 @@ __all__ = [
     "sample",
     "samples",
     "sanity_check",
+    "tcav",
     "train",
 ]
 
@@ -123,6 +128,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from convlens.attribution import Attribution, explain, methods
     from convlens.capture import Activations, activations
+    from convlens.concepts import TCAVResult, tcav
     from convlens.evaluation import audit, evaluate
     from convlens.filters import FilterView, filter_weights
     from convlens.images import ImageError, load_image, load_images, sample, samples

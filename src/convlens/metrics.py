@@ -124,37 +124,72 @@ def _num(value: float) -> float | None:
     return None if math.isnan(value) else value
 
 
+def _t_log_density_constant(df: float) -> float:
+    return math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+
+
+def t_sf(t: float, df: float) -> float:
+    """``P(T > t)`` for Student's t with ``df`` (> 0, not necessarily whole) degrees of
+    freedom: the density integrated with Simpson's rule after ``x = tan(u)``, which keeps the
+    integrand smooth up to the tail (accurate to about 1e-10, also far in the tail)."""
+    if not df > 0:
+        raise ValueError(f"expected df > 0, got {df!r}")
+    if math.isnan(t):
+        return math.nan
+    if t < 0:
+        return 1.0 - t_sf(-t, df)
+    log_c = _t_log_density_constant(df)
+    lower, upper = math.atan(t), math.pi / 2
+    intervals = 2000
+    h = (upper - lower) / intervals
+    total = 0.0
+    for i in range(intervals + 1):
+        u = lower + i * h
+        cos = math.cos(u)
+        if cos <= 1e-300:  # u = pi / 2: the integrand's limit is 0 (df > 1) or c (df = 1)
+            f = math.exp(log_c) * df if df == 1 else 0.0
+        else:
+            x = math.tan(u)
+            f = math.exp(log_c - (df + 1) / 2 * math.log1p(x * x / df)) / cos**2
+        total += f * (1 if i in (0, intervals) else (4 if i % 2 else 2))
+    return min(0.5, total * h / 3)
+
+
 def t_quantile(p: float, df: int) -> float:
-    """The ``p`` quantile of Student's t with ``df`` degrees of freedom (bisection on the CDF,
-    the CDF integrated with Simpson's rule; accurate to about 1e-9)."""
+    """The ``p`` quantile of Student's t with ``df`` degrees of freedom (bisection on
+    :func:`t_sf`; accurate to about 1e-9)."""
     if not 0 < p < 1:
         raise ValueError(f"expected a probability in (0, 1), got {p!r}")
     if df < 1:
         raise ValueError(f"expected df >= 1, got {df!r}")
     if p < 0.5:
         return -t_quantile(1 - p, df)
-    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
-
-    def cdf(t: float) -> float:
-        # integrate the density over [0, t] after x = tan(u) keeps the integrand smooth
-        upper = math.atan(t)
-        intervals = 2000
-        h = upper / intervals
-        total = 0.0
-        for i in range(intervals + 1):
-            u = i * h
-            x = math.tan(u)
-            f = math.exp(log_c - (df + 1) / 2 * math.log1p(x * x / df)) / math.cos(u) ** 2
-            total += f * (1 if i in (0, intervals) else (4 if i % 2 else 2))
-        return 0.5 + total * h / 3
-
     low, high = 0.0, 1.0
-    while cdf(high) < p:
+    while 1 - t_sf(high, df) < p:
         low, high = high, high * 2
     for _ in range(60):
         mid = (low + high) / 2
-        low, high = (mid, high) if cdf(mid) < p else (low, mid)
+        low, high = (mid, high) if 1 - t_sf(mid, df) < p else (low, mid)
     return (low + high) / 2
+
+
+def ttest_ind(a: Any, b: Any) -> tuple[float, float]:
+    """Student's two-sample t-test with pooled variance (as ``scipy.stats.ttest_ind``):
+    ``(t, two-sided p)``. Two samples that are constant and equal give ``(nan, 1.0)``; constant
+    and different, ``(+-inf, 0.0)``."""
+    x = torch.as_tensor(a, dtype=torch.float64).flatten()
+    y = torch.as_tensor(b, dtype=torch.float64).flatten()
+    n, m_ = x.numel(), y.numel()
+    if n < 2 or m_ < 2:
+        raise ValueError(f"expected at least 2 values in each sample, got {n} and {m_}")
+    df = n + m_ - 2
+    diff = float(x.mean() - y.mean())
+    pooled = (float(x.var(unbiased=True)) * (n - 1) + float(y.var(unbiased=True)) * (m_ - 1)) / df
+    se = math.sqrt(pooled * (1 / n + 1 / m_))
+    if se == 0:
+        return (math.nan, 1.0) if diff == 0 else (math.copysign(math.inf, diff), 0.0)
+    t = diff / se
+    return t, min(1.0, 2 * t_sf(abs(t), df))
 
 
 def t_interval(values: torch.Tensor, level: float = 0.95) -> tuple[float, float]:
