@@ -5,13 +5,25 @@ VENV := .venv
 BIN := $(VENV)/bin
 OUT ?= out/demo
 
-.PHONY: venv demo test lint typecheck unit bench clean
+.PHONY: venv browser demo test lint typecheck unit bench clean
 
 venv:
 	$(PYTHON) tools/venv.py
 
+# The browser tests drive Debian's chromium through Playwright (never `playwright install`).
+browser:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      --no-install-recommends chromium fonts-dejavu-core >/dev/null; \
+	  else \
+	    echo "the browser tests need chromium: sudo apt-get install chromium"; exit 1; \
+	  fi; \
+	fi
+
 demo: venv
 	$(BIN)/convlens demo --out $(OUT)
+	$(BIN)/convlens serve
 
 lint: venv
 	$(BIN)/ruff check src tests tools benchmarks
@@ -20,7 +32,7 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
-unit: venv
+unit: venv browser
 	$(BIN)/python -m pytest -q
 
 test: lint typecheck unit

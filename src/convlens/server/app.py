@@ -1,0 +1,418 @@
+"""The explorer's FastAPI app: ``create_app(state)`` builds it around an explicit
+:class:`~convlens.server.state.ServerState`.
+
+Every panel of the page is a JSON or PNG endpoint under ``/api`` (described in the generated
+OpenAPI document at ``/openapi.json``). Model work runs in the state's bounded worker pool,
+off the event loop. Bad input gets a 4xx with ``{"detail": "..."}`` saying what was expected;
+the only files served are the page's own (``static/``) and the bundled sample photos, by
+name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+from fastapi import FastAPI, HTTPException, Request, UploadFile
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+from convlens.server.panels import panels
+from convlens.server.state import ServerState
+
+T = TypeVar("T")
+STATIC = Path(__file__).resolve().parent / "static"
+PNG = "image/png"
+TOKEN_COOKIE = "convlens_token"
+
+
+def _png(image: Any) -> Response:
+    from convlens.render import png_bytes
+
+    return Response(png_bytes(image), media_type=PNG, headers={"Cache-Control": "no-store"})
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return str(value)
+
+
+def create_app(state: ServerState) -> FastAPI:
+    """The app over ``state`` (models already loaded)."""
+    from convlens.images import ImageError
+    from convlens.naming import UnknownNameError
+
+    app = FastAPI(
+        title="convlens explorer",
+        description="What a convolutional network sees, and why it decides: every panel of "
+        "the explorer as a JSON or PNG endpoint.",
+        version="1",
+        docs_url=None,  # Swagger UI and ReDoc load from a CDN: nothing here fetches the internet
+        redoc_url=None,
+    )
+    app.state.convlens = state
+    token = state.config.token
+
+    @app.exception_handler(UnknownNameError)
+    async def _unknown(_request: Request, err: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, status_code=404)
+
+    @app.exception_handler(LookupError)
+    async def _missing(_request: Request, err: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(err).strip("'\"")}, status_code=404)
+
+    @app.exception_handler(ImageError)
+    async def _image(_request: Request, err: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, status_code=415)
+
+    @app.exception_handler(ValueError)
+    async def _value(_request: Request, err: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, status_code=422)
+
+    @app.middleware("http")
+    async def _guard(request: Request, call_next: Callable[[Request], Any]) -> Any:
+        if token is not None and request.url.path != "/health":
+            given = (
+                request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+                or request.cookies.get(TOKEN_COOKIE, "")
+                or request.query_params.get("token", "")
+            )
+            if not hmac.compare_digest(given.encode(), token.encode()):
+                return JSONResponse(
+                    {"detail": "this server needs its token: open the address it printed"},
+                    status_code=401,
+                )
+        response = await call_next(request)
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Content-Security-Policy"] = (
+            "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'"
+        )
+        return response
+
+    async def work(key: str | None, fn: Callable[[], T]) -> T:
+        """``fn`` in the worker pool (holding the model's lock when ``key`` is a model)."""
+        loop = asyncio.get_running_loop()
+        call = (lambda: state.run_locked(key, fn)) if key is not None else fn
+        return await loop.run_in_executor(state.executor, call)
+
+    # -- the page --------------------------------------------------------------------------------
+    @app.get("/", include_in_schema=False)
+    async def index(request: Request) -> Response:
+        if token is not None and request.query_params.get("token"):
+            response = RedirectResponse("/", status_code=303)
+            response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
+            return response
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/health", include_in_schema=False)
+    @app.get("/api/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "models": list(state.models)}
+
+    # -- what there is ---------------------------------------------------------------------------
+    @app.get("/api/models")
+    async def models() -> list[dict[str, Any]]:
+        def describe() -> list[dict[str, Any]]:
+            from convlens.attribution import default_layer
+
+            out = []
+            for key, model in state.models.items():
+                labels = model.labels or []
+                layers = [
+                    {
+                        "name": row.name,
+                        "kind": row.kind,
+                        "channels": int(row.output_shape[1]),
+                        "shape": list(row.output_shape[1:]),
+                    }
+                    for row in state.panel_layers(key)
+                ]
+                explain_layers = [
+                    {
+                        "name": row.name,
+                        "kind": row.kind,
+                        "channels": int(row.output_shape[1]),
+                        "shape": list(row.output_shape[1:]),
+                    }
+                    for row in model.layers()
+                    if row.spatial and row.calls == 1
+                ]
+                default: str | None
+                try:
+                    default = default_layer(model)
+                except ValueError:
+                    default = layers[-1]["name"] if layers else None
+                out.append(
+                    {
+                        "name": key,
+                        "description": state.specs[key],
+                        "classes": len(labels),
+                        "labels": [str(label) for label in labels],
+                        "input_size": list(model.input_shape),
+                        "layers": layers,
+                        "explain_layers": explain_layers,
+                        "default_layer": default,
+                    }
+                )
+            return out
+
+        return await work(None, describe)
+
+    @app.get("/api/methods")
+    async def methods() -> list[dict[str, Any]]:
+        return [p.to_dict() for p in panels().values()]
+
+    @app.get("/api/samples")
+    async def samples() -> list[dict[str, str]]:
+        from convlens.images import samples as bundled
+
+        return [{"name": n, "url": f"/api/samples/{n}"} for n in sorted(bundled())]
+
+    @app.get("/api/samples/{name}")
+    async def sample(name: str) -> FileResponse:
+        from convlens.images import samples as bundled
+
+        found = bundled()
+        if name not in found:  # by name only: no path from the request reaches the disk
+            from convlens.naming import unknown
+
+            raise unknown("sample", name, sorted(found))
+        return FileResponse(found[name])
+
+    # -- pictures --------------------------------------------------------------------------------
+    @app.post("/api/images")
+    async def upload(request: Request, file: UploadFile) -> dict[str, Any]:
+        limit = state.config.max_upload_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit + 4096:
+            raise HTTPException(413, f"upload too large: at most {limit} bytes")
+        data = await file.read(limit + 1)
+        if len(data) > limit:
+            raise HTTPException(413, f"upload too large: at most {limit} bytes")
+        if not data:
+            raise HTTPException(422, "expected an image file, got an empty upload")
+        image_id, image = await work(None, lambda: state.add_image(data, file.filename or "upload"))
+        return {"id": image_id, "width": image.width, "height": image.height}
+
+    @app.post("/api/images/sample/{name}")
+    async def use_sample(name: str) -> dict[str, Any]:
+        from convlens.images import samples as bundled
+
+        found = bundled()
+        if name not in found:
+            from convlens.naming import unknown
+
+            raise unknown("sample", name, sorted(found))
+        data = found[name].read_bytes()
+        image_id, image = await work(None, lambda: state.add_image(data, name))
+        return {"id": image_id, "width": image.width, "height": image.height}
+
+    # -- panels ----------------------------------------------------------------------------------
+    @app.get("/api/models/{model}/images/{image_id}/picture.png")
+    async def picture(model: str, image_id: str) -> Response:
+        forward = await work(None, lambda: state.forward(model, image_id))
+        return _png(forward.picture)
+
+    @app.get("/api/models/{model}/images/{image_id}/predictions")
+    async def predictions(model: str, image_id: str, top: int = 5) -> dict[str, Any]:
+        if not 1 <= top <= 100:
+            raise ValueError(f"expected top in [1, 100], got {top}")
+        start = time.perf_counter()
+        forward = await work(None, lambda: state.forward(model, image_id))
+        handle = state.model(model)
+        probs = forward.probabilities
+        values, indices = probs.topk(min(top, probs.numel()))
+        return {
+            "predictions": [
+                {
+                    "index": int(i),
+                    "label": handle.label(int(i)) if handle.labels else str(int(i)),
+                    "probability": float(v),
+                }
+                for v, i in zip(values, indices, strict=True)
+            ],
+            "ms": (time.perf_counter() - start) * 1000,
+        }
+
+    @app.get("/api/models/{model}/images/{image_id}/activations/{layer}.png")
+    async def activation(
+        model: str, image_id: str, layer: str, channel: int = 0, grid: bool = False
+    ) -> Response:
+        forward = await work(None, lambda: state.forward(model, image_id))
+        if layer not in forward.activations:
+            from convlens.naming import unknown
+
+            raise unknown("layer with a map", layer, list(forward.activations))
+        act = forward.activations[layer]
+        channels = int(act.shape[0])
+
+        def render_png() -> bytes:
+            from convlens import render
+
+            if grid:
+                maps = act.numpy()
+                shown = min(channels, 256)
+                image = render.grid(
+                    [render.heatmap(m_, size=(48, 48), resample="nearest") for m_ in maps[:shown]],
+                    ncols=int(np.ceil(np.sqrt(shown))),
+                    labels=[str(i) for i in range(shown)],
+                    font_size=9,
+                )
+            else:
+                if not 0 <= channel < channels:
+                    raise ValueError(f"expected a channel in [0, {channels}), got {channel}")
+                side = forward.picture.size
+                image = render.heatmap(act[channel].numpy(), size=side, resample="nearest")
+            return render.png_bytes(image)
+
+        data = await work(None, render_png)
+        return Response(
+            data, media_type=PNG, headers={"X-Channels": str(channels), "Cache-Control": "no-store"}
+        )
+
+    async def attribution_of(model: str, image_id: str, method: str, request: Request) -> Any:
+        """Run ``method`` on the cached picture with the query's target, layer and settings."""
+        from convlens.attribution import explain as run_method
+        from convlens.attribution import get_method
+
+        info = get_method(method)  # unknown names: 404 with close matches
+        chosen = panels()[info.name]
+        query = dict(request.query_params)
+        query.pop("token", None)
+        target_raw = query.pop("target", None)
+        layer = query.pop("layer", None)
+        options = chosen.parse(query)
+        handle = state.model(model)
+        target: Any = None
+        if target_raw not in (None, "", "top1", "top-1"):
+            assert target_raw is not None
+            target = handle.class_index(int(target_raw) if target_raw.isdigit() else target_raw)
+        if layer:
+            from convlens.naming import get_layer
+
+            get_layer(handle.module, layer)
+            options["layer"] = layer
+        forward = await work(None, lambda: state.forward(model, image_id))
+        return await work(
+            model, lambda: run_method(handle, forward.inputs, info.name, target, **options)
+        )
+
+    @app.get("/api/models/{model}/images/{image_id}/explain/{method}.png")
+    async def explain(model: str, image_id: str, method: str, request: Request) -> Response:
+        """The explanation as an overlay on the picture (PNG); ``X-Ms``: compute time."""
+        from convlens.render import png_bytes
+
+        start = time.perf_counter()
+        attribution = await attribution_of(model, image_id, method, request)
+        data = await work(None, lambda: png_bytes(attribution.overlay().image))
+        return Response(
+            data,
+            media_type=PNG,
+            headers={
+                "X-Ms": f"{(time.perf_counter() - start) * 1000:.0f}",
+                "Cache-Control": "no-store",
+            },
+        )
+
+    @app.get("/api/models/{model}/images/{image_id}/explain/{method}.json")
+    async def explain_array(
+        model: str, image_id: str, method: str, request: Request
+    ) -> dict[str, Any]:
+        """The raw explanation map (sign kept, at the method's own resolution) as an array."""
+        attribution = await attribution_of(model, image_id, method, request)
+        return {
+            "method": attribution.method,
+            "target": int(attribution.targets[0]) if attribution.targets is not None else None,
+            "label": attribution.target_labels[0] if attribution.target_labels else None,
+            "layer": attribution.layer,
+            "settings": {k: _jsonable(v) for k, v in attribution.settings.items()},
+            "shape": list(attribution.map.shape[1:]),
+            "map": attribution.map[0].tolist(),
+        }
+
+    @app.get("/api/models/{model}/images/{image_id}/activations/{layer}.json")
+    async def activation_array(
+        model: str, image_id: str, layer: str, channel: int | None = None
+    ) -> dict[str, Any]:
+        """One channel's activation (or the whole layer's, without ``channel``) as an array."""
+        forward = await work(None, lambda: state.forward(model, image_id))
+        if layer not in forward.activations:
+            from convlens.naming import unknown
+
+            raise unknown("layer with a map", layer, list(forward.activations))
+        act = forward.activations[layer]
+        if channel is not None and not 0 <= channel < act.shape[0]:
+            raise ValueError(f"expected a channel in [0, {act.shape[0]}), got {channel}")
+        values = act if channel is None else act[channel]
+        return {
+            "layer": layer,
+            "channel": channel,
+            "shape": list(values.shape),
+            "values": values.tolist(),
+        }
+
+    @app.get("/api/models/{model}/layers/{layer}/filters.png")
+    async def filters(model: str, layer: str) -> Response:
+        handle = state.model(model)
+
+        def run() -> bytes:
+            from convlens.filters import filter_weights
+            from convlens.render import png_bytes
+
+            return png_bytes(filter_weights(handle, layer).image)
+
+        return Response(await work(model, run), media_type=PNG)
+
+    # -- jobs ------------------------------------------------------------------------------------
+    def runner() -> Any:
+        assert state.jobs is not None
+        return state.jobs
+
+    @app.get("/api/jobs")
+    async def jobs() -> list[dict[str, Any]]:
+        return runner().store.all()
+
+    @app.post("/api/jobs", status_code=201)
+    async def start_job(request: Request) -> dict[str, Any]:
+        from convlens.server.jobs import check
+
+        try:
+            body = await request.json()
+        except ValueError:
+            raise HTTPException(422, "expected a JSON body {kind, model, params}") from None
+        if not isinstance(body, dict) or not isinstance(body.get("params", {}), dict):
+            raise HTTPException(422, "expected a JSON body {kind, model, params: {...}}")
+        kind, key, params = body.get("kind"), body.get("model"), body.get("params", {})
+        if not isinstance(kind, str) or not isinstance(key, str):
+            raise HTTPException(422, "expected kind and model as strings")
+        check(kind, params, state.model(key))
+        for image_id in params.get("images") or []:
+            state.image(str(image_id))  # unknown uploads: 404 now, not a failed job later
+        return runner().store.get(runner().submit(kind, key, params))
+
+    @app.get("/api/jobs/{job_id}")
+    async def job(job_id: str) -> dict[str, Any]:
+        return runner().store.get(job_id)
+
+    @app.delete("/api/jobs/{job_id}")
+    async def cancel_job(job_id: str) -> dict[str, Any]:
+        return runner().cancel(job_id)
+
+    @app.get("/api/jobs/{job_id}/files/{name:path}")
+    async def job_file(job_id: str, name: str) -> FileResponse:
+        record = runner().store.get(job_id)
+        if name not in [r["name"] for r in record["results"]]:  # recorded names only
+            raise HTTPException(404, f"job {job_id} has no result {name!r}")
+        return FileResponse(runner().store.folder(job_id) / name)
+
+    return app
