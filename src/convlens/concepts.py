@@ -59,7 +59,14 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from convlens.hooks import first_tensor, folded_batchnorm, forward_hooks, preserved
+from convlens.hooks import (
+    StopForward,
+    first_tensor,
+    folded_batchnorm,
+    forward_hooks,
+    preserved,
+    recorder,
+)
 from convlens.images import IMAGE_SUFFIXES, ImageError, list_images
 from convlens.metrics import ttest_ind
 from convlens.model import Model
@@ -299,10 +306,6 @@ def _random_sets(
 # -- activations and gradients ----------------------------------------------------------------
 
 
-class _Stop(Exception):
-    """Raised by a hook once every requested layer has run: the rest of the network is skipped."""
-
-
 def fingerprint(model: Model) -> str:
     """A content key for a model: its class, every parameter and buffer (names, shapes, dtypes,
     bytes) and its preprocessing. Two models with equal weights share it."""
@@ -383,23 +386,14 @@ def _run_layers(
     stops after the last layer) or the gradients of logit ``target`` with respect to them."""
     module = model.module
     acts: dict[str, torch.Tensor] = {}
-
-    def keep(name: str, output: Any) -> None:
-        if name not in acts:
-            tensor = first_tensor(output)
-            if tensor is None:
-                raise ValueError(f"layer {name!r} returned no tensor")
-            acts[name] = tensor
-            if target is None and len(acts) == len(layers):
-                raise _Stop
-
+    keep = recorder(acts, layers if target is None else None)  # no gradient: stop early
     out: torch.Tensor | None = None
     fast = inputs.device.type == "cpu" and inputs.dim() == 4 and module not in _NCHW_ONLY
     x = inputs.contiguous(memory_format=torch.channels_last) if fast else inputs
     try:  # oneDNN's channels-last kernels: about 2.5x faster on CPU (MobileNetV2)
         with forward_hooks(module, layers, keep):
             if target is None:
-                with torch.inference_mode(), contextlib.suppress(_Stop):
+                with torch.inference_mode(), contextlib.suppress(StopForward):
                     module(x)
             else:
                 x = x.detach().requires_grad_(True)  # a graph from the layers to the logit
@@ -459,16 +453,15 @@ def _collect(
 def _layer_shapes(
     model: Model, layers: Sequence[str], example: torch.Tensor
 ) -> dict[str, tuple[int, ...]]:
-    shapes: dict[str, tuple[int, ...]] = {}
-
-    def keep(name: str, output: Any) -> None:
-        tensor = first_tensor(output)
-        if tensor is not None and name not in shapes:
-            shapes[name] = tuple(tensor.shape[1:])
-
-    with forward_hooks(model.module, layers, keep), torch.inference_mode():
+    """Each layer's output shape (C, h, w) for one picture (a pass that stops at the last)."""
+    kept: dict[str, torch.Tensor] = {}
+    with (
+        forward_hooks(model.module, layers, recorder(kept, layers)),
+        torch.inference_mode(),
+        contextlib.suppress(StopForward),
+    ):
         model.module(example[:1])
-    return shapes
+    return {name: tuple(t.shape[1:]) for name, t in kept.items()}
 
 
 # -- CAVs -------------------------------------------------------------------------------------

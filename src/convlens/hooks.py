@@ -189,6 +189,30 @@ def _folded_forward(
     return forward
 
 
+class StopForward(Exception):
+    """Raised by a :func:`recorder` once every layer it waits for has run: the rest of the
+    forward pass is skipped (catch it around the call)."""
+
+
+def recorder(store: dict[str, torch.Tensor], stop_after: Iterable[str] | None) -> OutputFn:
+    """An ``on_output`` for :func:`forward_hooks` that keeps each layer's first output tensor in
+    ``store`` (a layer that returns no tensor is an error) and raises :class:`StopForward` once
+    every layer in ``stop_after`` is there (``None``: never)."""
+    wanted = None if stop_after is None else set(stop_after)
+
+    def keep(name: str, output: Any) -> None:
+        if name in store:
+            return
+        tensor = first_tensor(output)
+        if tensor is None:
+            raise ValueError(f"layer {name!r} returned no tensor")
+        store[name] = tensor
+        if wanted is not None and wanted <= store.keys():
+            raise StopForward
+
+    return keep
+
+
 def first_tensor(output: Any) -> torch.Tensor | None:
     """The first tensor in a layer output (a tensor, or nested lists/tuples/dicts of them)."""
     if isinstance(output, torch.Tensor):

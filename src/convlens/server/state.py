@@ -213,26 +213,21 @@ class ServerState:
             layers = [row.name for row in self.panel_layers(key)]
 
             def compute() -> Forward:
-                from convlens.hooks import first_tensor, forward_hooks, preserved
+                from convlens.hooks import forward_hooks, preserved, recorder
 
                 batch = model.prepare([image])
                 kept: dict[str, torch.Tensor] = {}
-
-                def keep(name: str, output: Any) -> None:
-                    tensor = first_tensor(output)
-                    if name not in kept and tensor is not None:
-                        kept[name] = tensor.detach()[0].float().cpu().clone()
-
                 module = model.module
                 with (
-                    preserved(module, out_of_place=True),
+                    preserved(module, out_of_place=True),  # kept outputs stay as they came
                     torch.inference_mode(),
-                    forward_hooks(module, layers, keep),
+                    forward_hooks(module, layers, recorder(kept, None)),
                 ):
                     logits = model.forward(batch.inputs)
                     probs = model.postprocess(logits).float().cpu()
                 picture = batch.pictures[0] if len(batch.pictures) else image
-                return Forward(batch.inputs.cpu(), picture, probs[0], kept)
+                maps = {name: t[0].float().cpu() for name, t in kept.items()}
+                return Forward(batch.inputs.cpu(), picture, probs[0], maps)
 
             result = self.run_locked(key, compute)
             self.forwards.put(cache_key, result)

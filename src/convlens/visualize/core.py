@@ -26,7 +26,14 @@ import torch.nn.functional as F
 from PIL import Image
 
 from convlens import render
-from convlens.hooks import first_tensor, folded_batchnorm, forward_hooks, preserved
+from convlens.hooks import (
+    StopForward,
+    first_tensor,
+    folded_batchnorm,
+    forward_hooks,
+    preserved,
+    recorder,
+)
 from convlens.model import Model, Preprocessing
 from convlens.visualize import param as params_mod
 from convlens.visualize import transforms as tf
@@ -37,10 +44,6 @@ __all__ = ["FeatureVis", "featurevis"]
 
 Progress = Callable[[int, int], None]
 ParamFn = Callable[..., params_mod.Param]
-
-
-class _Stop(Exception):
-    """Raised from a hook once every layer the objective reads has produced its output."""
 
 
 @dataclass
@@ -347,14 +350,7 @@ def featurevis(
     pixels_out, history_out, scores_out, frames_out = [], [], [], []
     acts: dict[str, torch.Tensor] = {}
 
-    def on_output(name: str, output: Any) -> None:
-        if name not in acts:
-            tensor = first_tensor(output)
-            if tensor is None:
-                raise ValueError(f"layer {name!r} returned no tensor")
-            acts[name] = tensor
-            if not needs_output and all(n in acts for n in layers):
-                raise _Stop
+    on_output = recorder(acts, None if needs_output else layers)
 
     def run(
         objective_now: Objective, image: torch.Tensor, transformed: torch.Tensor
@@ -374,7 +370,7 @@ def featurevis(
                 if found is None:
                     raise ValueError("the network output holds no tensor")
                 acts[OUTPUT] = found
-        except _Stop:
+        except StopForward:
             pass
         missing = [n for n in layers if n not in acts]
         if missing:
@@ -477,7 +473,7 @@ def _any_size(
     try:
         with torch.inference_mode():
             module(normalize(probe).to(dtype))
-    except _Stop:
+    except StopForward:
         pass
     except RuntimeError:  # shape mismatch in a dense layer: the network needs its own size
         return False
