@@ -3,6 +3,8 @@ a GPU; run it where one is available)."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 from conftest import tiny_model
@@ -42,3 +44,47 @@ def test_mobilenet_on_cuda_matches_cpu():
     torch.testing.assert_close(
         gpu.probabilities(photo), cpu.probabilities(photo), atol=1e-4, rtol=0
     )
+
+
+@cuda
+def test_tcav_featurevis_and_the_explorer_on_cuda():
+    """What this project added on top: TCAV, feature visualization and the explorer's cached
+    pass take the device from the model, and TCAV's numbers match the CPU's."""
+    import numpy as np
+
+    from convlens.data import toons
+
+    cpu = cl.load("toon-cnn")
+    gpu = cl.load("toon-cnn")
+    gpu.module.cuda()
+    data = toons.generate(30, split="test", seed=3)
+    targets = [p for p, n in zip(data.pixels, data.label_names, strict=True) if n == "jessie"]
+    sets = {"red": toons.concept_images("red", 12, seed=0)}
+    randoms = {f"random_{k}": toons.concept_images(f"random_{k}", 12, seed=0) for k in range(3)}
+    kw = dict(random=randoms, layers="pool1,pool2", n_random=3)
+    on_cpu = cl.tcav(cpu, "jessie", targets, sets, **kw)
+    on_gpu = cl.tcav(gpu, "jessie", targets, sets, **kw)
+    for layer in ("pool1", "pool2"):
+        a, b = on_cpu.runs[("red", layer)], on_gpu.runs[("red", layer)]
+        cos = (a.vectors * b.vectors).sum(1)
+        assert float(cos.min()) > 0.999, cos
+        assert np.abs((a.sign_count - b.sign_count).numpy()).max() <= 1 / len(targets)
+    objective = cl.objectives.channel("conv2", [0, 1, 2])
+    fv = cl.featurevis(gpu, objective, steps=64, frames=0)
+    fv_cpu = cl.featurevis(cpu, objective, steps=64, frames=0)  # same seed, same transforms
+    assert (fv.history[-1] > fv.history[0]).all()
+    torch.testing.assert_close(fv.history[:4], fv_cpu.history[:4], atol=1e-4, rtol=1e-3)
+    torch.testing.assert_close(fv.scores, fv_cpu.scores, atol=0.02, rtol=0.05)
+    assert next(gpu.module.parameters()).device.type == "cuda"
+
+    from convlens.server.state import ServerConfig, ServerState
+
+    state = ServerState(ServerConfig(models=[]))
+    state.models["toon-cnn"] = gpu
+    state.model_locks["toon-cnn"] = threading.Lock()
+    image_id, _ = state.add_image(cl.sample("chelsea").read_bytes(), "cat")
+    forward = state.forward("toon-cnn", image_id)
+    assert forward.activations["conv1"].device.type == "cpu"
+    expected = cpu.probabilities(cl.sample("chelsea"))[0]
+    torch.testing.assert_close(forward.probabilities, expected, atol=1e-4, rtol=0)
+    state.close()
