@@ -177,6 +177,8 @@ def test_a_token_guards_a_public_server(tmp_path):
     try:
         client = TestClient(create_app(state), raise_server_exceptions=False)
         assert client.get("/api/models").status_code == 401
+        assert client.get("/health").json() == {"status": "ok"}  # liveness only, no token
+        assert client.get("/static/app.js").status_code == 401
         headers = {"Authorization": f"Bearer {config.token}"}
         assert client.get("/api/models", headers=headers).status_code == 200
         entry = client.get(f"/?token={config.token}", follow_redirects=False)

@@ -77,6 +77,13 @@ def create_app(state: ServerState) -> FastAPI:
     async def _value(_request: Request, err: Exception) -> JSONResponse:
         return JSONResponse({"detail": str(err)}, status_code=422)
 
+    @app.exception_handler(RuntimeError)
+    async def _runtime(_request: Request, err: Exception) -> JSONResponse:
+        # torch raises RuntimeError for inputs a network cannot take (shapes, sizes)
+        return JSONResponse(
+            {"detail": f"the model could not run this request: {err}"}, status_code=422
+        )
+
     @app.middleware("http")
     async def _guard(request: Request, call_next: Callable[[Request], Any]) -> Any:
         if token is not None and request.url.path != "/health":
@@ -115,6 +122,9 @@ def create_app(state: ServerState) -> FastAPI:
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/health", include_in_schema=False)
+    async def alive() -> dict[str, str]:  # open to all: says nothing about the models
+        return {"status": "ok"}
+
     @app.get("/api/health")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "models": list(state.models)}
