@@ -48,6 +48,10 @@ _WHERE = {
     "FilterView": "filters",
     "tcav": "concepts",
     "TCAVResult": "concepts",
+    "Detector": "detection",
+    "Detections": "detection",
+    "detect": "detection",
+    "drise": "detection",
 }
 _MODULES = {
     "attribution",
@@ -72,12 +76,15 @@ _MODULES = {
     "visualize",
     "filters",
     "concepts",
+    "detection",
 }
 
 __all__ = [
     "Activations",
     "Attribution",
     "Batch",
+    "Detections",
+    "Detector",
     "FeatureVis",
     "FilterView",
     "ImageError",
@@ -91,6 +98,8 @@ __all__ = [
     "UnknownNameError",
     "activations",
     "audit",
+    "detect",
+    "drise",
     "evaluate",
     "explain",
     "featurevis",
@@ -129,6 +138,7 @@ if TYPE_CHECKING:
     from convlens.attribution import Attribution, explain, methods
     from convlens.capture import Activations, activations
     from convlens.concepts import TCAVResult, tcav
+    from convlens.detection import Detections, Detector, detect, drise
     from convlens.evaluation import audit, evaluate
     from convlens.filters import FilterView, filter_weights
     from convlens.images import ImageError, load_image, load_images, sample, samples

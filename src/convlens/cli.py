@@ -386,6 +386,61 @@ def demo(
 
 
 @app.command()
+def detect(
+    detector: Annotated[
+        str, typer.Argument(help="A zoo detector (mtcnn-faces) or a detector checkpoint (.pt).")
+    ],
+    image: Annotated[Path, typer.Argument(help="The picture.")],
+    score_threshold: Annotated[float, typer.Option(help="Keep boxes scoring at least this.")] = (
+        0.5
+    ),
+    iou_threshold: Annotated[float, typer.Option(help="NMS: drop boxes overlapping more.")] = 0.5,
+    max_detections: Annotated[int, typer.Option(help="Keep at most this many boxes.")] = 20,
+    explain: Annotated[str | None, typer.Option(help="Explain every box: drise.")] = None,
+    masks: Annotated[int, typer.Option(help="D-RISE masks.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Seeds the D-RISE masks.")] = 0,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("out/detect"),
+) -> None:
+    """Boxes, labels and scores drawn (detections.png) and listed (detections.json); with
+    --explain drise, one saliency overlay per box (box_<i>_drise.png)."""
+    with user_errors():
+        from convlens.detection import detect as run
+        from convlens.detection import drise, load_detector
+
+        if explain not in (None, "drise"):
+            raise ValueError(f"expected --explain drise, got {explain!r}")
+        handle = load_detector(detector)
+        found = run(
+            handle,
+            image,
+            score_threshold=score_threshold,
+            iou_threshold=iou_threshold,
+            max_detections=max_detections,
+        )
+        written = found.save(out)
+        if explain and len(found):
+            with _progress_bar("D-RISE") as bar:
+                task = bar.add_task("masks", total=None)
+                for i in range(len(found)):
+                    result = drise(
+                        handle,
+                        image,
+                        found[i],
+                        masks=masks,
+                        seed=seed,
+                        progress=_callback(bar, task),
+                    )
+                    path = out / f"box_{i}_drise.png"
+                    result.overlay().save(path)
+                    written.append(path)
+    for d in found:
+        console.print(f"{d.name:>12} {d.score:.3f}  box {tuple(round(v, 1) for v in d.box)}")
+    console.print(
+        f"{len(found)} detection(s); wrote {', '.join(p.name for p in written)} to {out}/"
+    )
+
+
+@app.command()
 def serve(
     models: Annotated[
         list[str] | None,

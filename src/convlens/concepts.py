@@ -70,7 +70,7 @@ from convlens.hooks import (
 from convlens.images import IMAGE_SUFFIXES, ImageError, list_images
 from convlens.metrics import ttest_ind
 from convlens.model import Model
-from convlens.render import Figure, _font, _text_height, write_atomic
+from convlens.render import PALETTE, Figure, _font, _text_height, write_atomic
 
 Progress = Callable[[int, int], None]
 
@@ -880,20 +880,6 @@ def _json_num(v: Any) -> Any:
     return v
 
 
-_PALETTE = [
-    (31, 119, 180),
-    (255, 127, 14),
-    (44, 160, 44),
-    (214, 39, 40),
-    (148, 103, 189),
-    (140, 86, 75),
-    (227, 119, 194),
-    (23, 190, 207),
-    (188, 189, 34),
-    (127, 127, 127),
-]
-
-
 def _plot(result: TCAVResult, bar: int) -> Figure:
     concepts = result.concepts
     layers = result.layers
@@ -925,7 +911,7 @@ def _plot(result: TCAVResult, bar: int) -> Figure:
         x0 = left + li * group + gap // 2
         null = result.null[layer]
         for ci, r in enumerate(result.row(c, layer) for c in concepts):
-            colour: tuple[int, ...] = _PALETTE[ci % len(_PALETTE)]
+            colour: tuple[int, ...] = PALETTE[ci % len(PALETTE)]
             if not r["significant"]:
                 colour = tuple(int(c + (255 - c) * 0.65) for c in colour)
             xa = x0 + ci * bar
@@ -950,7 +936,7 @@ def _plot(result: TCAVResult, bar: int) -> Figure:
     d.text((8, top + plot_h + 12 + th), "layer", fill=(120, 120, 120), font=small)
     lx = left + plot_w + right
     for i, name in enumerate([*concepts, NULL]):
-        colour = _PALETTE[i % len(_PALETTE)] if i < len(concepts) else (170, 170, 170)
+        colour = PALETTE[i % len(PALETTE)] if i < len(concepts) else (170, 170, 170)
         y = top + i * (th + 8)
         d.rectangle([lx, y + 2, lx + 14, y + 16], fill=colour)
         d.text((lx + 22, y), name, fill=(20, 20, 20), font=font)

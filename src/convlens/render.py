@@ -373,6 +373,21 @@ def overlay(
 # --------------------------------------------------------------------------- text and grids
 
 
+# Distinct colours for categories (classes, concepts): tab10's order.
+PALETTE = [
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (23, 190, 207),
+    (188, 189, 34),
+    (127, 127, 127),
+]
+
+
 def _font(size: int) -> Font:
     """PIL's built-in font at ``size`` pixels (bitmap fallback without FreeType)."""
     try:
