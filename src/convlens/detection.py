@@ -14,6 +14,7 @@ x1 > x0 and y1 > y0; a box of zero width or height is degenerate and is dropped.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -448,10 +449,29 @@ class MTCNNFaces(torch.nn.Module):
         return out
 
 
+def _toon_detector() -> Detector:
+    from convlens import centernet
+
+    folder = Path(__file__).resolve().parent / "data" / "models"
+    path = folder / "toon-detector.pt"
+    record = json.loads((folder / "toon-detector.json").read_text())
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != record["sha256"]:
+        raise ValueError(f"{path} does not match its record (sha256 {digest[:12]}...)")
+    module, classes = centernet.load(path)
+    return Detector(
+        module, classes, name="toon-detector", score_threshold=0.3, to_input=lambda x: x
+    )
+
+
 DETECTORS: dict[str, tuple[str, Callable[[], Detector]]] = {
     "mtcnn-faces": (
         "MTCNN face detector, facenet-pytorch's weights (offline)",
         lambda: Detector(MTCNNFaces(), ["face"], name="mtcnn-faces", score_threshold=0.9),
+    ),
+    "toon-detector": (
+        "CenterNet on crowd toons, trained by tools/make_toon_detector.py (shipped)",
+        _toon_detector,
     ),
 }
 
@@ -465,7 +485,7 @@ def load_detector(name: str) -> Detector:
             from convlens import centernet
 
             module, classes = centernet.load(path)
-            return Detector(module, classes, name=path.stem)
+            return Detector(module, classes, name=path.stem, to_input=lambda x: x)
         from convlens.naming import unknown
 
         raise unknown("detector", name, list(DETECTORS))
