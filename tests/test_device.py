@@ -88,3 +88,31 @@ def test_tcav_featurevis_and_the_explorer_on_cuda():
     expected = cpu.probabilities(cl.sample("chelsea"))[0]
     torch.testing.assert_close(forward.probabilities, expected, atol=1e-4, rtol=0)
     state.close()
+
+
+@cuda
+@pytest.mark.slow
+def test_detectors_and_drise_on_cuda():
+    from convlens import centernet
+    from convlens import detection as D
+
+    frames, _ = centernet.toon_frames(2, split="test", seed=5)
+    cpu = D.load_detector("toon-detector")
+    gpu = D.load_detector("toon-detector")
+    gpu.module.cuda()
+    assert gpu.device.type == "cuda"
+    on_cpu, on_gpu = cpu(frames), gpu(frames)
+    for a, b in zip(on_cpu, on_gpu, strict=True):
+        assert a.labels.tolist() == b.labels.tolist()
+        torch.testing.assert_close(b.boxes, a.boxes, atol=0.05, rtol=0)
+    m_cpu = D.drise(cpu, frames[0], on_cpu[0][0], masks=200, seed=0)
+    m_gpu = D.drise(gpu, frames[0], on_gpu[0][0], masks=200, seed=0)
+    torch.testing.assert_close(
+        m_gpu.map, m_cpu.map, atol=1e-3 * float(m_cpu.map.abs().max()), rtol=0
+    )
+    faces = D.load_detector("mtcnn-faces")
+    faces.module.cuda()
+    from skimage import data
+
+    found = D.detect(faces, data.astronaut())
+    assert len(found) == 1 and found[0].score > 0.99
