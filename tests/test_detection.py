@@ -273,3 +273,17 @@ def test_centernet_checkpoint_round_trip_and_cli(tmp_path):
     assert {"detections.png", "detections.json", "box_0_drise.png"} <= names
     bad = CliRunner().invoke(app, ["detect", "no-such-detector", str(tmp_path / "p.png")])
     assert bad.exit_code == 2 and "no-such-detector" in bad.output
+
+
+def test_all_found_counts_only_complete_pictures():
+    truths = [([[0, 0, 10, 10], [20, 20, 30, 30]], [0, 1]), ([[0, 0, 10, 10]], [0])]
+    both = D.Detections(
+        torch.tensor([[0, 0, 10, 10], [21, 20, 30, 30]], dtype=torch.float32),
+        torch.tensor([0, 1]),
+        torch.tensor([0.9, 0.8]),
+    )
+    wrong_class = D.Detections(
+        torch.tensor([[0, 0, 10, 10]], dtype=torch.float32), torch.tensor([1]), torch.tensor([0.9])
+    )
+    assert D.all_found([both, wrong_class], truths) == 0.5
+    assert D.all_found([both, both], truths) == 1.0

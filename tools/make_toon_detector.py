@@ -18,8 +18,6 @@ import json
 import shutil
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "src" / "convlens" / "data" / "models"
 CLASSES = ["cassidy", "james", "jessie"]
@@ -31,7 +29,7 @@ def check(model_path: Path) -> dict[str, float]:
     """mAP@0.5, mAP@0.5:0.95 and the share of frames with every character found, on fresh
     frames (another seed than training)."""
     from convlens import centernet
-    from convlens.detection import COCO_IOUS, Detector, box_iou, mean_average_precision
+    from convlens.detection import COCO_IOUS, Detector, all_found, mean_average_precision
 
     module, classes = centernet.load(model_path)
     detector = Detector(module, classes, score_threshold=CHECK["score_threshold"])
@@ -41,15 +39,10 @@ def check(model_path: Path) -> dict[str, float]:
         found += detector(pixels[start : start + 64])
     truths = [([b[1:] for b in frame], [b[0] for b in frame]) for frame in boxes]
     coco = mean_average_precision(found, truths, iou_thresholds=COCO_IOUS)
-    complete = 0
-    for det, (gt_boxes, gt_labels) in zip(found, truths, strict=True):
-        iou = box_iou(torch.tensor(gt_boxes), det.boxes)
-        same = torch.tensor(gt_labels)[:, None] == det.labels[None, :]
-        complete += bool(((iou >= 0.5) & same).any(1).all())
     return {
         "map50": coco["per_iou"][0.5],
         "map50_95": coco["map"],
-        "all_found": complete / len(found),
+        "all_found": all_found(found, truths),
     }
 
 

@@ -717,3 +717,18 @@ def mean_average_precision(
 
 
 COCO_IOUS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
+
+
+def all_found(
+    detections: Sequence[Detections], truths: Sequence[tuple[Any, Any]], *, iou: float = 0.5
+) -> float:
+    """Share of pictures in which every ground-truth box is matched by a detection of its
+    class with IoU >= ``iou`` (a crowded frame counts only when no character is missed)."""
+    if len(detections) != len(truths) or not truths:
+        raise ValueError(f"expected one truth per picture, got {len(truths)} for {len(detections)}")
+    complete = 0
+    for det, (boxes, labels) in zip(detections, truths, strict=True):
+        gt = _as_boxes(boxes)
+        same = torch.as_tensor(labels).reshape(-1, 1) == det.labels.reshape(1, -1)
+        complete += bool(((box_iou(gt, det.boxes) >= iou) & same).any(1).all())
+    return complete / len(truths)
