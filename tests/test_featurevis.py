@@ -530,3 +530,29 @@ def test_folded_batchnorm_same_numbers_and_restores():
     net.requires_grad_(True)
     with folded_batchnorm(net) as folded:
         assert folded == 0
+
+
+def test_networks_that_refuse_channels_last_still_run():
+    """The loop feeds oneDNN channels-last input on the CPU; a network whose ``.view`` needs
+    the default layout is run as it comes instead (and remembered)."""
+    from convlens.hooks import _NCHW_ONLY
+
+    class ViewNet(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+            self.fc = torch.nn.Linear(4 * 16 * 16, 2)
+
+        def forward(self, x):
+            h = self.conv(x)
+            return self.fc(h.view(h.size(0), -1))
+
+    torch.manual_seed(0)
+    model = cl.Model(
+        ViewNet(), preprocess=cl.Preprocessing(resize=None, crop=None), input_size=(3, 16, 16)
+    )
+    with pytest.raises(RuntimeError):
+        model.module(torch.rand(1, 3, 16, 16).contiguous(memory_format=torch.channels_last))
+    fv = cl.featurevis(model, O.class_logit(0), size=16, steps=16, frames=0)
+    assert model.module in _NCHW_ONLY
+    assert fv.history[-1, 0] > fv.history[0, 0]

@@ -49,9 +49,10 @@ def test_describes_models_methods_and_samples(server):
     assert client.get("/api/health").json()["status"] == "ok"
     (model,) = client.get("/api/models").json()
     assert model["name"] == "toon-cnn" and model["labels"] == ["cassidy", "james", "jessie"]
-    assert [layer["name"] for layer in model["layers"]][:3] == ["conv1", "relu1", "pool1"] or any(
-        layer["name"] == "conv1" for layer in model["layers"]
-    )
+    names = [layer["name"] for layer in model["layers"]]
+    assert names == ["conv1", "pool1", "conv2", "pool2", "conv3", "pool3"]  # conv/pool only
+    assert model["default_layer"] == "pool3"
+    assert "relu1" in [layer["name"] for layer in model["explain_layers"]]
     assert all(layer["kind"] in ("conv", "pool") for layer in model["layers"])
     methods = {m["name"]: m for m in client.get("/api/methods").json()}
     occlusion = {s["name"]: s for s in methods["occlusion"]["settings"]}

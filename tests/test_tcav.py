@@ -559,7 +559,9 @@ def test_models_that_need_the_default_layout_still_work():
         layers="conv",
         n_random=3,
     )
-    assert model.module in C._NCHW_ONLY
+    from convlens.hooks import _NCHW_ONLY
+
+    assert model.module in _NCHW_ONLY
     assert 0 <= res.row("up", "conv")["score"] <= 1
 
 

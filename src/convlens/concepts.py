@@ -49,7 +49,6 @@ import math
 import os
 import time
 import warnings
-import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +60,7 @@ from PIL import Image, ImageDraw
 
 from convlens.hooks import (
     StopForward,
+    call_fast,
     first_tensor,
     folded_batchnorm,
     forward_hooks,
@@ -387,22 +387,18 @@ def _run_layers(
     module = model.module
     acts: dict[str, torch.Tensor] = {}
     keep = recorder(acts, layers if target is None else None)  # no gradient: stop early
-    out: torch.Tensor | None = None
-    fast = inputs.device.type == "cpu" and inputs.dim() == 4 and module not in _NCHW_ONLY
-    x = inputs.contiguous(memory_format=torch.channels_last) if fast else inputs
-    try:  # oneDNN's channels-last kernels: about 2.5x faster on CPU (MobileNetV2)
+
+    def run(x: torch.Tensor) -> torch.Tensor | None:
+        acts.clear()
         with forward_hooks(module, layers, keep):
             if target is None:
                 with torch.inference_mode(), contextlib.suppress(StopForward):
                     module(x)
-            else:
-                x = x.detach().requires_grad_(True)  # a graph from the layers to the logit
-                out = first_tensor(module(x))
-    except RuntimeError:
-        if not fast:
-            raise
-        _NCHW_ONLY.add(module)  # e.g. a .view() that needs the default layout: not again
-        return _run_layers(model, inputs.contiguous(), layers, target)
+                return None
+            x = x.detach().requires_grad_(True)  # a graph from the layers to the logit
+            return first_tensor(module(x))
+
+    out = call_fast(module, inputs, run)
     missing = [n for n in layers if n not in acts]
     if missing:
         raise ValueError(f"layer(s) {missing} did not run in the forward pass")
@@ -415,9 +411,6 @@ def _run_layers(
         raise ValueError(f"target class {target} is outside the {out.shape[1]} outputs")
     grads = torch.autograd.grad(out[:, target].sum(), [acts[n] for n in layers])
     return {n: g.flatten(1).float().cpu() for n, g in zip(layers, grads, strict=True)}
-
-
-_NCHW_ONLY: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
 
 
 def _collect(

@@ -7,15 +7,17 @@ included. Nothing here registers a hook that outlives the block.
 from __future__ import annotations
 
 import itertools
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
 from convlens.naming import get_layer
 
+T = TypeVar("T")
 OutputFn = Callable[[str, Any], Any]
 StartFn = Callable[[str, tuple[Any, ...]], Any]
 
@@ -187,6 +189,24 @@ def _folded_forward(
         return conv._conv_forward(x, weight, bias)
 
     return forward
+
+
+_NCHW_ONLY: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+
+
+def call_fast(module: nn.Module, inputs: torch.Tensor, call: Callable[[torch.Tensor], T]) -> T:
+    """``call(x)`` with ``x`` the (N, C, H, W) ``inputs`` in channels-last layout on the CPU,
+    where oneDNN's kernels are 1.3-2.5x faster (depthwise convolutions most). A network that
+    refuses that layout (a RuntimeError, e.g. from ``.view``) is run again with the inputs as
+    they came, and remembered, so it is not tried again. ``call`` must start from a clean
+    state: it may run twice."""
+    if inputs.device.type != "cpu" or inputs.dim() != 4 or module in _NCHW_ONLY:
+        return call(inputs)
+    try:
+        return call(inputs.contiguous(memory_format=torch.channels_last))
+    except RuntimeError:
+        _NCHW_ONLY.add(module)
+        return call(inputs.contiguous())
 
 
 class StopForward(Exception):
