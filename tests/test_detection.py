@@ -163,8 +163,8 @@ def test_drise_explains_each_box_on_its_own_square(finder):
         other = _share(result.map, found[1 - index].box)
         assert own == pytest.approx(_share(result.map, result.target.box))
         assert own > 0.35 and own > 4 * other, (own, other)
-    again = D.drise(finder, scene, 1, masks=300, cell=8, seed=0)
-    torch.testing.assert_close(again.map, result.map)
+    again = D.drise(finder, scene, 1, masks=300, cell=8, seed=0, batch_size=7)
+    torch.testing.assert_close(again.map, result.map)  # the masks do not depend on the batch
     assert result.overlay().size == (64, 64)
     with pytest.raises(ValueError, match="below 2"):
         D.drise(finder, scene, 5, masks=10)
@@ -218,7 +218,7 @@ def test_centernet_augmentation_moves_boxes_with_the_picture():
     pixels = torch.zeros(8, 3, 64, 64)
     pixels[:, :, 10:30, 5:25] = 1.0  # a white square at x 5..25, y 10..30
     boxes = [[(1, 5.0, 10.0, 25.0, 30.0)] for _ in range(8)]
-    moved, new_boxes = C.augment(pixels, boxes, torch.Generator().manual_seed(0))
+    moved, new_boxes = C.augment_batch(pixels, boxes, torch.Generator().manual_seed(0))
     for picture, kept in zip(moved, new_boxes, strict=True):
         (cls, x0, y0, x1, y1) = kept[0]
         inside = picture[0, int(y0) + 2 : int(y1) - 2, int(x0) + 2 : int(x1) - 2]
@@ -287,3 +287,145 @@ def test_all_found_counts_only_complete_pictures():
     )
     assert D.all_found([both, wrong_class], truths) == 0.5
     assert D.all_found([both, both], truths) == 1.0
+
+
+# -- one front door: cl.load, cl.detect, cl.explain with detectors ---------------------------------
+
+
+class GradientFree(nn.Module):
+    """A detector whose scores are computed outside torch (as MTCNN's cascade is): the box of
+    the bright pixels, its score through numpy."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, images):
+        features = self.backbone(torch.stack(list(images)))
+        out = []
+        for f in features:
+            value = float(np.asarray(f.detach()).mean())
+            out.append(
+                {
+                    "boxes": torch.tensor([[4.0, 4.0, 20.0, 20.0]]),
+                    "labels": torch.tensor([0]),
+                    "scores": torch.tensor([1 / (1 + np.exp(-value))], dtype=torch.float32),
+                }
+            )
+        return out
+
+
+def test_explain_and_detect_take_detectors_through_the_front_door():
+    import convlens as cl
+    from convlens import centernet as C
+
+    pixels, _ = C.toon_frames(1, split="test", seed=5)
+    det = cl.load("toon-detector")
+    assert isinstance(det, D.Detector) and det.layer == "backbone"
+    dets = cl.detect("toon-detector", pixels[0], score_threshold=0.5, max_detections=20)
+    torch.testing.assert_close(dets.boxes, cl.detect(det, pixels[0], score_threshold=0.5).boxes)
+    rise = cl.explain(det, pixels[0], method="drise", target=dets[1], masks=64, seed=3)
+    direct = D.drise(det, pixels[0], dets[1], masks=64, seed=3)
+    torch.testing.assert_close(rise.map, direct.map)
+    by_index = cl.explain(det, pixels[0], method="gradcam", target=1)
+    torch.testing.assert_close(by_index.map, D.box_cam(det, pixels[0], dets[1]).map)
+    assert by_index.target == dets[1] and by_index.settings["layer"] == "backbone"
+    for bad, match in (
+        ({"method": "gradcam", "target": None}, "target"),
+        ({"method": "gradcam", "target": 9}, "below"),
+        ({"method": "occlusion", "target": 0}, "drise"),
+        ({"method": "gradcam", "target": 0, "layer": "heatmap.nope"}, "heatmap"),
+    ):
+        with pytest.raises((ValueError, LookupError), match=match):
+            cl.explain(det, pixels[0], **bad)
+    moved = D.Detection((90.0, 90.0, 120.0, 120.0), dets[0].label, dets[0].name, 0.9)
+    with pytest.raises(ValueError, match="IoU"):
+        cl.explain(det, pixels[0], method="gradcam", target=moved)
+    with pytest.raises(cl.ModelLoadError, match="detector"):
+        cl.activations("toon-detector", pixels)
+
+
+def test_gradient_cams_refuse_detectors_without_gradients():
+    picture = torch.rand(3, 32, 32)
+    det = D.Detector(GradientFree(), ["thing"], score_threshold=0.0)
+    with pytest.raises(ValueError, match="drise"):
+        D.box_cam(det, picture, 0)
+    assert D.explain_box(det, picture, 0, "drise", masks=8).map.shape == (32, 32)
+
+
+def test_load_makes_detectors_of_checkpoints_plugins_and_torchvision(tmp_path):
+    import convlens as cl
+    from convlens import centernet as C
+
+    torch.manual_seed(0)
+    net = C.CenterNet(3, width=8).eval()
+    path = C.save(net, ["a", "b", "c"], tmp_path / "mine.pt")
+    loaded = cl.load(path, score_threshold=0.2)
+    assert isinstance(loaded, D.Detector) and loaded.name == "mine"
+    assert loaded.labels == ["a", "b", "c"] and loaded.score_threshold == 0.2
+    x = torch.rand(1, 3, 32, 32)
+    torch.testing.assert_close(loaded.raw(x)[0]["scores"], net(x)[0]["scores"])
+    plugin = tmp_path / "plugin_det.py"
+    plugin.write_text(
+        "import torch\n"
+        "from convlens.centernet import CenterNet\n"
+        "from convlens.detection import Detector\n"
+        "torch.manual_seed(0)\n"
+        "model = Detector(CenterNet(2, width=8).eval(), ['x', 'y'], name='pd', layer='backbone')\n"
+    )
+    from_plugin = cl.load(plugin)
+    assert isinstance(from_plugin, D.Detector) and from_plugin.name == "pd"
+    assert cl.load(net, task="detect", labels=["a", "b", "c"]).labels == ["a", "b", "c"]
+    with pytest.raises(cl.ModelLoadError, match="input_size"):
+        cl.load(net, input_size=(3, 8, 8))
+    with pytest.raises(ValueError, match="score_threshold"):
+        cl.load("toon-detector", score_threshold=3)
+
+
+def test_torchvision_detectors_load_and_explain_without_their_padding():
+    """torchvision's R-CNNs resize and pad the batch to a multiple of 32: the box CAM is cut to
+    the resized picture before it is brought back to the picture's size."""
+    from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_320_fpn
+
+    import convlens as cl
+
+    torch.manual_seed(0)
+    net = fasterrcnn_mobilenet_v3_large_320_fpn(
+        weights=None, weights_backbone=None, num_classes=3, box_score_thresh=0.0
+    ).eval()
+    det = cl.load(net, labels=["bg", "cat", "dog"], score_threshold=0.0)
+    assert isinstance(det, D.Detector) and D.default_box_layer(det).startswith("backbone.body.")
+    picture = torch.rand(3, 150, 200)
+    found = cl.detect(det, picture)
+    assert len(found) > 0
+    result = cl.explain(det, picture, method="gradcam", target=0)
+    assert result.map.shape == (150, 200) and torch.isfinite(result.map).all()
+    # the same map computed by hand: the score of the output box that is target 0 again,
+    # its gradient at the layer, Grad-CAM, cut to the resized (unpadded) picture, resized
+    captured, padded = {}, {}
+    layer = dict(net.named_modules())[D.default_box_layer(det)]
+
+    def grab(_m, _i, out):
+        captured["a"] = out
+
+    def sizes(_m, _i, out):
+        padded["sizes"] = (tuple(out[0].image_sizes[0]), tuple(out[0].tensors.shape[-2:]))
+
+    handles = [layer.register_forward_hook(grab), net.transform.register_forward_hook(sizes)]
+    try:
+        out = net([picture])[0]
+    finally:
+        for h in handles:
+            h.remove()
+    (rh, rw), (ph, pw) = padded["sizes"]
+    assert (ph, pw) != (rh, rw)  # this picture is padded
+    same = out["labels"] == found[0].label
+    best = int((D.box_iou([found[0].box], out["boxes"].detach())[0] * same).argmax())
+    activations = captured["a"]
+    (grad,) = torch.autograd.grad(out["scores"][best], activations)
+    cam = (grad.mean((2, 3))[:, :, None, None] * activations).sum(1).clamp_min(0)[0].detach()
+    fh, fw = cam.shape
+    cam = cam[: round(fh * rh / ph), : round(fw * rw / pw)]
+    assert cam.shape[1] < fw
+    expected = torch.nn.functional.interpolate(cam[None, None], size=(150, 200), mode="bilinear")
+    torch.testing.assert_close(result.map, expected[0, 0], rtol=1e-4, atol=1e-7)

@@ -110,6 +110,13 @@ def test_detectors_and_drise_on_cuda():
     torch.testing.assert_close(
         m_gpu.map, m_cpu.map, atol=1e-3 * float(m_cpu.map.abs().max()), rtol=0
     )
+    for method in ("gradcam", "layercam"):  # box CAMs: the same map on either device
+        c_cpu = D.box_cam(cpu, frames[0], on_cpu[0][0], method=method)
+        c_gpu = D.box_cam(gpu, frames[0], on_gpu[0][0], method=method)
+        assert c_gpu.map.device.type == "cpu"
+        torch.testing.assert_close(
+            c_gpu.map, c_cpu.map, atol=1e-3 * float(c_cpu.map.abs().max()), rtol=0
+        )
     faces = D.load_detector("mtcnn-faces")
     faces.module.cuda()
     from skimage import data

@@ -513,9 +513,23 @@ def explain(
     output. ``classes=["tabby", "tiger cat"]`` explains every image for each of several classes
     in one batched call: the result holds N x len(classes) maps, image-major, named
     ``"<image>:<class>"``. ``options`` go to the method (``layer=``, ``steps=``, ``window=``...).
+
+    A detector (:class:`~convlens.detection.Detector`, or a name :func:`convlens.load` makes
+    one of) explains one box: ``target=dets[1]`` (or its index) and ``method`` one of
+    ``drise``, ``gradcam``, ``layercam``; the result is a
+    :class:`~convlens.detection.BoxExplanation` (see :func:`convlens.detection.explain_box`).
     """
     from convlens.capture import _as_model
+    from convlens.detection import Detector, explain_box
 
+    if isinstance(model, str | os.PathLike):
+        from convlens.loading import load
+
+        model = load(model)
+    if isinstance(model, Detector):
+        if classes is not None:
+            raise ValueError("a detector explains one box: give target=, not classes=")
+        return explain_box(model, images, target, method, **options)  # type: ignore[return-value]
     handle = _as_model(model)
     info = get_method(method)
     if classes is None:

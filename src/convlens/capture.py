@@ -30,11 +30,13 @@ Progress = Callable[[int, int], None]
 
 
 def _as_model(model: Any) -> Model:
+    """A classifier handle from anything :func:`convlens.load` takes; detectors are refused
+    with a pointer to what takes them."""
     if isinstance(model, Model):
         return model
-    from convlens.loading import load
+    from convlens.loading import load_classifier
 
-    return load(model)
+    return load_classifier(model)
 
 
 def activations(

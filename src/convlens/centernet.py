@@ -20,6 +20,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -158,19 +159,43 @@ def loss(out: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> torch
 
 # -- augmentation -------------------------------------------------------------------------------
 
+Boxes = list[list[tuple[int, float, float, float, float]]]
 
-def augment(
+
+@dataclass(frozen=True)
+class BoxAugmentation:
+    """Box-aware augmentation: a horizontal ``flip`` (half the pictures), a zoom by a factor
+    in [1 - ``zoom``, 1 + ``zoom``] and a shift of up to ``shift`` of the picture's size each
+    way, applied to the picture and its boxes together."""
+
+    flip: bool = True
+    zoom: float = 0.2
+    shift: float = 0.15
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.zoom < 1 or not 0 <= self.shift < 1:
+            raise ValueError(
+                f"expected zoom and shift in [0, 1), got zoom={self.zoom}, shift={self.shift}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"flip": self.flip, "zoom": self.zoom, "shift": self.shift}
+
+
+def augment_batch(
     pixels: torch.Tensor,
-    boxes: list[list[tuple[int, float, float, float, float]]],
+    boxes: Boxes,
     gen: torch.Generator,
-) -> tuple[torch.Tensor, list[list[tuple[int, float, float, float, float]]]]:
-    """Box-aware augmentation of a batch (N, 3, H, W): a horizontal flip (half the pictures)
-    and a zoom of 0.8-1.2 with a shift, applied to the picture and its boxes together (boxes
-    clipped to the picture; ones left under 4 pixels dropped)."""
+    settings: BoxAugmentation | None = None,
+) -> tuple[torch.Tensor, Boxes]:
+    """Box-aware augmentation of a batch (N, 3, H, W) (see :class:`BoxAugmentation`; boxes
+    are clipped to the picture and ones left under 4 pixels dropped). The same draws are
+    made whatever the settings, so a seed gives the same stream."""
+    settings = settings or BoxAugmentation()
     n, _, h, w = pixels.shape
-    flip = torch.rand(n, generator=gen) < 0.5
-    zoom = 0.8 + 0.4 * torch.rand(n, generator=gen)
-    shift = (torch.rand(n, 2, generator=gen) - 0.5) * 0.3  # of the picture's size
+    flip = (torch.rand(n, generator=gen) < 0.5) & settings.flip
+    zoom = (1 - settings.zoom) + (2 * settings.zoom) * torch.rand(n, generator=gen)
+    shift = (torch.rand(n, 2, generator=gen) - 0.5) * (2 * settings.shift)  # of the size
     out = pixels.clone()
     out[flip] = out[flip].flip(-1)
     # output pixel u maps to input (u - c - shift) / zoom + c in normalised coordinates
@@ -178,7 +203,7 @@ def augment(
     theta[:, 0, 0] = 1 / zoom
     theta[:, 1, 1] = 1 / zoom
     theta[:, :, 2] = -shift * 2 / zoom.unsqueeze(1)
-    grid = F.affine_grid(theta, list(out.shape), align_corners=False)
+    grid = F.affine_grid(theta, list(out.shape), align_corners=False).to(out.device)
     out = F.grid_sample(out, grid, mode="bilinear", padding_mode="border", align_corners=False)
     moved = []
     for i, picture in enumerate(boxes):
@@ -200,79 +225,290 @@ def augment(
 # -- training -------------------------------------------------------------------------------------
 
 
+def _check_boxes(pixels: torch.Tensor, boxes: Boxes, classes: Sequence[str], what: str) -> None:
+    if pixels.dim() != 4 or pixels.shape[1] != 3 or len(pixels) != len(boxes):
+        raise ValueError(
+            f"expected {what} pictures (N, 3, H, W) and one box list each, got "
+            f"{tuple(pixels.shape)} and {len(boxes)} lists"
+        )
+    if pixels.shape[2] % STRIDE or pixels.shape[3] % STRIDE:
+        raise ValueError(
+            f"expected picture sides divisible by {STRIDE}, got {tuple(pixels.shape[2:])}"
+        )
+    for frame in boxes:
+        for cls, *_ in frame:
+            if not 0 <= int(cls) < len(classes):
+                raise ValueError(f"a {what} box has class {cls}, expected 0..{len(classes) - 1}")
+
+
 def train_detector(
     pixels: torch.Tensor,
-    boxes: list[list[tuple[int, float, float, float, float]]],
+    boxes: Boxes,
     classes: Sequence[str],
     *,
-    val: tuple[torch.Tensor, list[list[tuple[int, float, float, float, float]]]] | None = None,
+    val: tuple[torch.Tensor, Boxes] | None = None,
+    test: tuple[torch.Tensor, Boxes] | None = None,
     epochs: int = 12,
     batch_size: int = 32,
     lr: float = 2e-3,
     width: int = 48,
     seed: int = 0,
+    augment: bool | BoxAugmentation = True,
+    early_stopping: int | None = None,
+    filters: str | Sequence[str] | None = None,
+    snapshot_every: int = 0,
+    tensorboard: bool = False,
+    device: str | torch.device = "cpu",
+    threads: int | None = None,
     out: str | os.PathLike[str] | None = None,
-    progress: Callable[[str], None] | None = None,
+    progress: Callable[[Any], None] | None = None,
+    command: Sequence[str] | None = None,
 ) -> tuple[CenterNet, dict[str, Any]]:
-    """Fit a :class:`CenterNet` on pictures (N, 3, H, W) in [0, 1] with boxes per picture.
-    Keeps the weights of the epoch with the best validation mAP@0.5 (when ``val`` is given);
-    writes ``out/model.pt`` (a ``convlens-centernet`` checkpoint) and ``out/metrics.json``."""
-    from convlens.detection import Detector, mean_average_precision
+    """Fit a :class:`CenterNet` on pictures (N, 3, H, W) in [0, 1] with per-picture boxes
+    ``(class, x0, y0, x1, y1)``, with the classifier trainer's habits
+    (:func:`convlens.training.train`): Adam with a one-cycle schedule, seeded weights, order
+    and augmentation (box-aware, :class:`BoxAugmentation`), after every epoch the validation
+    mAP@0.5 and mAP@0.5:0.95, the weights of the best validation mAP@0.5 kept, early stopping
+    after ``early_stopping`` epochs without a better one, :class:`~convlens.training.TrainEvent`
+    progress, TensorBoard scalars and filter snapshots (``filters``, ``snapshot_every``).
 
-    if pixels.dim() != 4 or len(pixels) != len(boxes):
+    With ``out``: ``out/model.pt`` (a ``convlens-centernet`` checkpoint that
+    ``convlens.load`` reads with ``weights_only=True``), ``out/metrics.json`` (history,
+    settings, the command, and with ``test`` the final test mAP and all-found rate),
+    ``out/tensorboard/`` and ``out/filters/<layer>.gif``. Returns the network (eval mode,
+    best weights) and the metrics.
+    """
+    import sys
+
+    from convlens.detection import Detector, detection_scores
+    from convlens.training import (
+        TrainEvent,
+        _cpu_threads,
+        _filter_layers,
+        _Snapshots,
+        _tensorboard_writer,
+        _write_animation,
+    )
+
+    _check_boxes(pixels, boxes, classes, "training")
+    for part, what in ((val, "validation"), (test, "test")):
+        if part is not None:
+            _check_boxes(part[0], part[1], classes, what)
+    if epochs < 1 or batch_size < 1 or not lr > 0 or width < 2:
         raise ValueError(
-            f"expected pictures (N, 3, H, W) and one box list each, got {tuple(pixels.shape)} "
-            f"and {len(boxes)} lists"
+            f"expected epochs >= 1, batch_size >= 1, lr > 0 and width >= 2, got {epochs}, "
+            f"{batch_size}, {lr}, {width}"
         )
+    if snapshot_every < 0:
+        raise ValueError(f"expected snapshot_every >= 0, got {snapshot_every}")
+    augmentation = augment if isinstance(augment, BoxAugmentation) else BoxAugmentation()
+    target = torch.device(device)
+    started_all = time.perf_counter()
+    out_dir = Path(os.fspath(out)).expanduser() if out is not None else None
+    writer = None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if tensorboard:
+            writer = _tensorboard_writer(out_dir / "tensorboard")
+
+    def report(event: Any) -> None:
+        if progress is not None:
+            progress(event)
+
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model = CenterNet(len(classes), width=width)
     torch.random.set_rng_state(state)
+    model = model.to(target)
+    layers = _filter_layers(model, filters)
+    snapshots = _Snapshots(model, layers, writer, enabled=snapshot_every > 0)
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
     steps = epochs * math.ceil(len(pixels) / batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps)
-    history: list[dict[str, float]] = []
-    best: tuple[float, dict[str, torch.Tensor]] | None = None
+    history: list[dict[str, Any]] = []
+    best: tuple[float, int, dict[str, torch.Tensor]] | None = None
+    stopped_early = False
     size = (pixels.shape[2], pixels.shape[3])
-    for epoch in range(epochs):
-        model.train()
-        order = torch.randperm(len(pixels), generator=gen)
-        total, count, start = 0.0, 0, time.perf_counter()
-        for s in range(0, len(order), batch_size):
-            idx = order[s : s + batch_size]
-            x, b = augment(pixels[idx], [boxes[int(i)] for i in idx], gen)
-            value = loss(model.heads(x), targets(b, len(classes), size))
-            optimiser.zero_grad()
-            value.backward()
-            optimiser.step()
-            schedule.step()
-            total += float(value.detach()) * len(idx)
-            count += len(idx)
-        record = {"epoch": epoch + 1, "loss": total / count, "seconds": time.perf_counter() - start}
-        if val is not None:
+    step = 0
+    final: dict[str, Any] = {}
+    try:
+        with _cpu_threads(threads):
+            snapshots.take(0)
+            for epoch in range(1, epochs + 1):
+                model.train()
+                order = torch.randperm(len(pixels), generator=gen)
+                total, count, start = 0.0, 0, time.perf_counter()
+                for s in range(0, len(order), batch_size):
+                    idx = order[s : s + batch_size]
+                    x, b = pixels[idx], [boxes[int(i)] for i in idx]
+                    if augment is not False:
+                        x, b = augment_batch(x, b, gen, augmentation)
+                    goal = {k: v.to(target) for k, v in targets(b, len(classes), size).items()}
+                    value = loss(model.heads(x.to(target)), goal)
+                    optimiser.zero_grad()
+                    value.backward()
+                    optimiser.step()
+                    schedule.step()
+                    step += 1
+                    batch_loss = float(value.detach())
+                    total += batch_loss * len(idx)
+                    count += len(idx)
+                    if snapshot_every and step % snapshot_every == 0:
+                        snapshots.take(step)
+                    report(
+                        TrainEvent(
+                            "step",
+                            step,
+                            steps,
+                            epoch,
+                            epochs,
+                            f"epoch {epoch}/{epochs} · loss {batch_loss:.4f}",
+                            {"loss": batch_loss},
+                        )
+                    )
+                seconds = time.perf_counter() - start
+                record: dict[str, Any] = {
+                    "epoch": epoch,
+                    "loss": total / count,
+                    "seconds": seconds,
+                    "images_per_second": round(count / seconds, 1),
+                }
+                message = f"epoch {epoch}/{epochs} · loss {record['loss']:.4f}"
+                if val is not None:
+                    model.eval()
+                    scores = detection_scores(
+                        Detector(model, list(classes), score_threshold=0.3), *val
+                    )
+                    record["val_map50"] = scores["map50"]
+                    record["val_map50_95"] = scores["map50_95"]
+                    message += (
+                        f" · val mAP@0.5 {scores['map50']:.3f} · "
+                        f"mAP@0.5:0.95 {scores['map50_95']:.3f}"
+                    )
+                    if best is None or record["val_map50"] > best[0]:
+                        weights = {k: v.clone() for k, v in model.state_dict().items()}
+                        best = (record["val_map50"], epoch, weights)
+                history.append(record)
+                if writer is not None:
+                    for key, value_ in record.items():
+                        if key != "epoch":
+                            writer.add_scalar(f"train/{key}", value_, step)
+                report(TrainEvent("epoch", step, steps, epoch, epochs, message, dict(record)))
+                if (
+                    early_stopping
+                    and best is not None
+                    and epoch - best[1] >= early_stopping
+                    and epoch < epochs
+                ):
+                    stopped_early = True
+                    break
+            snapshots.take(step)
+            if best is not None:
+                model.load_state_dict(best[2])
             model.eval()
-            detector = Detector(model, list(classes), score_threshold=0.3)
-            found = []
-            for v in range(0, len(val[0]), 64):
-                found += detector(val[0][v : v + 64])
-            truths = [([bx[1:] for bx in pic], [bx[0] for bx in pic]) for pic in val[1]]
-            record["val_map50"] = mean_average_precision(found, truths)["map"]
-            if best is None or record["val_map50"] > best[0]:
-                best = (record["val_map50"], {k: v.clone() for k, v in model.state_dict().items()})
-        history.append(record)
-        if progress is not None:
-            progress(json.dumps(record))
-    if best is not None:
-        model.load_state_dict(best[1])
-    model.eval()
-    metrics = {"history": history, "best_val_map50": best[0] if best else None, "seed": seed}
-    if out is not None:
-        folder = Path(os.fspath(out))
-        folder.mkdir(parents=True, exist_ok=True)
-        save(model, classes, folder / "model.pt")
-        (folder / "metrics.json").write_text(json.dumps(metrics, indent=1))
+            if test is not None:
+                final = detection_scores(Detector(model, list(classes), score_threshold=0.3), *test)
+                if writer is not None:
+                    writer.add_scalar("final/test_map50", final["map50"], step)
+    finally:
+        if writer is not None:
+            writer.close()
+    metrics: dict[str, Any] = {
+        "task": "detect",
+        "history": history,
+        "best_epoch": best[1] if best else len(history),
+        "epochs_run": len(history),
+        "stopped_early": stopped_early,
+        "best_val_map50": best[0] if best else None,
+        **{f"test_{k}": v for k, v in final.items()},
+        "seed": seed,
+        "data": {
+            "classes": list(classes),
+            "train": len(pixels),
+            "val": len(val[0]) if val is not None else 0,
+            "test": len(test[0]) if test is not None else 0,
+            "size": list(size),
+        },
+        "config": {
+            "architecture": {"name": "centernet", "width": width, "top_k": model.top_k},
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "lr": lr,
+            "optimizer": "adam, one-cycle",
+            "augment": augmentation.to_dict() if augment is not False else None,
+            "early_stopping": early_stopping,
+            "filters": layers if snapshot_every else [],
+            "snapshot_every": snapshot_every,
+            "device": str(target),
+            "threads": threads if threads is not None else torch.get_num_threads(),
+        },
+        "command": list(command) if command is not None else None,
+        "seconds": round(time.perf_counter() - started_all, 2),
+        "versions": {"python": sys.version.split()[0], "torch": torch.__version__},
+    }
+    model = model.cpu()
+    if out_dir is not None:
+        save(model, classes, out_dir / "model.pt")
+        for layer, frames in snapshots.frames.items():
+            folder = out_dir / "filters"
+            folder.mkdir(exist_ok=True)
+            _write_animation(frames, folder / f"{layer}.gif", folder / f"{layer}.png")
+        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    report(TrainEvent("done", step, step, len(history), epochs, "done", final))
     return model, metrics
+
+
+def read_boxes(
+    folder: str | os.PathLike[str], split: str
+) -> tuple[torch.Tensor, Boxes, list[str]] | None:
+    """Pictures (N, 3, H, W) in [0, 1], boxes and class names of one split of a toons-style
+    folder (``index.json`` with boxes, as ``convlens toons make --variant crowd`` writes);
+    ``None`` when the folder has no such split."""
+    from convlens.data import toons
+
+    try:
+        data = toons.read(folder, split=split)
+    except toons.ToonsError as err:
+        if "has no images in split" in str(err):
+            return None
+        raise ValueError(f"expected a detection data folder: {err}") from None
+    pixels = torch.as_tensor(np.asarray(data.pixels)).permute(0, 3, 1, 2).float() / 255
+    boxes = [[(int(b[0]), *map(float, b[1:])) for b in frame] for frame in data.boxes]
+    return pixels, boxes, list(data.classes)  # type: ignore[return-value]
+
+
+def train_folder(
+    data: str | os.PathLike[str],
+    out: str | os.PathLike[str] | None = None,
+    *,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    **options: Any,
+) -> tuple[CenterNet, dict[str, Any]]:
+    """:func:`train_detector` on a folder with boxes (``convlens train DATA --task detect``):
+    its ``train`` split, its ``val`` split (or a seeded ``val_fraction`` of train when it has
+    none) and its ``test`` split for the final scores."""
+    train = read_boxes(data, "train")
+    if train is None:
+        raise ValueError(f"{data} has no train split; expected train/ (and val/, test/) frames")
+    pixels, boxes, classes = train
+    if not any(boxes):
+        raise ValueError(f"{data}: the training pictures have no boxes; is it a crowd folder?")
+    val_part = read_boxes(data, "val")
+    if val_part is None:
+        if not 0 < val_fraction < 1:
+            raise ValueError(f"expected val_fraction in (0, 1), got {val_fraction}")
+        order = torch.randperm(len(pixels), generator=torch.Generator().manual_seed(seed + 17))
+        cut = max(1, round(len(pixels) * val_fraction))
+        held, kept = order[:cut], order[cut:]
+        val = (pixels[held], [boxes[int(i)] for i in held])
+        pixels, boxes = pixels[kept], [boxes[int(i)] for i in kept]
+    else:
+        val = val_part[:2]
+    test_part = read_boxes(data, "test")
+    test = test_part[:2] if test_part is not None else None
+    return train_detector(pixels, boxes, classes, val=val, test=test, seed=seed, out=out, **options)
 
 
 def save(model: CenterNet, classes: Sequence[str], path: str | os.PathLike[str]) -> Path:

@@ -66,10 +66,12 @@ def user_errors() -> Iterator[None]:
         raise typer.Exit(2) from None
 
 
-def _load(model: str, factory: str | None, trust_pickle: bool) -> Any:
-    from convlens.loading import load
+def _load(model: str, factory: str | None, trust_pickle: bool, *, detectors: bool = False) -> Any:
+    """The model a command names; a detector only where the command takes one."""
+    from convlens.loading import load, load_classifier
 
-    return load(model, factory=factory, trust_pickle=trust_pickle)
+    how = load if detectors else load_classifier
+    return how(model, factory=factory, trust_pickle=trust_pickle)
 
 
 def _progress_bar(description: str) -> Any:
@@ -388,28 +390,44 @@ def demo(
 @app.command()
 def detect(
     detector: Annotated[
-        str, typer.Argument(help="A zoo detector (mtcnn-faces) or a detector checkpoint (.pt).")
+        str,
+        typer.Argument(
+            help="A zoo detector (toon-detector, mtcnn-faces), a detector checkpoint (.pt) or a "
+            "plugin .py defining one."
+        ),
     ],
     image: Annotated[Path, typer.Argument(help="The picture.")],
-    score_threshold: Annotated[float, typer.Option(help="Keep boxes scoring at least this.")] = (
-        0.5
-    ),
+    score_threshold: Annotated[
+        float | None,
+        typer.Option(help="Keep boxes scoring at least this (default: the detector's)."),
+    ] = None,
     iou_threshold: Annotated[float, typer.Option(help="NMS: drop boxes overlapping more.")] = 0.5,
     max_detections: Annotated[int, typer.Option(help="Keep at most this many boxes.")] = 20,
-    explain: Annotated[str | None, typer.Option(help="Explain every box: drise.")] = None,
+    explain: Annotated[
+        str | None, typer.Option(help="Explain every box: drise, gradcam or layercam.")
+    ] = None,
     masks: Annotated[int, typer.Option(help="D-RISE masks.")] = 1000,
     seed: Annotated[int, typer.Option(help="Seeds the D-RISE masks.")] = 0,
+    layer: Annotated[
+        str | None, typer.Option(help="Layer the gradient CAMs read (default: the backbone's).")
+    ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("out/detect"),
+    factory: FactoryOpt = None,
 ) -> None:
     """Boxes, labels and scores drawn (detections.png) and listed (detections.json); with
-    --explain drise, one saliency overlay per box (box_<i>_drise.png)."""
+    --explain, one saliency overlay per box (box_<i>_<method>.png) and its energy in the box."""
     with user_errors():
+        from convlens.detection import BOX_METHODS, Detector, explain_box
         from convlens.detection import detect as run
-        from convlens.detection import drise, load_detector
 
-        if explain not in (None, "drise"):
-            raise ValueError(f"expected --explain drise, got {explain!r}")
-        handle = load_detector(detector)
+        if explain is not None and explain not in BOX_METHODS:
+            raise ValueError(f"expected --explain one of {', '.join(BOX_METHODS)}, got {explain!r}")
+        handle = _load(detector, factory, False, detectors=True)
+        if not isinstance(handle, Detector):
+            raise ValueError(
+                f"{detector!r} is a classifier; convlens detect takes a detector "
+                "(try convlens predict or convlens explain)"
+            )
         found = run(
             handle,
             image,
@@ -418,23 +436,24 @@ def detect(
             max_detections=max_detections,
         )
         written = found.save(out)
+        shares: list[str] = []
         if explain and len(found):
-            with _progress_bar("D-RISE") as bar:
-                task = bar.add_task("masks", total=None)
+            options: dict[str, Any] = (
+                {"masks": masks, "seed": seed} if explain == "drise" else {"layer": layer}
+            )
+            with _progress_bar(explain) as bar:
+                task = bar.add_task("boxes" if explain != "drise" else "masks", total=None)
                 for i in range(len(found)):
-                    result = drise(
-                        handle,
-                        image,
-                        found[i],
-                        masks=masks,
-                        seed=seed,
-                        progress=_callback(bar, task),
-                    )
-                    path = out / f"box_{i}_drise.png"
+                    if explain == "drise":
+                        options["progress"] = _callback(bar, task)
+                    result = explain_box(handle, image, found[i], explain, **options)
+                    path = out / f"box_{i}_{explain}.png"
                     result.overlay().save(path)
                     written.append(path)
-    for d in found:
-        console.print(f"{d.name:>12} {d.score:.3f}  box {tuple(round(v, 1) for v in d.box)}")
+                    shares.append(f"  energy in box {result.energy_in_box():.2f}")
+    for i, d in enumerate(found):
+        share = shares[i] if shares else ""
+        console.print(f"{d.name:>12} {d.score:.3f}  box {tuple(round(v, 1) for v in d.box)}{share}")
     console.print(
         f"{len(found)} detection(s); wrote {', '.join(p.name for p in written)} to {out}/"
     )
@@ -445,8 +464,8 @@ def serve(
     models: Annotated[
         list[str] | None,
         typer.Argument(
-            help="Models to serve: zoo names, checkpoint/ONNX/Keras files or plugin .py files "
-            "(default: mobilenet_v2 and toon-cnn).",
+            help="Models to serve: zoo names, checkpoint/ONNX/Keras files or plugin .py files, "
+            "classifiers or detectors (default: mobilenet_v2, toon-cnn and toon-detector).",
             show_default=False,
         ),
     ] = None,
@@ -511,6 +530,13 @@ def train_command(
         ),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("out/train"),
+    task: Annotated[
+        str,
+        typer.Option(
+            help="classify (class folders) or detect (a folder with boxes, e.g. from "
+            "`convlens toons make --variant crowd`; trains a CenterNet)."
+        ),
+    ] = "classify",
     arch: Annotated[
         str,
         typer.Option(
@@ -575,8 +601,15 @@ def train_command(
         typer.Option(help="CPU threads (default: all cores); 1 is faster on a busy machine."),
     ] = None,
 ) -> None:
-    """Train a classifier on an image folder: model.pt (load it with any convlens command),
-    metrics.json, tensorboard/ and filters/<layer>.gif + .png of the filters evolving."""
+    """Train a classifier on an image folder (or with --task detect a detector on a folder with
+    boxes): model.pt (load it with any convlens command), metrics.json, tensorboard/ and
+    filters/<layer>.gif + .png of the filters evolving."""
+    if task not in ("classify", "detect"):
+        with user_errors():
+            raise ValueError(f"expected --task classify or detect, got {task!r}")
+    if task == "detect":
+        _train_detector(ctx, data, out)
+        return
     with user_errors():
         from convlens.training import Augmentation, train
 
@@ -647,6 +680,107 @@ def train_command(
         f"{name}/" for name in ("tensorboard", "filters") if (out / name).is_dir()
     ]
     console.print(f"wrote {', '.join(written)} to {out}/")
+
+
+# the classifier options --task detect also takes, and its own defaults for some of them
+_DETECT_TAKES = {
+    "epochs": 12,
+    "batch_size": 32,
+    "lr": 2e-3,
+    "seed": None,
+    "val_fraction": 0.1,
+    "patience": 0,
+    "augment": None,
+    "width_shift": 0.15,  # a detector shifts by up to this share of the side, both ways
+    "zoom": 0.2,
+    "flip": None,
+    "filters": None,
+    "snapshot_every": 0,
+    "tensorboard": None,
+    "device": None,
+    "threads": None,
+    "arch_option": None,
+    "task": None,
+}
+
+
+def _train_detector(ctx: typer.Context, data: Path, out: Path) -> None:
+    """``convlens train DATA --task detect``: :func:`convlens.centernet.train_folder` with the
+    classifier command's options that apply to a detector (the rest are refused). Its own
+    defaults: 12 epochs, batch 32, lr 2e-3, no early stopping, shifts of up to 0.15 of the
+    side in both directions (--width-shift), a 10 % validation share when there is no val/."""
+    with user_errors():
+        from convlens.centernet import BoxAugmentation, train_folder
+
+        given = {
+            name
+            for name in ctx.params
+            if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"
+        }
+        refused = sorted(given - set(_DETECT_TAKES) - {"data", "out"})
+        if refused:
+            flags = ", ".join("--" + name.replace("_", "-") for name in refused)
+            raise ValueError(f"--task detect does not take {flags}")
+        p: dict[str, Any] = {
+            name: ctx.params[name] if name in given or default is None else default
+            for name, default in _DETECT_TAKES.items()
+        }
+        arch: dict[str, object] = {}
+        for item in p["arch_option"] or []:
+            key, sep, value = item.partition("=")
+            if not sep or key.strip() != "width":
+                raise ValueError(f"--task detect takes --arch-option width=N, got {item!r}")
+            arch["width"] = _parse_value(value)
+        command = ["convlens", "train", str(data)] + [
+            f"--{key.replace('_', '-')}={ctx.params[key]}" for key in sorted(given - {"data"})
+        ]
+        augmentation: BoxAugmentation | bool = (
+            BoxAugmentation(flip=p["flip"], zoom=p["zoom"], shift=p["width_shift"])
+            if p["augment"]
+            else False
+        )
+        with _progress_bar("train --task detect") as bar:
+            task = bar.add_task("steps", total=None)
+
+            def report(event: Any) -> None:
+                if event.stage == "epoch":
+                    bar.console.print(event.message, highlight=False)
+                elif event.stage == "step":
+                    bar.update(
+                        task, completed=event.done, total=event.total, description=event.message
+                    )
+
+            _, metrics = train_folder(
+                data,
+                out,
+                val_fraction=p["val_fraction"],
+                seed=p["seed"],
+                epochs=p["epochs"],
+                batch_size=p["batch_size"],
+                lr=p["lr"],
+                augment=augmentation,
+                early_stopping=p["patience"] or None,
+                filters=p["filters"],
+                snapshot_every=p["snapshot_every"],
+                tensorboard=p["tensorboard"],
+                device=p["device"],
+                threads=p["threads"],
+                progress=report,
+                command=command,
+                **arch,  # type: ignore[arg-type]
+            )
+    stop = " (stopped early)" if metrics["stopped_early"] else ""
+    line = f"best epoch {metrics['best_epoch']} of {metrics['epochs_run']}{stop}"
+    if metrics.get("best_val_map50") is not None:
+        line += f"; val mAP@0.5 {metrics['best_val_map50']:.3f}"
+    if "test_map50" in metrics:
+        line += (
+            f"; test mAP@0.5 {metrics['test_map50']:.3f}, mAP@0.5:0.95 "
+            f"{metrics['test_map50_95']:.3f}, every object found in "
+            f"{metrics['test_all_found']:.1%} of frames"
+        )
+    console.print(line)
+    console.print(f"wrote model.pt, metrics.json to {out}/ (load it with convlens detect)")
 
 
 @app.command()
@@ -1005,13 +1139,39 @@ def evaluate(
     trust_pickle: TrustOpt = False,
 ) -> None:
     """Score explanation methods on a data set with masks: pointing game, energy in the mask,
-    deletion / insertion AUC, Average Drop, Increase in Confidence (mean ± 95 % CI)."""
+    deletion / insertion AUC, Average Drop, Increase in Confidence (mean ± 95 % CI). A detector
+    is scored on a folder with boxes: mAP@0.5, mAP@0.5:0.95, every-object-found rate, and its
+    box explanations (drise, gradcam, layercam) by energy in box and pointing."""
     with user_errors():
         from convlens.attribution import methods as registry
+        from convlens.detection import BOX_METHODS, Detector, evaluate_detector
         from convlens.evaluation import DEFAULT_METRICS, as_masked
         from convlens.evaluation import evaluate as run
 
-        handle = _load(model, factory, trust_pickle)
+        handle = _load(model, factory, trust_pickle, detectors=True)
+        if isinstance(handle, Detector):
+            if metrics is not None or parts is not None:
+                raise ValueError(
+                    "a detector is scored by mAP and by energy in box / pointing; "
+                    "--metrics and --parts are for classifiers"
+                )
+            chosen = list(BOX_METHODS) if method.strip() == "all" else _split_list(method) or []
+            with _progress_bar("evaluate") as bar:
+                task = bar.add_task("frames", total=None)
+                scored = evaluate_detector(
+                    handle,
+                    data,
+                    chosen,
+                    split=split,
+                    n=n,
+                    batch_size=batch_size,
+                    progress=_callback(bar, task),
+                )
+            out.mkdir(parents=True, exist_ok=True)
+            written = scored.save(out / "evaluation.json")
+            console.print(str(scored), highlight=False)
+            console.print(f"wrote {written.resolve()}")
+            return
         names = list(registry()) if method.strip() == "all" else _split_list(method) or []
         dataset = as_masked(data, split=split)
         with _progress_bar("evaluate") as bar:

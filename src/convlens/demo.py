@@ -12,7 +12,7 @@ from pathlib import Path
 
 from convlens.capture import activations
 from convlens.images import samples
-from convlens.loading import load
+from convlens.loading import load_classifier as load
 from convlens.model import Model
 from convlens.report import Report
 

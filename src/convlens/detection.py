@@ -34,9 +34,11 @@ __all__ = [
     "Detection",
     "Detections",
     "Detector",
+    "box_cam",
     "box_iou",
     "detect",
     "drise",
+    "explain_box",
     "mean_average_precision",
     "nms",
 ]
@@ -255,12 +257,27 @@ def select(
     return ok[kept][:max_detections]
 
 
+def is_detection_module(module: torch.nn.Module) -> bool:
+    """Whether a network is a detector by what it is: one of torchvision's detection models
+    (R-CNNs, RetinaNet, FCOS, SSD, ...), our CenterNet, or a module that says
+    ``task = "detect"``."""
+    from convlens.centernet import CenterNet
+
+    kind = type(module).__module__
+    return (
+        isinstance(module, CenterNet)
+        or kind.startswith("torchvision.models.detection")
+        or getattr(module, "task", None) == "detect"
+    )
+
+
 class Detector:
     """A detection network with its class names, preprocessing and settings.
 
     ``module``: torchvision's convention (see the module docstring). ``labels``: class names by
     index. ``to_input``: pictures in [0, 1] (N, 3, H, W) -> what the module takes (default:
-    a list of (3, H, W) tensors, as torchvision's detectors want).
+    a list of (3, H, W) tensors, as torchvision's detectors want). ``layer``: the layer box
+    CAMs read by default (see :func:`default_box_layer`).
     """
 
     task = "detect"
@@ -275,8 +292,11 @@ class Detector:
         iou_threshold: float = 0.5,
         max_detections: int = 100,
         to_input: Callable[[torch.Tensor], Any] | None = None,
+        layer: str | None = None,
     ) -> None:
         check_thresholds(score_threshold, iou_threshold, max_detections)
+        if not isinstance(module, torch.nn.Module):
+            raise TypeError(f"expected a detection nn.Module, got {type(module).__name__}")
         self.module = module
         self.labels = list(labels) if labels is not None else None
         self.name = name
@@ -284,6 +304,7 @@ class Detector:
         self.iou_threshold = iou_threshold
         self.max_detections = max_detections
         self.to_input = to_input or (lambda x: list(x))
+        self.layer = layer
 
     @property
     def device(self) -> torch.device:
@@ -378,14 +399,22 @@ def _pixels(images: Any) -> tuple[torch.Tensor, list[Image.Image]]:
 
 
 def detect(
-    detector: Detector,
+    detector: Detector | str,
     image: Any,
     *,
     score_threshold: float | None = None,
     iou_threshold: float | None = None,
     max_detections: int | None = None,
 ) -> Detections:
-    """The detections in one picture (``detector(...)`` takes many)."""
+    """The detections in one picture (``detector(...)`` takes many). ``detector``: a
+    :class:`Detector` or anything :func:`convlens.load` makes one of (``"toon-detector"``)."""
+    if not isinstance(detector, Detector):
+        from convlens.loading import load
+
+        handle = load(detector)
+        if not isinstance(handle, Detector):
+            raise TypeError(f"expected a detector, got the classifier {handle.name!r}")
+        detector = handle
     found = detector(
         image,
         score_threshold=score_threshold,
@@ -460,7 +489,12 @@ def _toon_detector() -> Detector:
         raise ValueError(f"{path} does not match its record (sha256 {digest[:12]}...)")
     module, classes = centernet.load(path)
     return Detector(
-        module, classes, name="toon-detector", score_threshold=0.3, to_input=lambda x: x
+        module,
+        classes,
+        name="toon-detector",
+        score_threshold=0.3,
+        to_input=lambda x: x,
+        layer="backbone",
     )
 
 
@@ -485,7 +519,7 @@ def load_detector(name: str) -> Detector:
             from convlens import centernet
 
             module, classes = centernet.load(path)
-            return Detector(module, classes, name=path.stem, to_input=lambda x: x)
+            return Detector(module, classes, name=path.stem, to_input=lambda x: x, layer="backbone")
         from convlens.naming import unknown
 
         raise unknown("detector", name, list(DETECTORS))
@@ -589,28 +623,27 @@ def drise(
     pixels, pictures = _pixels(image)
     if len(pixels) != 1:
         raise ValueError(f"expected one picture, got {len(pixels)}")
-    if isinstance(target, int):
-        found = detect(detector, pixels)
-        if not -len(found) <= target < len(found):
-            raise ValueError(f"expected a detection index below {len(found)}, got {target}")
-        target = found[target]
+    target = _resolve_box(detector, pixels, target)
     height, width = pixels.shape[-2:]
+    # every mask's grid and shift drawn up front, so a seed gives the same masks (and map)
+    # whatever the batch size
     gen = torch.Generator().manual_seed(seed)
     step = (math.ceil(height / cell), math.ceil(width / cell))
+    all_grids = (torch.rand(masks, cell, cell, generator=gen) < p).float()
+    all_shifts = torch.stack(
+        [
+            torch.randint(step[0], (masks,), generator=gen),
+            torch.randint(step[1], (masks,), generator=gen),
+        ],
+        dim=1,
+    )
     total = torch.zeros(height, width, dtype=torch.float64)
     weighted = torch.zeros(height, width, dtype=torch.float64)
     weight_sum = 0.0
     done = 0
     while done < masks:
         n = min(batch_size, masks - done)
-        grids = (torch.rand(n, cell, cell, generator=gen) < p).float()
-        shifts = torch.stack(
-            [
-                torch.randint(step[0], (n,), generator=gen),
-                torch.randint(step[1], (n,), generator=gen),
-            ],
-            dim=1,
-        )
+        grids, shifts = all_grids[done : done + n], all_shifts[done : done + n]
         m = rise_masks(grids, shifts, (height, width))
         w = _similarity(target, detector.raw(pixels * m.unsqueeze(1)))
         weighted += torch.einsum("n,nhw->hw", w.double(), m.double())
@@ -627,6 +660,183 @@ def drise(
         "drise",
         {"masks": masks, "cell": cell, "p": p, "seed": seed},
     )
+
+
+# -- explaining one box: gradient CAMs -------------------------------------------------------------
+
+BOX_CAMS = ("gradcam", "layercam")
+BOX_METHODS = ("drise", *BOX_CAMS)
+
+
+def default_box_layer(detector: Detector) -> str:
+    """The layer box CAMs read when none is given: the detector's own ``layer``; else, for a
+    network with a ``backbone`` (torchvision's detectors, our CenterNet), the last stage of
+    ``backbone.body`` (the feature extractor under a feature pyramid) or the backbone itself."""
+    if detector.layer is not None:
+        return detector.layer
+    modules = dict(detector.module.named_modules())
+    body = modules.get("backbone.body")
+    if body is not None:
+        children = [name for name, _ in body.named_children()]
+        if children:
+            return f"backbone.body.{children[-1]}"
+    if "backbone" in modules:
+        return "backbone"
+    raise ValueError(
+        f"{detector.name} has no backbone to take a layer from; pass layer= (one of its "
+        f"modules with an (N, C, h, w) output, e.g. {list(modules)[-3:]})"
+    )
+
+
+def _match_found(
+    target: Detection, boxes: torch.Tensor, labels: torch.Tensor, min_iou: float
+) -> int:
+    """Index of the detection that is ``target`` again: same class, largest IoU (>= min_iou)."""
+    if len(boxes) == 0:
+        raise ValueError(f"the detector found nothing where {target.name} {target.box} was")
+    box = torch.tensor([target.box])
+    overlap = box_iou(box, boxes.detach().float().cpu())[0]
+    overlap = overlap * (labels.detach().cpu().reshape(-1) == target.label)
+    best = int(overlap.argmax())
+    if float(overlap[best]) < min_iou:
+        raise ValueError(
+            f"the detector finds no {target.name} box with IoU >= {min_iou} against "
+            f"{tuple(round(v, 1) for v in target.box)} (best {float(overlap[best]):.2f}); "
+            "was the target detected on this picture?"
+        )
+    return best
+
+
+def box_cam(
+    detector: Detector,
+    image: Any,
+    target: Detection | int,
+    *,
+    method: str = "gradcam",
+    layer: str | None = None,
+    min_iou: float = 0.5,
+) -> BoxExplanation:
+    """A gradient CAM of one detection's score.
+
+    The detector runs once with gradients; the target is the output detection of the same
+    class that overlaps ``target`` most (IoU >= ``min_iou``; before thresholds and NMS), and
+    its score is differentiated with respect to ``layer``'s output (default:
+    :func:`default_box_layer`). ``method``: ``gradcam`` (channel weights = the spatial mean of
+    the gradient) or ``layercam`` (the positive gradient at each position). A detector's box
+    score depends on a few positions of the layer, and Grad-CAM's mean turns that into class
+    weights that light every object of the class: on crowd toons, boxes whose class appears
+    once peak on their own character, two of one class cannot be told apart. Layer-CAM keeps
+    the gradient's position and separates them. (Grad-CAM++'s closed form is left out: with
+    a gradient at one position its weights no longer follow the gradient.)
+    The map is ``relu(sum_c w_c A_c)``, resized bilinearly to the picture; a detector that
+    pads its input (torchvision's R-CNNs) has the padding cut off first. Detectors whose
+    scores leave torch (MTCNN's cascade) have no gradient: use ``drise``.
+    """
+    from convlens import cam
+    from convlens.hooks import forward_hooks, preserved
+
+    weights_of = {"gradcam": cam.gradcam_weights, "layercam": cam.layercam_weights}
+    if method not in weights_of:
+        from convlens.naming import unknown
+
+        raise unknown("box CAM method", method, list(weights_of))
+    if not 0 < min_iou <= 1:
+        raise ValueError(f"expected min_iou in (0, 1], got {min_iou}")
+    pixels, pictures = _pixels(image)
+    if len(pixels) != 1:
+        raise ValueError(f"expected one picture, got {len(pixels)}")
+    target = _resolve_box(detector, pixels, target)
+    name = layer or default_box_layer(detector)
+    captured: list[torch.Tensor] = []
+    padded: list[tuple[tuple[int, int], tuple[int, int]]] = []
+
+    def keep(layer_name: str, output: Any) -> Any:
+        if not isinstance(output, torch.Tensor) or output.dim() != 4:
+            got = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+            raise ValueError(
+                f"box CAMs need a layer with an (N, C, h, w) output; {layer_name!r} returned {got}"
+            )
+        captured.append(output)
+        return output.clone()  # in-place layers downstream leave the captured tensor alone
+
+    def sizes(_name: str, output: Any) -> None:
+        # torchvision's GeneralizedRCNNTransform returns (ImageList, targets): the resized
+        # size of each picture and the padded batch
+        first = output[0] if isinstance(output, tuple) else output
+        if hasattr(first, "image_sizes") and hasattr(first, "tensors"):
+            padded.append((tuple(first.image_sizes[0]), tuple(first.tensors.shape[-2:])))
+
+    transform = ["transform"] if "transform" in dict(detector.module.named_children()) else []
+    with preserved(detector.module), torch.inference_mode(False), torch.enable_grad():
+        x = pixels.to(detector.device).clone().requires_grad_(True)
+        with (
+            forward_hooks(detector.module, [name], keep),
+            forward_hooks(detector.module, transform, sizes),
+        ):
+            out = detector.module(detector.to_input(x))
+        if len(captured) != 1:
+            how = "did not run" if not captured else f"ran {len(captured)} times"
+            raise ValueError(f"layer {name!r} {how} in one pass; box CAMs need a layer run once")
+        found = out[0]
+        best = _match_found(target, found["boxes"], found["labels"], min_iou)
+        score = found["scores"][best]
+        if not isinstance(score, torch.Tensor) or not score.requires_grad:
+            raise ValueError(
+                f"{detector.name}'s scores carry no gradient (its pipeline leaves torch), so "
+                "gradient CAMs cannot explain it; use method='drise'"
+            )
+        (grad,) = torch.autograd.grad(score, captured[0], allow_unused=True)
+    activations = captured[0].detach()
+    if grad is None:
+        grad = torch.zeros_like(activations)
+    weights = weights_of[method](activations, grad.detach())
+    heat = cam.class_activation_map(activations, weights)[0].float().cpu()
+    if padded:
+        (rh, rw), (ph, pw) = padded[0]
+        h, w = heat.shape
+        heat = heat[: max(1, round(h * rh / ph)), : max(1, round(w * rw / pw))]
+    height, width = pixels.shape[-2:]
+    heat = torch.nn.functional.interpolate(
+        heat[None, None], size=(height, width), mode="bilinear", align_corners=False
+    )[0, 0]
+    return BoxExplanation(
+        heat,
+        target,
+        pictures[0],
+        method,
+        {"layer": name, "min_iou": min_iou, "score": round(float(score.detach()), 5)},
+    )
+
+
+def _resolve_box(detector: Detector, pixels: torch.Tensor, target: Any) -> Detection:
+    """A :class:`Detection` from a detection, or its index among the detector's findings."""
+    if isinstance(target, Detection):
+        return target
+    if isinstance(target, bool) or not isinstance(target, (int, np.integer)):
+        raise ValueError(
+            f"expected a detection (e.g. dets[1]) or its index as the target, got {target!r}"
+        )
+    found = detect(detector, pixels)
+    if not -len(found) <= target < len(found):
+        raise ValueError(f"expected a detection index below {len(found)}, got {target}")
+    return found[int(target)]
+
+
+def explain_box(
+    detector: Detector, image: Any, target: Any, method: str = "drise", **options: Any
+) -> BoxExplanation:
+    """One detection explained by ``method`` (:data:`BOX_METHODS`): D-RISE (:func:`drise`,
+    no gradients needed) or a gradient CAM of its score (:func:`box_cam`). ``target``: a
+    :class:`Detection` (``dets[1]``) or its index among the detections on ``image``."""
+    if target is None:
+        raise ValueError("expected target= a detection (e.g. dets[1]) or its index")
+    if method == "drise":
+        return drise(detector, image, target, **options)
+    if method in BOX_CAMS:
+        return box_cam(detector, image, target, method=method, **options)
+    from convlens.naming import unknown
+
+    raise unknown("detection explanation method", method, list(BOX_METHODS))
 
 
 # -- mean average precision ----------------------------------------------------------------------
@@ -732,3 +942,189 @@ def all_found(
         same = torch.as_tensor(labels).reshape(-1, 1) == det.labels.reshape(1, -1)
         complete += bool(((box_iou(gt, det.boxes) >= iou) & same).any(1).all())
     return complete / len(truths)
+
+
+def detection_scores(
+    detector: Detector,
+    pixels: torch.Tensor,
+    boxes: Sequence[Sequence[Any]],
+    *,
+    batch_size: int = 64,
+) -> dict[str, Any]:
+    """mAP@0.5, mAP@0.5:0.95 (COCO's ten IoUs), the share of pictures with every object found
+    (IoU 0.5, right class) and AP@0.5 per class of ``detector`` on pictures (N, 3, H, W) in
+    [0, 1] with per-picture ground truth ``(class, x0, y0, x1, y1)``."""
+    found: list[Detections] = []
+    for start in range(0, len(pixels), batch_size):
+        found += detector(pixels[start : start + batch_size])
+    truths = [([b[1:] for b in frame], [b[0] for b in frame]) for frame in boxes]
+    coco = mean_average_precision(found, truths, iou_thresholds=COCO_IOUS)
+    names = detector.labels or []
+    return {
+        "map50": coco["per_iou"][0.5],
+        "map50_95": coco["map"],
+        "all_found": all_found(found, truths),
+        "per_class_ap50": {
+            names[k] if 0 <= k < len(names) else str(k): v for k, v in coco["per_class"].items()
+        },
+    }
+
+
+# -- evaluating a detector on a data set ---------------------------------------------------------
+
+
+@dataclass
+class DetectorEvaluation:
+    """A detector scored on pictures with boxes: ``detection`` (mAP@0.5, mAP@0.5:0.95,
+    all-found rate, AP per class) and, per explanation method, ``energy_in_box`` and
+    ``pointing`` (:class:`~convlens.metrics.Scores` over the explained boxes)."""
+
+    detection: dict[str, Any]
+    explanations: dict[str, dict[str, Any]]
+    frames: int
+    boxes_explained: int
+    level: float = 0.95
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        rows = []
+        for method, scores in self.explanations.items():
+            for metric, values in scores.items():
+                rows.append({"method": method, **values.summary(self.level)})
+                rows[-1]["metric"] = metric
+        return {
+            "task": "detect",
+            "frames": self.frames,
+            "detection": self.detection,
+            "boxes_explained": self.boxes_explained,
+            "explanations": rows,
+            "interval": f"Student-t {self.level:.0%} interval of the mean over boxes",
+            "settings": self.settings,
+        }
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), **({"indent": 1} | kwargs))
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        from convlens.render import write_atomic
+
+        return write_atomic(path, self.to_json().encode("utf-8"))
+
+    def __str__(self) -> str:
+        d = self.detection
+        lines = [
+            f"{self.frames} frames: mAP@0.5 {d['map50']:.3f} · mAP@0.5:0.95 {d['map50_95']:.3f}"
+            f" · every object found in {d['all_found']:.1%} of frames",
+            "AP@0.5 per class: "
+            + ", ".join(f"{k} {v:.3f}" for k, v in d["per_class_ap50"].items()),
+        ]
+        for method, scores in self.explanations.items():
+            cells = []
+            for metric, values in scores.items():
+                low, high = values.interval(self.level)
+                half = "" if math.isnan(low) else f" ± {(high - low) / 2:.3f}"
+                cells.append(f"{metric} {values.mean:.3f}{half}")
+            lines.append(f"{method} ({self.boxes_explained} boxes): " + " · ".join(cells))
+        return "\n".join(lines)
+
+
+def evaluate_detector(
+    detector: Detector,
+    data: Any,
+    methods: Sequence[str] = (),
+    *,
+    split: str = "test",
+    n: int | None = None,
+    batch_size: int = 64,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    level: float = 0.95,
+    progress: Callable[[int, int], None] | None = None,
+) -> DetectorEvaluation:
+    """Score ``detector`` on pictures with boxes: a folder (``split`` of a toons-style
+    folder, e.g. ``convlens toons make --variant crowd``) or ``(pixels (N, 3, H, W) in [0, 1],
+    boxes)``. Detection: :func:`detection_scores` over the first ``n`` pictures. With
+    ``methods`` (:data:`BOX_METHODS`), every detection that matches a ground-truth box (same
+    class, IoU >= 0.5) is explained, and scored by the share of positive attribution inside
+    that ground-truth box (``energy_in_box``) and whether the map's peak lies in it
+    (``pointing``). ``options``: per-method options (``{"drise": {"masks": 500}}``)."""
+    from convlens import metrics as m
+
+    if isinstance(data, (str, os.PathLike)):
+        from convlens.centernet import read_boxes
+
+        part = read_boxes(data, split)
+        if part is None:
+            raise ValueError(f"{data} has no {split!r} split")
+        pixels, boxes = part[0], part[1]
+    else:
+        pixels, boxes = data
+    if n is not None:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"expected n >= 1, got {n!r}")
+        pixels, boxes = pixels[:n], list(boxes)[:n]
+    if len(pixels) == 0:
+        raise ValueError("the data set is empty")
+    unknown_methods = [name for name in methods if name not in BOX_METHODS]
+    if unknown_methods:
+        from convlens.naming import unknown
+
+        raise unknown("detection explanation method", unknown_methods[0], list(BOX_METHODS))
+    options = dict(options or {})
+    scores = detection_scores(detector, pixels, boxes, batch_size=batch_size)
+    found: list[Detections] = []
+    for start in range(0, len(pixels), batch_size):
+        found += detector(pixels[start : start + batch_size])
+    energy: dict[str, list[float]] = {name: [] for name in methods}
+    pointing: dict[str, list[float]] = {name: [] for name in methods}
+    explained = 0
+    total = len(pixels) * len(methods)
+    for i, (frame, dets) in enumerate(zip(boxes, found, strict=True)):
+        truth = _as_boxes([b[1:] for b in frame])
+        labels = torch.as_tensor([int(b[0]) for b in frame], dtype=torch.long)
+        for k in range(len(dets)):
+            det = dets[k]
+            if len(truth) == 0:
+                break
+            overlap = box_iou(torch.tensor([det.box]), truth)[0] * (labels == det.label)
+            best = int(overlap.argmax())
+            if float(overlap[best]) < 0.5:
+                continue
+            explained += 1
+            x0, y0, x1, y1 = (float(v) for v in truth[best])
+            for name in methods:
+                result = explain_box(detector, pixels[i], det, name, **dict(options.get(name, {})))
+                positive = result.map.clamp_min(0)
+                mass = float(positive.sum())
+                inside = float(
+                    positive[max(0, round(y0)) : round(y1), max(0, round(x0)) : round(x1)].sum()
+                )
+                energy[name].append(inside / mass if mass > 0 else math.nan)
+                px, py = result.peak()
+                pointing[name].append(float(x0 <= px < x1 and y0 <= py < y1))
+        if progress is not None:
+            progress((i + 1) * len(methods), total)
+    explanations = {
+        name: {
+            "energy_in_box": m.Scores(
+                "energy_in_box", torch.tensor(energy[name], dtype=torch.float64)
+            ),
+            "pointing": m.Scores("pointing", torch.tensor(pointing[name], dtype=torch.float64)),
+        }
+        for name in methods
+    }
+    return DetectorEvaluation(
+        scores,
+        explanations,
+        len(pixels),
+        explained,
+        level,
+        {
+            "detector": detector.name,
+            "score_threshold": detector.score_threshold,
+            "iou_threshold": detector.iou_threshold,
+            "max_detections": detector.max_detections,
+            "methods": list(methods),
+            "options": {k: dict(v) for k, v in options.items()},
+            "split": split if isinstance(data, (str, os.PathLike)) else None,
+        },
+    )

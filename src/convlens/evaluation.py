@@ -396,9 +396,35 @@ def evaluate(
     chunks and batch every perturbed copy (``memory_budget_mb``). ``options`` gives per-method
     options (``{"rise": {"masks": 500}}``). ``progress(done, total)`` counts method x image
     batches. Scores: the target's probability; intervals: Student-t at ``level``.
+
+    A detector (a :class:`~convlens.detection.Detector` or a name that loads as one) goes to
+    :func:`convlens.detection.evaluate_detector` (mAP@0.5 and 0.5:0.95 on a folder with
+    boxes; ``methods`` among ``drise``, ``gradcam``, ``layercam`` scored by energy in box and
+    pointing) and returns its :class:`~convlens.detection.DetectorEvaluation`.
     """
     from convlens.capture import _as_model
+    from convlens.detection import Detector, evaluate_detector
 
+    if isinstance(model, str | os.PathLike):
+        from convlens.loading import load
+
+        model = load(model)
+    if isinstance(model, Detector):
+        if parts is not None or target is not None or list(metrics) != list(DEFAULT_METRICS):
+            raise ValueError(
+                "a detector is scored by mAP and its box explanations by energy in box and "
+                "pointing; metrics=, parts= and target= are for classifiers"
+            )
+        return evaluate_detector(  # type: ignore[return-value]
+            model,
+            data,
+            methods,
+            n=n,
+            batch_size=batch_size,
+            options=options,
+            level=level,
+            progress=progress,
+        )
     handle = _as_model(model)
     data = as_masked(data)
     chosen = [get_method(name).name for name in methods]

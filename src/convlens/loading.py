@@ -12,6 +12,12 @@ Accepted sources, tried in this order:
   ``convlens.Model``;
 * ``"package.module:factory"``, a callable returning a module or a Model.
 
+Detectors come back as a :class:`~convlens.detection.Detector` rather than a Model: a
+zoo detector name (``"toon-detector"``, ``"mtcnn-faces"``), a ``convlens train --task detect``
+checkpoint, torchvision's detection networks (or any module with ``task="detect"``), and
+plugin files or factories that define a Detector. Their options are the detector's settings
+(``labels``, ``name``, ``score_threshold``, ``iou_threshold``, ``max_detections``, ``layer``).
+
 Pickled whole models are refused unless ``trust_pickle=True``: unpickling runs code from the
 file. Checkpoints are read with ``torch.load(weights_only=True)``.
 """
@@ -24,12 +30,15 @@ import pickle
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from convlens.model import Model, Preprocessing
+
+if TYPE_CHECKING:
+    from convlens.detection import Detector
 
 MODEL_SUFFIXES = {
     ".pt": "torch",
@@ -60,16 +69,26 @@ def load(
     factory: str | Callable[[], nn.Module] | None = None,
     trust_pickle: bool = False,
     **options: Any,
-) -> Model:
+) -> Model | Detector:
     """Load a model handle from ``source`` (see the module docstring for what is accepted).
 
     ``factory`` builds the network for a ``state_dict`` checkpoint (``"pkg.mod:fn"`` or a
     callable). ``options`` go to :class:`~convlens.model.Model` (``preprocess``,
     ``postprocess``, ``labels``, ``name``, ``input_size``) and override what the source says.
+    A detector comes back as a :class:`~convlens.detection.Detector` (see the module docstring).
     """
+    from convlens.detection import DETECTORS, Detector, is_detection_module
+
+    task = options.pop("task", None)
+    if task not in (None, "classify", "detect"):
+        raise ModelLoadError(f"expected task='classify' or 'detect', got {task!r}")
+    if isinstance(source, Detector) or task == "detect":
+        return _as_detector(source, options)
     if isinstance(source, Model):
         return _with_options(source, options)
     if isinstance(source, nn.Module):
+        if is_detection_module(source):
+            return _as_detector(source, options)
         return Model(source, **options)
     if isinstance(source, (str, Path)):
         text = str(source)
@@ -80,17 +99,86 @@ def load(
 
         if text in zoo.names():
             return _with_options(zoo.load(text), options)
+        if text in DETECTORS:
+            return _as_detector(text, options)
         if _looks_like_factory(text):
             return _from_factory(text, options)
         if path.suffix.lower() in MODEL_SUFFIXES:
             raise FileNotFoundError(f"model file {text!r} does not exist")
         from convlens.naming import unknown
 
-        raise unknown("model (not a file, a zoo name or 'pkg.module:factory')", text, zoo.names())
+        raise unknown(
+            "model (not a file, a zoo name or 'pkg.module:factory')",
+            text,
+            [*zoo.names(), *DETECTORS],
+        )
     raise TypeError(
         "expected a Model, an nn.Module, a zoo name, a model file or 'pkg.module:factory', "
         f"got {type(source).__name__}"
     )
+
+
+def load_classifier(source: Any, **kwargs: Any) -> Model:
+    """:func:`load`, for code that takes classifiers: a detector is refused with a pointer to
+    what takes detectors."""
+    handle = load(source, **kwargs)
+    if not isinstance(handle, Model):
+        raise ModelLoadError(
+            f"{handle.name!r} is a detector; this takes a classifier. Detectors work with "
+            "convlens.detect, convlens.explain (target=a box) and convlens.evaluate"
+        )
+    return handle
+
+
+DETECTOR_OPTIONS = ("labels", "name", "score_threshold", "iou_threshold", "max_detections", "layer")
+
+
+def _as_detector(source: Any, options: dict[str, Any]) -> Any:
+    """A :class:`~convlens.detection.Detector` from a zoo name, a Detector, a checkpoint
+    file's content or a detection module, with ``options`` as its settings."""
+    from convlens.detection import Detector, load_detector
+
+    unknown_options = sorted(set(options) - set(DETECTOR_OPTIONS))
+    if unknown_options:
+        raise ModelLoadError(
+            f"a detector takes the options {', '.join(DETECTOR_OPTIONS)}; got "
+            f"{', '.join(unknown_options)}"
+        )
+    if isinstance(source, str | Path):
+        from convlens.detection import DETECTORS
+
+        # a zoo detector, or a file / factory whose network is the detector
+        source = load_detector(str(source)) if str(source) in DETECTORS else load(source)
+    if isinstance(source, Model):
+        source = source.module
+    if isinstance(source, nn.Module):
+        names = options.get("labels")
+        if names is None and isinstance(getattr(source, "labels", None), list | tuple):
+            names = list(source.labels)  # type: ignore[arg-type]
+        return Detector(
+            source,
+            names,
+            name=options.get("name", type(source).__name__),
+            score_threshold=options.get("score_threshold", 0.5),
+            iou_threshold=options.get("iou_threshold", 0.5),
+            max_detections=options.get("max_detections", 100),
+            layer=options.get("layer"),
+        )
+    if not isinstance(source, Detector):
+        raise ModelLoadError(f"expected a detector, got {type(source).__name__}")
+    if not options:
+        return source
+    settings: dict[str, Any] = {
+        "labels": source.labels,
+        "name": source.name,
+        "score_threshold": source.score_threshold,
+        "iou_threshold": source.iou_threshold,
+        "max_detections": source.max_detections,
+        "layer": source.layer,
+    }
+    settings.update(options)
+    labels = settings.pop("labels")
+    return Detector(source.module, labels, to_input=source.to_input, **settings)
 
 
 def _with_options(model: Model, options: dict[str, Any]) -> Model:
@@ -132,9 +220,13 @@ def _resolve_factory(spec: str | Callable[[], Any]) -> Callable[[], Any]:
 
 
 def _from_factory(spec: str | Callable[[], Any], options: dict[str, Any]) -> Model:
+    from convlens.detection import Detector, is_detection_module
+
     built = _resolve_factory(spec)()
     if isinstance(built, Model):
         return _with_options(built, options)
+    if isinstance(built, Detector) or (isinstance(built, nn.Module) and is_detection_module(built)):
+        return _as_detector(built, options)
     if isinstance(built, nn.Module):
         options.setdefault("name", spec if isinstance(spec, str) else type(built).__name__)
         return Model(built, **options)
@@ -285,6 +377,12 @@ def _load_checkpoint(
         content = torch.load(str(path), map_location="cpu", weights_only=False)
     except Exception as err:
         raise ModelLoadError(f"{path.name} is not a readable torch checkpoint: {err}") from err
+    from convlens import centernet
+
+    if isinstance(content, Mapping) and content.get("format") == centernet.FORMAT:
+        from convlens.detection import load_detector
+
+        return _as_detector(load_detector(str(path)), options)  # options hold name=path.stem
     if isinstance(content, Model):
         return _with_options(content, options)
     if isinstance(content, nn.Module):
@@ -433,8 +531,9 @@ def _key_mismatch(module: nn.Module, state: Mapping[str, torch.Tensor]) -> tuple
 def _load_plugin(path: Path, options: dict[str, Any]) -> Model:
     """Run a plugin file and take the Model it defines.
 
-    The file defines ``model`` (a Model or nn.Module), or a function ``model()`` returning
-    one, or exactly one Model at top level. Plugin files are code: load only your own.
+    The file defines ``model`` (a Model, a Detector or an nn.Module), or a function
+    ``model()`` returning one, or exactly one Model at top level. Plugin files are code:
+    load only your own.
     """
     spec = importlib.util.spec_from_file_location(f"convlens_plugin_{path.stem}", path)
     if spec is None or spec.loader is None:
@@ -446,9 +545,15 @@ def _load_plugin(path: Path, options: dict[str, Any]) -> Model:
         raise ModelLoadError(
             f"plugin {path.name} raised {type(err).__name__} while loading: {err}"
         ) from err
+    from convlens.detection import Detector, is_detection_module
+
     found: Any = getattr(namespace, "model", None)
-    if callable(found) and not isinstance(found, (Model, nn.Module)):
+    if callable(found) and not isinstance(found, (Model, nn.Module, Detector)):
         found = found()
+    if isinstance(found, Detector) or (isinstance(found, nn.Module) and is_detection_module(found)):
+        if options.get("name") == path.stem and isinstance(found, Detector):
+            options.pop("name")  # the plugin named its detector
+        return _as_detector(found, options)
     if found is None:
         models = [v for v in vars(namespace).values() if isinstance(v, Model)]
         if len(models) != 1:

@@ -157,7 +157,7 @@ def efficientnet_lite0() -> Model:
 def _shipped(name: str) -> Model:
     """A model trained by ``convlens train`` and committed under ``data/models/``; its
     training command, seed and measured accuracy are in ``data/models/<name>.json``."""
-    from convlens.loading import load as load_file
+    from convlens.loading import load_classifier as load_file
 
     folder = resources.files("convlens").joinpath("data", "models")
     path = Path(str(folder.joinpath(f"{name}.pt")))
