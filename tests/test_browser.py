@@ -3,10 +3,12 @@ server started here on a free loopback port. Screenshots go to ``out/test-artifa
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -35,7 +37,9 @@ def url(tmp_path_factory):
     port = _free_port()
     state = ServerState.start(
         ServerConfig(
-            models=["mobilenet_v2", "toon-cnn"], port=port, data_dir=tmp_path_factory.mktemp("d")
+            models=["mobilenet_v2", "toon-cnn", "toon-detector"],
+            port=port,
+            data_dir=tmp_path_factory.mktemp("d"),
         )
     )
     server = uvicorn.Server(
@@ -116,3 +120,96 @@ def test_upload_predict_slide_explain_and_run_a_job(page, tmp_path):
         "/done/i.test(document.querySelector('#jobs-table').innerText)", timeout=120_000
     )
     page.screenshot(path=str(ARTIFACTS / "4-job.png"), full_page=True)
+
+
+def _api(url: str, path: str, method: str = "GET") -> object:
+    request = urllib.request.Request(url.rstrip("/") + path, method=method)
+    with urllib.request.urlopen(request, timeout=60) as reply:
+        return json.loads(reply.read())
+
+
+def _boxes_sit_on_the_picture(page, detections: list[dict], width: int, height: int) -> None:
+    """Each box element covers its box's pixels of the displayed picture (within a pixel)."""
+    shown = page.locator("#detect-picture").bounding_box()
+    assert shown and shown["width"] > 2 * width  # a 128 px frame is shown enlarged
+    scale_x, scale_y = shown["width"] / width, shown["height"] / height
+    assert abs(scale_x - scale_y) < 0.01  # the picture keeps its aspect ratio
+    for d in detections:
+        rect = page.locator(f"#detect-boxes .det-box[data-index='{d['index']}']").bounding_box()
+        x0, y0, x1, y1 = d["box"]
+        assert rect is not None
+        assert abs(rect["x"] - (shown["x"] + x0 * scale_x)) < 1.5, (d, rect, shown)
+        assert abs(rect["y"] - (shown["y"] + y0 * scale_y)) < 1.5, (d, rect, shown)
+        assert abs(rect["width"] - (x1 - x0) * scale_x) < 1.5, (d, rect, shown)
+        assert abs(rect["height"] - (y1 - y0) * scale_y) < 1.5, (d, rect, shown)
+
+
+def test_detector_boxes_and_a_box_explanation(page, url):
+    page.select_option("#model-select", "toon-detector")
+    page.wait_for_selector("#detect-panel", state="visible", timeout=30_000)
+    assert not page.locator("#activations-panel").is_visible()
+    assert not page.locator("#predictions").is_visible()
+    page.click("#samples .sample[data-sample='crowd-1']")
+    page.wait_for_function(
+        "document.querySelector('#image-info').textContent.includes('crowd-1') &&"
+        " document.querySelector('#detect-list').dataset.state === 'ready'",
+        timeout=60_000,
+    )
+    _ready(page, "#detect-picture")
+    # the boxes are the API's, drawn where the API puts them
+    image_id = _api(url, "/api/images/sample/crowd-1", "POST")["id"]
+    found = _api(url, f"/api/models/toon-detector/images/{image_id}/detections")
+    detections = found["detections"]
+    assert len(detections) == 3
+    assert page.locator("#detect-boxes .det-box").count() == len(detections)
+    assert page.locator("#detect-list .det-row").count() == len(detections)
+    assert page.locator("#detect-summary").get_attribute("data-count") == "3"
+    _boxes_sit_on_the_picture(page, detections, found["width"], found["height"])
+
+    # Layer-CAM of the second james, chosen with the keyboard
+    page.select_option("#box-method", "layercam")
+    page.focus("#detect-boxes .det-box[data-index='0']")
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("Enter")
+    page.wait_for_selector(
+        "#box-overlay[data-state='ready'][data-method='layercam'][data-box='1']", timeout=60_000
+    )
+    assert page.locator(".det-box[data-index='1']").get_attribute("aria-pressed") == "true"
+    energy = float(page.locator("#box-energy-value").get_attribute("data-value"))
+    assert 0.9 < energy <= 1.0  # Layer-CAM keeps to this james
+    assert "%" in page.locator("#box-energy-value").inner_text()
+    page.screenshot(path=str(ARTIFACTS / "5-detector-layercam.png"), full_page=True)
+
+    # D-RISE of jessie, picked from the list, with fewer masks
+    page.select_option("#box-method", "drise")
+    page.fill("#box-setting-masks", "100")
+    page.locator("#box-setting-masks").dispatch_event("change")
+    page.click("#detect-list .det-row[data-index='2']")
+    page.wait_for_selector(
+        "#box-overlay[data-state='ready'][data-method='drise'][data-box='2']", timeout=60_000
+    )
+    page.wait_for_function(
+        "/%/.test(document.querySelector('#box-energy-value')?.textContent || '')",
+        timeout=30_000,
+    )
+    natural = page.evaluate("document.querySelector('#box-overlay').naturalWidth")
+    assert natural == found["width"]  # the overlay is the picture's own size, loaded
+    timing = page.locator("#box-time").inner_text()
+    assert "running" not in timing and "total" in timing, timing
+    page.screenshot(path=str(ARTIFACTS / "6-detector-drise.png"), full_page=True)
+
+    # a stricter score threshold keeps the two best boxes, still on the characters
+    page.locator("#score-threshold").fill("0.85")
+    page.wait_for_function(
+        "document.querySelectorAll('#detect-boxes .det-box').length === 2", timeout=30_000
+    )
+    strict = _api(
+        url, f"/api/models/toon-detector/images/{image_id}/detections?score_threshold=0.85"
+    )
+    _boxes_sit_on_the_picture(page, strict["detections"], found["width"], found["height"])
+    # a narrow window: the picture shrinks and the boxes follow it
+    page.set_viewport_size({"width": 700, "height": 900})
+    page.wait_for_timeout(200)
+    _boxes_sit_on_the_picture(page, strict["detections"], found["width"], found["height"])
+    page.screenshot(path=str(ARTIFACTS / "7-detector-narrow.png"), full_page=True)
+    page.set_viewport_size({"width": 1280, "height": 860})

@@ -49,6 +49,7 @@ def test_describes_models_methods_and_samples(server):
     assert client.get("/api/health").json()["status"] == "ok"
     (model,) = client.get("/api/models").json()
     assert model["name"] == "toon-cnn" and model["labels"] == ["cassidy", "james", "jessie"]
+    assert model["task"] == "classify"
     names = [layer["name"] for layer in model["layers"]]
     assert names == ["conv1", "pool1", "conv2", "pool2", "conv3", "pool3"]  # conv/pool only
     assert model["default_layer"] == "pool3"
@@ -61,6 +62,7 @@ def test_describes_models_methods_and_samples(server):
     assert methods["gradcam"]["needs_layer"] and not methods["saliency"]["needs_layer"]
     samples = client.get("/api/samples").json()
     assert any(s["name"] == "chelsea" for s in samples)
+    assert any(s["kind"] == "toons" for s in samples)  # crowd frames, made in memory
     assert client.get(samples[0]["url"]).headers["content-type"].startswith("image/")
     assert (
         "/api/models/{model}/images/{image_id}/predictions"

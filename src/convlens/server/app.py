@@ -2,16 +2,20 @@
 :class:`~convlens.server.state.ServerState`.
 
 Every panel of the page is a JSON or PNG endpoint under ``/api`` (described in the generated
-OpenAPI document at ``/openapi.json``). Model work runs in the state's bounded worker pool,
-off the event loop. Bad input gets a 4xx with ``{"detail": "..."}`` saying what was expected;
-the only files served are the page's own (``static/``) and the bundled sample photos, by
-name.
+OpenAPI document at ``/openapi.json``): a classifier's predictions, activations and
+explanations, a detector's detections and box explanations. Model work runs in the state's
+bounded worker pool, off the event loop. Bad input gets a 4xx with ``{"detail": "..."}``
+saying what was expected (a classifier's panel asked of a detector too, and the reverse); the
+only files served are the page's own (``static/``) and the bundled sample photos, by name (the
+crowd toon samples are made in memory at start).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import math
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,8 +26,8 @@ from fastapi import FastAPI, HTTPException, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from convlens.server.panels import panels
-from convlens.server.state import ServerState
+from convlens.server.panels import MAX_DETECTIONS, THRESHOLDS, box_panel, panels
+from convlens.server.state import Cancelled, ServerState
 
 T = TypeVar("T")
 STATIC = Path(__file__).resolve().parent / "static"
@@ -38,6 +42,8 @@ def _png(image: Any) -> Response:
 
 
 def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     if isinstance(value, (list, tuple)):
@@ -76,6 +82,11 @@ def create_app(state: ServerState) -> FastAPI:
     @app.exception_handler(ValueError)
     async def _value(_request: Request, err: Exception) -> JSONResponse:
         return JSONResponse({"detail": str(err)}, status_code=422)
+
+    @app.exception_handler(Cancelled)
+    async def _cancelled(_request: Request, err: Exception) -> JSONResponse:
+        # the client went away: nobody reads this answer (499: nginx's "client closed request")
+        return JSONResponse({"detail": str(err)}, status_code=499)
 
     @app.exception_handler(RuntimeError)
     async def _runtime(_request: Request, err: Exception) -> JSONResponse:
@@ -136,7 +147,11 @@ def create_app(state: ServerState) -> FastAPI:
             from convlens.attribution import default_layer
 
             out = []
-            for key, model in state.models.items():
+            for key in state.models:
+                if state.task(key) == "detect":
+                    out.append(describe_detector(key))
+                    continue
+                model = state.classifier(key)
                 labels = model.labels or []
                 layers = [
                     {
@@ -165,6 +180,7 @@ def create_app(state: ServerState) -> FastAPI:
                 out.append(
                     {
                         "name": key,
+                        "task": "classify",
                         "description": state.specs[key],
                         "classes": len(labels),
                         "labels": [str(label) for label in labels],
@@ -178,26 +194,76 @@ def create_app(state: ServerState) -> FastAPI:
 
         return await work(None, describe)
 
+    def describe_detector(key: str) -> dict[str, Any]:
+        from convlens.detection import default_box_layer
+        from convlens.render import PALETTE
+
+        detector = state.detector(key)
+        labels = [str(label) for label in detector.labels or []]
+        layers = state.box_layers.get(key, [])
+        default = default_box_layer(detector) if layers else None
+        return {
+            "name": key,
+            "task": "detect",
+            "description": state.specs[key],
+            "classes": len(labels),
+            "labels": labels,
+            "colors": [
+                "#{:02x}{:02x}{:02x}".format(*PALETTE[i % len(PALETTE)])
+                for i in range(max(len(labels), 1))
+            ],
+            "score_threshold": detector.score_threshold,
+            "iou_threshold": detector.iou_threshold,
+            "max_detections": detector.max_detections,
+            "max_detections_limit": MAX_DETECTIONS,
+            "max_pixels": state.config.max_detect_pixels,
+            "box_methods": [
+                box_panel(m, layers, default).to_dict() for m in state.box_methods(key)
+            ],
+            "box_layers": layers,
+            "default_box_layer": default,
+            "input_size": None,  # the picture as uploaded
+            "layers": [],
+            "explain_layers": [],
+            "default_layer": None,
+        }
+
     @app.get("/api/methods")
     async def methods() -> list[dict[str, Any]]:
         return [p.to_dict() for p in panels().values()]
 
-    @app.get("/api/samples")
-    async def samples() -> list[dict[str, str]]:
-        from convlens.images import samples as bundled
-
-        return [{"name": n, "url": f"/api/samples/{n}"} for n in sorted(bundled())]
-
-    @app.get("/api/samples/{name}")
-    async def sample(name: str) -> FileResponse:
+    def sample_file(name: str) -> Path:
+        """A bundled photo by name only: no path from the request reaches the disk."""
         from convlens.images import samples as bundled
 
         found = bundled()
-        if name not in found:  # by name only: no path from the request reaches the disk
+        if name not in found:
             from convlens.naming import unknown
 
-            raise unknown("sample", name, sorted(found))
-        return FileResponse(found[name])
+            raise unknown("sample", name, [*sorted(found), *state.samples])
+        return found[name]
+
+    def sample_bytes(name: str) -> bytes:
+        """A sample's bytes: a crowd toon frame made in memory at start, or a bundled photo."""
+        return state.samples[name] if name in state.samples else sample_file(name).read_bytes()
+
+    @app.get("/api/samples")
+    async def samples() -> list[dict[str, str]]:
+        """The sample pictures: ``kind`` is ``photo`` (bundled) or ``toons`` (crowd frames
+        for the toon detector)."""
+        from convlens.images import samples as bundled
+
+        photos = [
+            {"name": n, "url": f"/api/samples/{n}", "kind": "photo"} for n in sorted(bundled())
+        ]
+        frames = [{"name": n, "url": f"/api/samples/{n}", "kind": "toons"} for n in state.samples]
+        return photos + frames
+
+    @app.get("/api/samples/{name}")
+    async def sample(name: str) -> Response:
+        if name in state.samples:
+            return Response(state.samples[name], media_type=PNG)
+        return FileResponse(sample_file(name))
 
     # -- pictures --------------------------------------------------------------------------------
     @app.post("/api/images")
@@ -216,30 +282,24 @@ def create_app(state: ServerState) -> FastAPI:
 
     @app.post("/api/images/sample/{name}")
     async def use_sample(name: str) -> dict[str, Any]:
-        from convlens.images import samples as bundled
-
-        found = bundled()
-        if name not in found:
-            from convlens.naming import unknown
-
-            raise unknown("sample", name, sorted(found))
-        data = found[name].read_bytes()
+        data = sample_bytes(name)
         image_id, image = await work(None, lambda: state.add_image(data, name))
         return {"id": image_id, "width": image.width, "height": image.height}
 
     # -- panels ----------------------------------------------------------------------------------
     @app.get("/api/models/{model}/images/{image_id}/picture.png")
     async def picture(model: str, image_id: str) -> Response:
-        forward = await work(None, lambda: state.forward(model, image_id))
-        return _png(forward.picture)
+        """The picture as the model sees it: a classifier's resized, cropped input, or the
+        upload itself for a detector."""
+        return _png(await work(None, lambda: state.picture(model, image_id)))
 
     @app.get("/api/models/{model}/images/{image_id}/predictions")
     async def predictions(model: str, image_id: str, top: int = 5) -> dict[str, Any]:
+        handle = state.classifier(model, "predictions")
         if not 1 <= top <= 100:
             raise ValueError(f"expected top in [1, 100], got {top}")
         start = time.perf_counter()
         forward = await work(None, lambda: state.forward(model, image_id))
-        handle = state.model(model)
         probs = forward.probabilities
         values, indices = probs.topk(min(top, probs.numel()))
         return {
@@ -258,6 +318,7 @@ def create_app(state: ServerState) -> FastAPI:
     async def activation(
         model: str, image_id: str, layer: str, channel: int = 0, grid: bool = False
     ) -> Response:
+        state.classifier(model, "activations")
         forward = await work(None, lambda: state.forward(model, image_id))
         if layer not in forward.activations:
             from convlens.naming import unknown
@@ -295,6 +356,9 @@ def create_app(state: ServerState) -> FastAPI:
         from convlens.attribution import explain as run_method
         from convlens.attribution import get_method
 
+        handle = state.classifier(
+            model, "explain (a box's explanation is .../detections/<index>/explain/<method>)"
+        )
         info = get_method(method)  # unknown names: 404 with close matches
         chosen = panels()[info.name]
         query = dict(request.query_params)
@@ -302,7 +366,6 @@ def create_app(state: ServerState) -> FastAPI:
         target_raw = query.pop("target", None)
         layer = query.pop("layer", None)
         options = chosen.parse(query)
-        handle = state.model(model)
         target: Any = None
         if target_raw not in (None, "", "top1", "top-1"):
             assert target_raw is not None
@@ -355,6 +418,7 @@ def create_app(state: ServerState) -> FastAPI:
         model: str, image_id: str, layer: str, channel: int | None = None
     ) -> dict[str, Any]:
         """One channel's activation (or the whole layer's, without ``channel``) as an array."""
+        state.classifier(model, "activations")
         forward = await work(None, lambda: state.forward(model, image_id))
         if layer not in forward.activations:
             from convlens.naming import unknown
@@ -373,7 +437,7 @@ def create_app(state: ServerState) -> FastAPI:
 
     @app.get("/api/models/{model}/layers/{layer}/filters.png")
     async def filters(model: str, layer: str) -> Response:
-        handle = state.model(model)
+        handle = state.classifier(model, "filters")
 
         def run() -> bytes:
             from convlens.filters import filter_weights
@@ -382,6 +446,211 @@ def create_app(state: ServerState) -> FastAPI:
             return png_bytes(filter_weights(handle, layer).image)
 
         return Response(await work(model, run), media_type=PNG)
+
+    # -- detectors -------------------------------------------------------------------------------
+    async def detections_of(
+        model: str,
+        image_id: str,
+        score_threshold: float | None,
+        iou_threshold: float | None,
+        max_detections: int | None,
+    ) -> tuple[Any, float, bool]:
+        """The cached detections of a picture under a request's thresholds (the detector's
+        own where not given): (Detections, seconds, whether they came from the cache)."""
+        thresholds = state.thresholds(model, score_threshold, iou_threshold, max_detections)
+        state.image(image_id)  # unknown pictures: 404 before any work
+        cached = state.found.get((model, image_id, *thresholds)) is not None
+        found, seconds = await work(None, lambda: state.detections(model, image_id, thresholds))
+        return found, seconds, cached
+
+    def box(found: Any, index: int) -> Any:
+        if not 0 <= index < len(found):
+            settings = found.settings
+            raise LookupError(
+                f"no detection {index}: there are {len(found)} (indices 0 to {len(found) - 1}) at "
+                f"score_threshold {settings['score_threshold']}, iou_threshold "
+                f"{settings['iou_threshold']}, max_detections {settings['max_detections']}"
+                if len(found)
+                else f"no detection {index}: nothing was detected at these thresholds"
+            )
+        return found[index]
+
+    def detection_dict(d: Any) -> dict[str, Any]:
+        return {
+            "index": d.index,
+            "box": [float(v) for v in d.box],
+            "label": d.label,
+            "name": d.name,
+            "score": float(d.score),
+        }
+
+    @app.get("/api/models/{model}/images/{image_id}/detections")
+    async def detections(
+        model: str,
+        image_id: str,
+        score_threshold: float | None = None,
+        iou_threshold: float | None = None,
+        max_detections: int | None = None,
+    ) -> dict[str, Any]:
+        """A detector's boxes on the picture (pixels of the upload, highest score first) with
+        the thresholds used; ``ms``: compute time, ``cached``: served from the cache."""
+        found, seconds, cached = await detections_of(
+            model, image_id, score_threshold, iou_threshold, max_detections
+        )
+        picture = state.image(image_id)
+        return {
+            "model": model,
+            "detections": [detection_dict(d) for d in found],
+            "settings": found.settings,
+            "width": picture.width,
+            "height": picture.height,
+            "ms": seconds * 1000,
+            "cached": cached,
+        }
+
+    @app.get("/api/models/{model}/images/{image_id}/detections.png")
+    async def detections_png(
+        model: str,
+        image_id: str,
+        score_threshold: float | None = None,
+        iou_threshold: float | None = None,
+        max_detections: int | None = None,
+        highlight: int | None = None,
+    ) -> Response:
+        """The boxes drawn on the picture (its own size); ``highlight``: that box thicker, the
+        others dimmed."""
+        found, _, _ = await detections_of(
+            model, image_id, score_threshold, iou_threshold, max_detections
+        )
+        if highlight is not None:
+            box(found, highlight)
+        return _png(await work(None, lambda: found.draw(highlight=highlight)))
+
+    async def box_explanation_of(
+        model: str,
+        image_id: str,
+        index: int,
+        method: str,
+        thresholds: tuple[float | None, float | None, int | None],
+        request: Request,
+    ) -> tuple[Any, float, bool]:
+        """Check the method and its options, find the box, explain it (cached)."""
+        from convlens.detection import default_box_layer
+
+        detector = state.detector(model)
+        layers = state.box_layers.get(model, [])
+        chosen = box_panel(method, layers, default_box_layer(detector) if layers else None)
+        if method not in state.box_methods(model):
+            raise ValueError(
+                f"{model} gives no gradients to read at a layer, so {method} cannot explain its "
+                f"boxes; use {', '.join(state.box_methods(model))}"
+            )
+        query = {k: v for k, v in request.query_params.items() if k not in (*THRESHOLDS, "token")}
+        accepted = sorted(s.name for s in chosen.settings)
+        extra = sorted(set(query) - set(accepted))
+        if extra:
+            raise ValueError(
+                f"unknown option(s) {extra} for {method}; it takes {accepted or 'none'}, and "
+                f"{', '.join(THRESHOLDS)} to choose the detections"
+            )
+        options = chosen.parse(query)
+        found, _, _ = await detections_of(model, image_id, *thresholds)
+        target = box(found, index)
+        # D-RISE can hold the model for seconds: when the page gives up (another box, other
+        # settings), the connection closes and D-RISE stops at its next batch
+        cancelled = threading.Event()
+
+        async def watch() -> None:  # (Request.is_disconnected misses it behind a middleware)
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+            cancelled.set()
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            return await work(
+                None,
+                lambda: state.explain_box(model, image_id, target, method, options, cancelled),
+            )
+        finally:
+            watcher.cancel()
+
+    @app.get("/api/models/{model}/images/{image_id}/detections/{index}/explain/{method}.png")
+    async def explain_box_png(
+        model: str,
+        image_id: str,
+        index: int,
+        method: str,
+        request: Request,
+        score_threshold: float | None = None,
+        iou_threshold: float | None = None,
+        max_detections: int | None = None,
+    ) -> Response:
+        """Box ``index`` (among the detections at these thresholds) explained by ``method``
+        (drise, gradcam, layercam; its options as query parameters, see ``/api/models``): the
+        map over the picture with the box drawn. Headers: ``X-Energy-In-Box`` (share of the
+        positive attribution inside the box), ``X-Peak`` (x,y), ``X-Ms`` (compute time),
+        ``X-Cache`` (hit or miss)."""
+        from convlens.render import png_bytes
+
+        explanation, seconds, cached = await box_explanation_of(
+            model,
+            image_id,
+            index,
+            method,
+            (score_threshold, iou_threshold, max_detections),
+            request,
+        )
+        data = await work(None, lambda: png_bytes(explanation.overlay()))
+        energy = explanation.energy_in_box()
+        x, y = explanation.peak()
+        return Response(
+            data,
+            media_type=PNG,
+            headers={
+                "X-Energy-In-Box": "nan" if math.isnan(energy) else f"{energy:.6f}",
+                "X-Peak": f"{x},{y}",
+                "X-Ms": f"{seconds * 1000:.0f}",
+                "X-Cache": "hit" if cached else "miss",
+                "Cache-Control": "no-store",
+            },
+        )
+
+    @app.get("/api/models/{model}/images/{image_id}/detections/{index}/explain/{method}.json")
+    async def explain_box_json(
+        model: str,
+        image_id: str,
+        index: int,
+        method: str,
+        request: Request,
+        score_threshold: float | None = None,
+        iou_threshold: float | None = None,
+        max_detections: int | None = None,
+    ) -> dict[str, Any]:
+        """The raw box map (H, W) at the picture's size, sign kept, as a nested list; its
+        energy in the box (null when nothing is positive), peak (x, y), the settings used and
+        the seconds it took."""
+        explanation, seconds, cached = await box_explanation_of(
+            model,
+            image_id,
+            index,
+            method,
+            (score_threshold, iou_threshold, max_detections),
+            request,
+        )
+        x, y = explanation.peak()
+        x0, y0, x1, y1 = explanation.target.box
+        return {
+            "method": explanation.method,
+            "target": detection_dict(explanation.target),
+            "settings": {k: _jsonable(v) for k, v in explanation.settings.items()},
+            "shape": list(explanation.map.shape),
+            "map": explanation.map.tolist(),
+            "energy_in_box": _jsonable(explanation.energy_in_box()),
+            "peak": [x, y],
+            "peak_in_box": bool(x0 <= x <= x1 and y0 <= y <= y1),
+            "seconds": seconds,
+            "cached": cached,
+        }
 
     # -- jobs ------------------------------------------------------------------------------------
     def runner() -> Any:
@@ -405,7 +674,7 @@ def create_app(state: ServerState) -> FastAPI:
         kind, key, params = body.get("kind"), body.get("model"), body.get("params", {})
         if not isinstance(kind, str) or not isinstance(key, str):
             raise HTTPException(422, "expected kind and model as strings")
-        check(kind, params, state.model(key))
+        check(kind, params, state.classifier(key, "jobs"))
         for image_id in params.get("images") or []:
             state.image(str(image_id))  # unknown uploads: 404 now, not a failed job later
         return runner().store.get(runner().submit(kind, key, params))

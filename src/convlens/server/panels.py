@@ -157,3 +157,84 @@ def panel(info: MethodInfo) -> Panel:
 def panels() -> dict[str, Panel]:
     """Every registered method as a panel, by name."""
     return {name: panel(info) for name, info in methods().items()}
+
+
+# -- the detection panel's box explanations ---------------------------------------------------
+
+THRESHOLDS = ("score_threshold", "iou_threshold", "max_detections")
+MAX_DETECTIONS = 1000
+# D-RISE runs the detector once per mask on the whole picture: masks x pixels is bounded so
+# that one request cannot hold a model for many minutes (4000 masks on 256 x 256 pixels)
+DRISE_BUDGET = 4000 * 256 * 256
+
+BOX_PANELS: dict[str, Panel] = {
+    "drise": Panel(
+        "drise",
+        "perturbation",
+        "Petsiuk et al. 2021, Black-box Explanation of Object Detectors via Saliency Maps "
+        "(D-RISE), CVPR, arXiv:2006.03204",
+        "Random masks; each weighted by how well the detector still finds this box. Needs no "
+        "gradients (works for any detector); one detector pass per mask.",
+        False,
+        (
+            Setting(
+                "masks", "int", 500, 10, 4000, 10, help="random masks (more: smoother, slower)"
+            ),
+            Setting("cell", "int", 16, 2, 64, 1, help="mask grid cells per side"),
+            Setting("p", "float", 0.5, 0.05, 0.95, 0.05, help="share of cells kept"),
+            Setting("seed", "int", 0, 0, 2**31 - 1, 1, help="the same seed gives the same map"),
+        ),
+    ),
+    "gradcam": Panel(
+        "gradcam",
+        "cam",
+        "Selvaraju et al. 2017, Grad-CAM, arXiv:1610.02391",
+        "Gradient of the box's score at a layer, averaged over positions into channel weights. "
+        "Fast, but it lights every object of the box's class: it cannot tell two characters of "
+        "the same class apart (use Layer-CAM for that).",
+        True,
+        (
+            Setting(
+                "min_iou", "float", 0.5, 0.05, 1.0, 0.05, help="how closely the box is re-found"
+            ),
+        ),
+    ),
+    "layercam": Panel(
+        "layercam",
+        "cam",
+        "Jiang et al. 2021, LayerCAM, IEEE TIP 30, doi:10.1109/TIP.2021.3089943",
+        "The positive gradient of the box's score, position by position, weights the layer's "
+        "activations: it keeps where the box is, so it separates two characters of the same "
+        "class. Fast.",
+        True,
+        (
+            Setting(
+                "min_iou", "float", 0.5, 0.05, 1.0, 0.05, help="how closely the box is re-found"
+            ),
+        ),
+    ),
+}
+
+
+def box_panel(
+    method: str, layers: list[str] | None = None, default_layer: str | None = None
+) -> Panel:
+    """The panel of one box explanation method; gradient CAMs get a ``layer`` choice among
+    ``layers`` (the detector's layers with a map), defaulting to ``default_layer``."""
+    if method not in BOX_PANELS:
+        from convlens.naming import unknown
+
+        raise unknown("box explanation method", method, list(BOX_PANELS))
+    chosen = BOX_PANELS[method]
+    if not chosen.needs_layer or not layers:
+        return chosen
+    default = default_layer if default_layer in layers else layers[-1]
+    layer = Setting("layer", "choice", default, choices=list(layers), help="layer the CAM reads")
+    return Panel(
+        chosen.name,
+        chosen.family,
+        chosen.paper,
+        chosen.description,
+        chosen.needs_layer,
+        (layer, *chosen.settings),
+    )

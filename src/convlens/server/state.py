@@ -1,5 +1,6 @@
-"""The explorer's state: the models it was started with, uploaded pictures, and a bounded cache
-of forward passes, in one object the app factory receives (no module globals).
+"""The explorer's state: the models it was started with (classifiers and detectors), uploaded
+pictures, and bounded caches of forward passes, detections and box explanations, in one object
+the app factory receives (no module globals).
 
 Model code runs in a bounded worker pool, one call per model at a time (a model's hooks and
 flags are changed while convlens runs it, so two threads must not share it at once).
@@ -8,11 +9,13 @@ flags are changed while convlens runs it, so two threads must not share it at on
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import io
 import re
 import secrets
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -23,12 +26,14 @@ from typing import Any, TypeVar
 import torch
 from PIL import Image
 
+from convlens.detection import BoxExplanation, Detection, Detections, Detector
 from convlens.model import Model
 from convlens.server.jobs import JobRunner, JobStore, run_task
+from convlens.server.panels import BOX_PANELS, DRISE_BUDGET, MAX_DETECTIONS
 
 T = TypeVar("T")
 
-DEFAULT_MODELS = ("mobilenet_v2", "toon-cnn")
+DEFAULT_MODELS = ("mobilenet_v2", "toon-cnn", "toon-detector")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 PANEL_KINDS = ("conv", "pool")
 
@@ -37,7 +42,8 @@ PANEL_KINDS = ("conv", "pool")
 class ServerConfig:
     """How the explorer runs. ``token`` is required when ``host`` is not a loopback address
     (one is generated when none is given); ``max_upload_mb`` bounds every upload, and
-    ``max_pixels`` every decoded picture (decompression bombs are refused before decoding)."""
+    ``max_pixels`` every decoded picture (decompression bombs are refused before decoding).
+    Detectors see the upload itself, unresized: ``max_detect_pixels`` bounds what they take."""
 
     models: Sequence[str] = DEFAULT_MODELS
     host: str = "127.0.0.1"
@@ -46,6 +52,7 @@ class ServerConfig:
     data_dir: Path = Path("convlens-data")
     max_upload_mb: float = 10.0
     max_pixels: int = 40_000_000
+    max_detect_pixels: int = 2048 * 2048
     workers: int = 2
     cache_mb: float = 512.0
     images_kept: int = 256
@@ -69,6 +76,49 @@ def model_key(spec: str) -> str:
     stem = Path(spec).stem if ("/" in spec or "." in Path(spec).name) else spec
     key = re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip("-")
     return key or "model"
+
+
+class WrongTaskError(ValueError):
+    """A detector asked for a classifier's panel, or a classifier for detections (a 4xx)."""
+
+
+class Cancelled(Exception):
+    """Model work stopped because the request that wanted it went away."""
+
+
+def crowd_samples() -> dict[str, bytes]:
+    """Two crowd toon frames as PNG bytes (made in memory, nothing read from or written to
+    disk), so the detection panel has something to show: each holds two characters of one
+    class beside a third, where Layer-CAM and Grad-CAM differ."""
+    from convlens.data import toons
+    from convlens.render import png_bytes
+
+    frames = toons.generate(11, variant="crowd", split="test", seed=5, size=128)
+    return {f"crowd-{k}": png_bytes(frames.pixels[i]) for k, i in enumerate((3, 10), start=1)}
+
+
+def map_layers(detector: Detector) -> list[str]:
+    """The detector's layers a box CAM can read: an (N, C, h, w) output, run once in a pass
+    (one dry pass on a blank 128 x 128 picture), in the order they return."""
+    from convlens.hooks import forward_hooks, preserved
+
+    calls: dict[str, int] = {}
+
+    def seen(name: str, output: Any) -> None:
+        if isinstance(output, torch.Tensor) and output.dim() == 4:
+            calls[name] = calls.get(name, 0) + 1
+        else:
+            calls[name] = 2  # no map: never offered
+
+    names = [name for name, _ in detector.module.named_modules() if name]
+    blank = torch.zeros(1, 3, 128, 128, device=detector.device)
+    with (
+        preserved(detector.module),
+        torch.inference_mode(),
+        forward_hooks(detector.module, names, seen),
+    ):
+        detector.module(detector.to_input(blank))
+    return [name for name, count in calls.items() if count == 1]
 
 
 @dataclass
@@ -119,7 +169,7 @@ class ServerState:
     """Everything the app shares between requests."""
 
     config: ServerConfig
-    models: dict[str, Model] = field(default_factory=dict)
+    models: dict[str, Model | Detector] = field(default_factory=dict)
     specs: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -130,10 +180,21 @@ class ServerState:
         self.forwards = _LRU(self.config.cache_mb * 1024 * 1024, lambda f: f.nbytes)
         self.forward_locks: dict[tuple[str, str], threading.Lock] = {}
         self._locks_lock = threading.Lock()
+        # detections per (model, picture, thresholds): (Detections, seconds)
+        self.found = _LRU(float("inf"), lambda _v: 1, count=512)
+        # box explanations per (model, picture, box, method, options): (BoxExplanation, seconds)
+        self.box_maps = _LRU(
+            self.config.cache_mb * 1024 * 1024 / 4, lambda v: v[0].map.numel() * 4, count=64
+        )
+        self.box_layers: dict[str, list[str]] = {}  # detector -> layers a box CAM can read
+        self.samples: dict[str, bytes] = {}  # generated sample pictures by name (PNG)
 
     @classmethod
     def start(cls, config: ServerConfig) -> ServerState:
-        """Load every model of ``config`` once (errors name the model that failed)."""
+        """Load every model of ``config`` once (errors name the model that failed): classifiers
+        and detectors alike. A detector whose package is missing (``mtcnn-faces`` needs
+        facenet-pytorch) fails here, with the install hint, only when it is asked for."""
+        from convlens.detection import default_box_layer
         from convlens.loading import load
 
         state = cls(config)
@@ -141,11 +202,26 @@ class ServerState:
             key = model_key(spec)
             if key in state.models:
                 raise ValueError(f"two models would share the name {key!r}: rename one file")
-            state.models[key] = load(spec, factory=config.factory)
+            try:
+                handle = load(spec, factory=config.factory)
+            except ImportError as err:
+                raise ImportError(f"cannot serve {spec!r}: {err}") from None
+            state.models[key] = handle
             state.specs[key] = spec
             state.model_locks[key] = threading.Lock()
+            if isinstance(handle, Detector):
+                try:
+                    default = default_box_layer(handle)
+                except ValueError:
+                    continue  # no layer to read (MTCNN's cascade): D-RISE only
+                try:
+                    layers = map_layers(handle)
+                except Exception:  # a detector the blank picture does not suit: its default
+                    layers = []
+                state.box_layers[key] = layers if default in layers else [*layers, default]
         if not state.models:
             raise ValueError("expected at least one model to serve")
+        state.samples = crowd_samples()
         state.jobs = JobRunner(JobStore(config.data_dir), state._run_job)
         return state
 
@@ -153,7 +229,7 @@ class ServerState:
         self, kind: str, key: str, params: dict[str, Any], folder: Path, progress: Any
     ) -> list[str]:
         # the job works on its own copy, so the model stays free for the page meanwhile
-        model = self.run_locked(key, lambda: copy.deepcopy(self.model(key)))
+        model = self.run_locked(key, lambda: copy.deepcopy(self.classifier(key, "jobs")))
         return run_task(kind, model, params, folder, progress, self.image)
 
     def close(self) -> None:
@@ -179,12 +255,46 @@ class ServerState:
         return found
 
     # -- model work ----------------------------------------------------------------------------
-    def model(self, key: str) -> Model:
+    def model(self, key: str) -> Model | Detector:
         if key not in self.models:
             from convlens.naming import unknown
 
             raise unknown("model", key, list(self.models))
         return self.models[key]
+
+    def task(self, key: str) -> str:
+        """``"detect"`` or ``"classify"``."""
+        return "detect" if isinstance(self.model(key), Detector) else "classify"
+
+    def classifier(self, key: str, what: str = "this panel") -> Model:
+        """The classifier ``key``; a detector is refused, saying where its panels are."""
+        handle = self.model(key)
+        if isinstance(handle, Detector):
+            raise WrongTaskError(
+                f"{key!r} is a detector: expected a classifier for {what} (served: "
+                f"{self._of('classify')}); a detector's panel is "
+                f"/api/models/{key}/images/<id>/detections"
+            )
+        return handle
+
+    def detector(self, key: str) -> Detector:
+        """The detector ``key``; a classifier is refused, naming the detectors served."""
+        handle = self.model(key)
+        if not isinstance(handle, Detector):
+            raise WrongTaskError(
+                f"{key!r} is a classifier: expected a detector for detections (served: "
+                f"{self._of('detect')}); a classifier's panels are predictions, activations "
+                "and explain"
+            )
+        return handle
+
+    def _of(self, task: str) -> str:
+        names = [key for key in self.models if self.task(key) == task]
+        return ", ".join(names) if names else "none"
+
+    def box_methods(self, key: str) -> list[str]:
+        """The box explanations ``key`` supports: gradient CAMs need a layer to read."""
+        return [m for m in BOX_PANELS if m == "drise" or key in self.box_layers]
 
     def run_locked(self, key: str, fn: Callable[[], T]) -> T:
         """``fn()`` with the model's lock held (one call per model at a time)."""
@@ -192,7 +302,7 @@ class ServerState:
             return fn()
 
     def panel_layers(self, key: str) -> list[Any]:
-        table = self.model(key).layers()
+        table = self.classifier(key).layers()
         return [row for row in table if row.kind in PANEL_KINDS and row.spatial]
 
     def forward(self, key: str, image_id: str) -> Forward:
@@ -208,7 +318,7 @@ class ServerState:
             found = self.forwards.get(cache_key)
             if found is not None:
                 return found
-            model = self.model(key)
+            model = self.classifier(key)
             image = self.image(image_id)
             layers = [row.name for row in self.panel_layers(key)]
 
@@ -234,3 +344,143 @@ class ServerState:
         with self._locks_lock:
             self.forward_locks.pop(cache_key, None)
         return result
+
+    def picture(self, key: str, image_id: str) -> Image.Image:
+        """The picture as ``key`` sees it: a classifier's resized and cropped input, or, for a
+        detector, the upload itself (box coordinates are in its pixels)."""
+        if isinstance(self.model(key), Detector):
+            return self.image(image_id)
+        return self.forward(key, image_id).picture
+
+    # -- detectors -------------------------------------------------------------------------------
+    def thresholds(
+        self,
+        key: str,
+        score_threshold: float | None = None,
+        iou_threshold: float | None = None,
+        max_detections: int | None = None,
+    ) -> tuple[float, float, int]:
+        """The detection settings of a request (the detector's own where not given), checked."""
+        from convlens.detection import check_thresholds
+
+        detector = self.detector(key)
+        score = detector.score_threshold if score_threshold is None else float(score_threshold)
+        iou = detector.iou_threshold if iou_threshold is None else float(iou_threshold)
+        most = detector.max_detections if max_detections is None else max_detections
+        check_thresholds(score, iou, most)
+        if most > MAX_DETECTIONS:
+            raise ValueError(f"expected max_detections in [1, {MAX_DETECTIONS}], got {most}")
+        return score, iou, most
+
+    def detector_picture(self, image_id: str) -> Image.Image:
+        """An upload a detector can take whole (at most ``max_detect_pixels``)."""
+        image = self.image(image_id)
+        limit = self.config.max_detect_pixels
+        if image.width * image.height > limit:
+            raise ValueError(
+                f"expected a picture of at most {limit} pixels for a detector (it sees the "
+                f"picture unresized), got {image.width}x{image.height}: scale it down"
+            )
+        return image
+
+    def detections(
+        self, key: str, image_id: str, thresholds: tuple[float, float, int]
+    ) -> tuple[Detections, float]:
+        """The detections on a picture and the seconds they took, cached per (model, picture,
+        thresholds); computed in the caller's thread under the model's lock."""
+        from convlens.detection import detect
+
+        detector = self.detector(key)
+        image = self.detector_picture(image_id)
+        cache_key = (key, image_id, *thresholds)
+        found = self.found.get(cache_key)
+        if found is not None:
+            return found
+
+        def compute() -> tuple[Detections, float]:
+            again = self.found.get(cache_key)  # a request that waited for the lock
+            if again is not None:
+                return again
+            start = time.perf_counter()
+            score, iou, most = thresholds
+            result = detect(
+                detector, image, score_threshold=score, iou_threshold=iou, max_detections=most
+            )
+            entry = (result, time.perf_counter() - start)
+            self.found.put(cache_key, entry)
+            return entry
+
+        return self.run_locked(key, compute)
+
+    def drise_batch(self, image: Image.Image) -> int:
+        """D-RISE's masked copies per detector call: 32, fewer for large pictures."""
+        return max(1, min(32, 2**21 // (image.width * image.height)))
+
+    def explain_box(
+        self,
+        key: str,
+        image_id: str,
+        target: Detection,
+        method: str,
+        options: dict[str, Any],
+        cancelled: threading.Event | None = None,
+    ) -> tuple[BoxExplanation, float, bool]:
+        """One detection explained (``options`` parsed by the method's panel): the explanation,
+        the seconds it took, and whether it came from the cache. Cached per (model, picture,
+        box, class, method, options), so changing a threshold that keeps the box reuses it.
+        Once ``cancelled`` is set (the page gave up waiting), D-RISE stops at its next batch
+        and :class:`Cancelled` is raised, which frees the model for the next request."""
+        from convlens.detection import explain_box
+
+        detector = self.detector(key)
+        image = self.detector_picture(image_id)
+        options = dict(options)
+        if method == "drise":
+            masks = int(options.get("masks", BOX_PANELS["drise"].settings[0].default))
+            pixels = image.width * image.height
+            if masks * pixels > DRISE_BUDGET:
+                raise ValueError(
+                    f"D-RISE on a {image.width}x{image.height} picture takes at most "
+                    f"{max(1, DRISE_BUDGET // pixels)} masks (masks x pixels <= {DRISE_BUDGET}); "
+                    f"got masks={masks}"
+                )
+            options["masks"] = masks
+            options["batch_size"] = self.drise_batch(image)
+        cache_key = (
+            key,
+            image_id,
+            target.box,
+            target.label,
+            method,
+            tuple(sorted(options.items())),
+        )
+
+        def fetch() -> tuple[BoxExplanation, float, bool] | None:
+            found = self.box_maps.get(cache_key)
+            if found is None:
+                return None
+            return dataclasses.replace(found[0], target=target), found[1], True
+
+        cached = fetch()
+        if cached is not None:
+            return cached
+
+        def stop_if_cancelled(_done: int = 0, _total: int = 0) -> None:
+            if cancelled is not None and cancelled.is_set():
+                raise Cancelled(f"the {method} explanation of box {target.index} was cancelled")
+
+        def compute() -> tuple[BoxExplanation, float, bool]:
+            again = fetch()
+            if again is not None:
+                return again
+            stop_if_cancelled()
+            start = time.perf_counter()
+            extra = {"progress": stop_if_cancelled} if method == "drise" else {}
+            result = explain_box(detector, image, target, method, **options, **extra)
+            if "batch_size" in options:
+                result.settings["batch_size"] = options["batch_size"]
+            seconds = time.perf_counter() - start
+            self.box_maps.put(cache_key, (result, seconds))
+            return result, seconds, False
+
+        return self.run_locked(key, compute)

@@ -15,6 +15,7 @@
     model: null, // the selected entry of /api/models
     method: null, // the selected entry of /api/methods
     imageId: null,
+    imageSize: null, // {width, height} of the upload
     imageToken: 0, // only the newest upload / sample choice wins
     layers: [], // the model's conv/pool layers
     layer: null,
@@ -34,6 +35,15 @@
     jobsAvailable: false,
     jobsFailing: false,
     jobRows: new Map(), // job id -> {sig, row}
+    // the detection panel (a detector is selected)
+    detections: null, // the latest /detections answer shown
+    detectionsQuery: "", // its thresholds as a query string (box indices refer to it)
+    detectTimer: 0,
+    box: null, // index of the chosen box in state.detections
+    boxKey: null, // "label:x0,y0,x1,y1" of the chosen box (kept across threshold changes)
+    boxMethod: null, // the selected entry of model.box_methods
+    boxSettings: {}, // method name -> {setting name: value chosen by the user}
+    boxTicker: 0,
   };
   window.convlens = state; // the one global: handy in devtools
 
@@ -133,6 +143,7 @@
   }
 
   const imageBase = () => `/api/models/${seg(state.model.name)}/images/${seg(state.imageId)}`;
+  const isDetector = () => Boolean(state.model && state.model.task === "detect");
 
   // ---------------------------------------------------------------- error banner
 
@@ -281,6 +292,12 @@
     state.model = model;
     state.predictions = [];
     $("model-select").value = model.name;
+    document.body.dataset.task = model.task === "detect" ? "detect" : "classify";
+    if (model.task === "detect") {
+      setDetector(model);
+      return;
+    }
+    clearDetections();
     const size = (model.input_size || []).join("×");
     const classes = model.classes && `${model.classes} classes`;
     $("model-info").textContent = [model.description, size && `input ${size}`, classes]
@@ -363,9 +380,14 @@
 
   function setImage(info, what) {
     state.imageId = info.id;
+    state.imageSize = { width: info.width, height: info.height };
     state.predictions = [];
     $("image-info").textContent = `${what} · ${info.width}×${info.height} px`;
     if (!state.model) return;
+    if (isDetector()) {
+      showDetectImage();
+      return;
+    }
     loadPicture();
     loadPredictions();
     loadHeatmap();
@@ -373,12 +395,14 @@
   }
 
   function loadPicture() {
+    if (isDetector()) return;
     loadImage("picture", `${imageBase()}/picture.png`, { meta: { image: state.imageId } });
   }
 
   // ---------------------------------------------------------------- predictions
 
   async function loadPredictions() {
+    if (isDetector()) return;
     const box = $("predictions");
     box.dataset.state = "loading";
     box.classList.add("loading");
@@ -474,6 +498,7 @@
   }
 
   function loadHeatmap() {
+    if (isDetector()) return;
     if (!state.model || !state.imageId || !state.layer) {
       clearImage("heatmap", state.imageId ? "No layer to show" : "No image yet");
       return;
@@ -502,6 +527,7 @@
   }
 
   function loadFilters() {
+    if (isDetector()) return;
     if (!state.filtersOpen || !state.model) return;
     if (!state.layer) return clearImage("filters", "No layer selected");
     const url = `/api/models/${seg(state.model.name)}/layers/${seg(state.layer)}/filters.png`;
@@ -557,8 +583,8 @@
     $("method-settings").replaceChildren(...(rows.length ? rows : [el("p", { class: "muted small" }, "No settings.")]));
   }
 
-  function settingRow(spec, saved) {
-    const id = `setting-${spec.name.replace(/[^\w-]/g, "_")}`;
+  function settingRow(spec, saved, prefix = "setting") {
+    const id = `${prefix}-${spec.name.replace(/[^\w-]/g, "_")}`;
     const value = saved[spec.name] ?? spec.default;
     let input;
     if (spec.type === "bool") {
@@ -593,10 +619,10 @@
   }
 
   // Current settings as query values; the first invalid one is reported instead.
-  function readSettings() {
+  function readSettings(container = $("method-settings")) {
     const values = {};
     let error = null;
-    for (const input of $("method-settings").querySelectorAll("[data-setting]")) {
+    for (const input of container.querySelectorAll("[data-setting]")) {
       const name = input.dataset.setting;
       if (input.type === "checkbox") {
         values[name] = input.checked ? "true" : "false";
@@ -681,7 +707,7 @@
   function runExplain() {
     clearTimeout(state.explainTimer);
     const { model, method, imageId } = state;
-    if (!model || !method || !imageId) return;
+    if (!model || !method || !imageId || isDetector()) return;
     const target = checkClassInput();
     const settings = readSettings();
     const problem = target.error || settings.error;
@@ -711,6 +737,373 @@
         showError(`Explanation (${method.name}): ${message}`);
       },
     });
+  }
+
+  // ---------------------------------------------------------------- detection panel
+  // A detector sees the upload itself: its boxes come in the picture's pixels and are placed,
+  // in percentages, on a stage that has the picture's aspect ratio, so they stay on the
+  // characters at any displayed size. Box indices refer to the detections last shown
+  // (state.detectionsQuery holds their thresholds).
+
+  const STAGE_HEIGHT = 520; // px: the tallest the picture is shown
+  const OVERLAY_HEIGHT = 400;
+
+  function setDetector(model) {
+    const classes = model.labels && model.labels.length ? `classes ${model.labels.join(", ")}` : "";
+    $("model-info").textContent = [model.description, "detector", classes].filter(Boolean).join(" · ");
+    $("model-info").title = $("model-info").textContent;
+    const score = $("score-threshold");
+    score.value = String(model.score_threshold);
+    $("iou-threshold").value = String(model.iou_threshold);
+    const most = $("max-detections");
+    most.max = String(model.max_detections_limit || 1000);
+    most.value = String(model.max_detections);
+    showThresholds();
+    const methods = model.box_methods || [];
+    fillSelect(
+      $("box-method"),
+      methods.map((m) => ({ value: m.name, label: BOX_METHOD_LABELS[m.name] || m.name, title: m.description })),
+    );
+    const keep = state.boxMethod && methods.find((m) => m.name === state.boxMethod.name);
+    setBoxMethod((keep || methods[0] || {}).name, false);
+    clearDetections();
+    if (state.imageId) showDetectImage();
+  }
+
+  const BOX_METHOD_LABELS = { drise: "D-RISE", gradcam: "Grad-CAM", layercam: "Layer-CAM" };
+
+  function showThresholds() {
+    $("score-threshold-value").textContent = Number($("score-threshold").value).toFixed(2);
+    $("iou-threshold-value").textContent = Number($("iou-threshold").value).toFixed(2);
+  }
+
+  // The thresholds as a query string; null (and the field marked) when one is out of range.
+  function thresholdQuery() {
+    const most = $("max-detections");
+    const value = Number(most.value);
+    const bad = !Number.isInteger(value) || value < Number(most.min) || value > Number(most.max);
+    most.classList.toggle("invalid", bad);
+    if (bad) return null;
+    const params = new URLSearchParams({
+      score_threshold: $("score-threshold").value,
+      iou_threshold: $("iou-threshold").value,
+      max_detections: String(value),
+    });
+    return params.toString();
+  }
+
+  // the picture's aspect ratio; as wide as the column allows, at most `tallest` px high
+  function sizeStage(target, width, height, tallest) {
+    target.style.aspectRatio = `${width} / ${height}`;
+    target.style.width = `min(100%, ${((tallest * width) / height).toFixed(1)}px)`;
+  }
+
+  function showDetectImage() {
+    const { width, height } = state.imageSize || { width: 1, height: 1 };
+    sizeStage($("detect-stage"), width, height, STAGE_HEIGHT);
+    sizeStage($("box-overlay-frame"), width, height, OVERLAY_HEIGHT);
+    clearBox("Click a box (or a row of the list)");
+    state.detections = null;
+    $("detect-boxes").replaceChildren();
+    $("detect-list").replaceChildren();
+    loadImage("detect-picture", `${imageBase()}/picture.png`, {
+      meta: { image: state.imageId },
+      onError: (message) => showError(`Picture: ${message}`),
+    });
+    loadDetections();
+  }
+
+  function clearDetections() {
+    clearTimeout(state.detectTimer);
+    state.requests.detections?.abort();
+    state.detections = null;
+    state.detectionsQuery = "";
+    $("detect-boxes").replaceChildren();
+    $("detect-list").replaceChildren();
+    $("detect-summary").textContent = "";
+    clearImage("detect-picture", "No image yet");
+    clearBox("Click a box (or a row of the list)");
+  }
+
+  function scheduleDetections(delay = 200) {
+    clearTimeout(state.detectTimer);
+    state.detectTimer = setTimeout(loadDetections, delay);
+  }
+
+  async function loadDetections() {
+    clearTimeout(state.detectTimer);
+    if (!isDetector() || !state.imageId) return;
+    const query = thresholdQuery();
+    if (query == null) {
+      $("detect-summary").textContent = "Max: a whole number in range is needed.";
+      return;
+    }
+    const model = state.model;
+    const imageId = state.imageId;
+    const list = $("detect-list");
+    list.dataset.state = "loading";
+    $("detect-frame").classList.add("loading");
+    try {
+      const data = await latest("detections", `${imageBase()}/detections?${query}`);
+      if (data === STALE || state.model !== model || state.imageId !== imageId) return;
+      state.detectionsQuery = query;
+      renderDetections(data);
+      list.dataset.state = "ready";
+    } catch (err) {
+      if (state.model !== model || state.imageId !== imageId) return;
+      list.dataset.state = "error";
+      state.detections = null;
+      $("detect-boxes").replaceChildren();
+      list.replaceChildren();
+      $("detect-summary").replaceChildren(el("span", { class: "error-text" }, err.message));
+      showError(`Detections: ${err.message}`);
+    } finally {
+      if (state.requests.detections == null) $("detect-frame").classList.remove("loading");
+    }
+  }
+
+  const boxKey = (d) => `${d.label}:${d.box.map((v) => v.toFixed(3)).join(",")}`;
+  const classColor = (label) => {
+    const colors = (state.model && state.model.colors) || [];
+    return colors.length ? colors[label % colors.length] : "#2563eb";
+  };
+  const isLight = (hex) => {
+    const n = parseInt(hex.slice(1), 16);
+    return ((n >> 16) + ((n >> 8) & 255) + (n & 255)) / 3 > 150;
+  };
+  const formatBox = (box) => box.map((v) => Math.round(v)).join(", ");
+
+  function renderDetections(data) {
+    state.detections = data;
+    const { width, height } = data;
+    state.imageSize = { width, height };
+    sizeStage($("detect-stage"), width, height, STAGE_HEIGHT);
+    sizeStage($("box-overlay-frame"), width, height, OVERLAY_HEIGHT);
+    const dets = data.detections || [];
+    // smaller boxes above larger ones, so a box inside another can still be clicked
+    const area = (d) => (d.box[2] - d.box[0]) * (d.box[3] - d.box[1]);
+    const rank = new Map([...dets].sort((a, b) => area(b) - area(a)).map((d, k) => [d.index, k + 1]));
+    const boxes = dets.map((d) => detectionBox(d, width, height, rank.get(d.index)));
+    const rows = dets.map((d) => detectionRow(d));
+    $("detect-boxes").replaceChildren(...boxes);
+    $("detect-list").replaceChildren(...rows);
+    const s = data.settings || {};
+    const rule = `score ≥ ${Number(s.score_threshold).toFixed(2)}, NMS IoU ${Number(s.iou_threshold).toFixed(2)}, at most ${s.max_detections}`;
+    const took = data.cached ? "cached" : formatMs(data.ms);
+    $("detect-summary").textContent = dets.length
+      ? `${dets.length} detection${dets.length === 1 ? "" : "s"} (${rule}) · ${took}. Click a box or a row to explain it.`
+      : `No boxes at ${rule}. Lower the score threshold, or try another picture (the crowd samples are toon frames).`;
+    $("detect-summary").dataset.count = String(dets.length);
+    // the chosen box survives a threshold change when the detector still finds it
+    const again = state.boxKey == null ? -1 : dets.findIndex((d) => boxKey(d) === state.boxKey);
+    if (again >= 0) markBox(again);
+    else if (state.boxKey != null) clearBox("The chosen box is gone at these thresholds: click another");
+  }
+
+  function detectionBox(d, width, height, z) {
+    const [x0, y0, x1, y1] = d.box;
+    const colour = classColor(d.label);
+    const label = `${d.name} ${d.score.toFixed(2)}`;
+    const button = el(
+      "button",
+      {
+        type: "button",
+        class: y0 / height < 0.04 ? "det-box tag-inside" : "det-box",
+        "data-index": d.index,
+        "aria-pressed": "false",
+        "aria-label": `Box ${d.index}: ${d.name}, score ${d.score.toFixed(2)}; explain it`,
+        title: `#${d.index} ${label} · box ${formatBox(d.box)}`,
+        style: {
+          left: `${(100 * x0) / width}%`,
+          top: `${(100 * y0) / height}%`,
+          width: `${(100 * (x1 - x0)) / width}%`,
+          height: `${(100 * (y1 - y0)) / height}%`,
+          zIndex: String(z || 1),
+        },
+      },
+      el("span", { class: isLight(colour) ? "det-tag dark" : "det-tag", "aria-hidden": "true" }, label),
+    );
+    button.style.setProperty("--c", colour);
+    button.addEventListener("click", () => chooseBox(d.index));
+    hoverPair(button, d.index);
+    return button;
+  }
+
+  function detectionRow(d) {
+    const colour = classColor(d.label);
+    const button = el(
+      "button",
+      {
+        type: "button",
+        class: "det-row",
+        "data-index": d.index,
+        "aria-pressed": "false",
+        title: `Explain box #${d.index}`,
+      },
+      el("span", { class: "det-swatch", "aria-hidden": "true" }),
+      el("span", { class: "det-index" }, `#${d.index}`),
+      el("span", { class: "det-name" }, d.name),
+      el("span", { class: "det-score" }, d.score.toFixed(3)),
+      el("span", { class: "det-coords", title: "x0, y0, x1, y1 in the picture's pixels" }, formatBox(d.box)),
+    );
+    button.style.setProperty("--c", colour);
+    button.addEventListener("click", () => chooseBox(d.index));
+    hoverPair(button, d.index);
+    return el("li", {}, button);
+  }
+
+  // hovering a box lights its row, and the reverse
+  function hoverPair(node, index) {
+    const toggle = (on) => {
+      for (const other of document.querySelectorAll(`#detect-panel [data-index="${index}"]`)) other.classList.toggle("hover", on);
+    };
+    node.addEventListener("mouseenter", () => toggle(true));
+    node.addEventListener("mouseleave", () => toggle(false));
+  }
+
+  function markBox(index) {
+    state.box = index;
+    const d = state.detections && state.detections.detections[index];
+    state.boxKey = d ? boxKey(d) : null;
+    for (const node of document.querySelectorAll("#detect-panel .det-box, #detect-panel .det-row")) {
+      node.setAttribute("aria-pressed", String(Number(node.dataset.index) === index));
+    }
+    $("detect-boxes").classList.toggle("has-selection", index != null);
+    $("box-run").disabled = index == null;
+    if (d) {
+      $("box-target").textContent = `box #${index} · ${d.name} ${d.score.toFixed(2)}`;
+      $("box-target").title = `box (${formatBox(d.box)})`;
+    }
+  }
+
+  function chooseBox(index) {
+    markBox(index);
+    runBoxExplain();
+  }
+
+  function clearBox(message) {
+    clearInterval(state.boxTicker);
+    state.box = null;
+    state.boxKey = null;
+    for (const node of document.querySelectorAll("#detect-panel [aria-pressed='true']")) node.setAttribute("aria-pressed", "false");
+    $("detect-boxes").classList.remove("has-selection");
+    $("box-run").disabled = true;
+    $("box-target").textContent = "Click a box to explain it";
+    $("box-time").textContent = "";
+    $("box-energy").replaceChildren();
+    clearImage("box-overlay", message);
+  }
+
+  function setBoxMethod(name, run = true) {
+    const methods = (state.model && state.model.box_methods) || [];
+    const method = methods.find((m) => m.name === name) || null;
+    state.boxMethod = method;
+    if (!method) {
+      $("box-settings").replaceChildren();
+      return;
+    }
+    $("box-method").value = method.name;
+    $("box-method-family").textContent = FAMILY_LABELS[method.family] || method.family || "";
+    $("box-method-description").textContent = method.description || "";
+    $("box-method-paper").textContent = method.paper || "";
+    if (!state.boxSettings[method.name]) state.boxSettings[method.name] = {};
+    const saved = state.boxSettings[method.name];
+    const rows = (method.settings || []).map((spec) => settingRow(spec, saved, "box-setting"));
+    $("box-settings").replaceChildren(...(rows.length ? rows : [el("p", { class: "muted small" }, "No settings.")]));
+    if (run && state.box != null) runBoxExplain();
+  }
+
+  function onBoxSettingChanged(event) {
+    const input = event.target;
+    if (!input.dataset || !input.dataset.setting || !state.boxMethod) return;
+    state.boxSettings[state.boxMethod.name][input.dataset.setting] = input.type === "checkbox" ? input.checked : input.value;
+    if (state.box != null) runBoxExplain();
+  }
+
+  function runBoxExplain() {
+    const method = state.boxMethod;
+    if (!isDetector() || !method || state.box == null || !state.detections) return;
+    const settings = readSettings($("box-settings"));
+    if (settings.error) {
+      $("box-time").textContent = settings.error;
+      return;
+    }
+    const params = new URLSearchParams(state.detectionsQuery);
+    for (const [name, value] of Object.entries(settings.values)) params.set(name, value);
+    const index = state.box;
+    const url = `${imageBase()}/detections/${index}/explain/${seg(method.name)}.png?${params}`;
+    const label = BOX_METHOD_LABELS[method.name] || method.name;
+    const started = performance.now();
+    clearInterval(state.boxTicker);
+    $("box-time").textContent = "running…";
+    state.boxTicker = setInterval(() => {
+      $("box-time").textContent = `running… ${((performance.now() - started) / 1000).toFixed(0)} s`;
+    }, 1000);
+    $("box-energy").replaceChildren(el("span", { class: "muted" }, `${label} of box #${index}…`));
+    loadImage("box-overlay", url, {
+      meta: { method: method.name, box: String(index) },
+      onLoad: (res, ms) => {
+        clearInterval(state.boxTicker);
+        const compute = parseFloat(res.headers.get("X-Ms") || "");
+        const cached = res.headers.get("X-Cache") === "hit";
+        $("box-time").textContent = cached
+          ? `cached (${formatMs(compute)} when computed)`
+          : `${formatMs(compute)} (${formatMs(ms)} total)`;
+        showEnergy(res, index, label);
+      },
+      onError: (message) => {
+        clearInterval(state.boxTicker);
+        $("box-time").textContent = "failed";
+        $("box-energy").replaceChildren(el("span", { class: "error-text" }, message));
+        showError(`Box explanation (${label}): ${message}`);
+      },
+    });
+  }
+
+  function showEnergy(res, index, label) {
+    const energy = parseFloat(res.headers.get("X-Energy-In-Box") || "");
+    const [px, py] = (res.headers.get("X-Peak") || "").split(",").map(Number);
+    const d = state.detections && state.detections.detections[index];
+    const inside = d && px >= d.box[0] && px <= d.box[2] && py >= d.box[1] && py <= d.box[3];
+    if (!Number.isFinite(energy)) {
+      $("box-energy").replaceChildren(
+        el("span", { id: "box-energy-value", "data-value": "" }, "No positive attribution"),
+        ` (${label} of box #${index} is zero everywhere: try another layer or method)`,
+      );
+      return;
+    }
+    $("box-energy").replaceChildren(
+      "Energy in box ",
+      el("strong", { id: "box-energy-value", "data-value": energy.toFixed(6), title: "share of the positive attribution inside the box" }, formatPercent(energy)),
+      Number.isFinite(px) ? ` · peak at (${px}, ${py}) ${inside ? "inside" : "outside"} the box` : "",
+    );
+  }
+
+  // arrow keys move between boxes (Enter or Space explains the focused one)
+  function onBoxKey(event) {
+    const keys = { ArrowRight: 1, ArrowDown: 1, ArrowLeft: -1, ArrowUp: -1 };
+    if (!(event.key in keys) || !event.target.classList.contains("det-box")) return;
+    const boxes = [...$("detect-boxes").querySelectorAll(".det-box")];
+    const at = boxes.indexOf(event.target);
+    const next = boxes[(at + keys[event.key] + boxes.length) % boxes.length];
+    if (next) {
+      event.preventDefault();
+      next.focus();
+    }
+  }
+
+  function bindDetectionPanel() {
+    for (const id of ["score-threshold", "iou-threshold"]) {
+      $(id).addEventListener("input", () => {
+        showThresholds();
+        scheduleDetections();
+      });
+    }
+    $("max-detections").addEventListener("input", () => scheduleDetections(400));
+    $("box-method").addEventListener("change", (e) => setBoxMethod(e.target.value));
+    $("box-settings").addEventListener("change", onBoxSettingChanged);
+    $("box-run").addEventListener("click", runBoxExplain);
+    $("detect-boxes").addEventListener("keydown", onBoxKey);
   }
 
   // ---------------------------------------------------------------- jobs
@@ -952,7 +1345,7 @@
     $("channel-next").addEventListener("click", () => setChannel(state.channel + 1));
     $("grid-toggle").addEventListener("change", (e) => setGrid(e.target.checked));
     $("filters-button").addEventListener("click", toggleFilters);
-    for (const id of ["heatmap", "filters", "overlay"]) $(id).addEventListener("click", openFullSize);
+    for (const id of ["heatmap", "filters", "overlay", "box-overlay"]) $(id).addEventListener("click", openFullSize);
 
     $("method-select").addEventListener("change", (e) => setMethod(e.target.value));
     $("method-settings").addEventListener("input", onSettingChanged);
@@ -963,6 +1356,8 @@
     classInput.addEventListener("input", () => checkClassInput().error || scheduleExplain());
     classInput.addEventListener("keydown", (e) => e.key === "Enter" && runExplain());
     $("run-button").addEventListener("click", runExplain);
+
+    bindDetectionPanel();
 
     $("job-kind").addEventListener("change", showJobFields);
     $("job-form").addEventListener("submit", startJob);
@@ -995,7 +1390,9 @@
     const method = methods.find((m) => m.name === "gradcam") || methods[0];
     if (method) setMethod(method.name);
     if (models.length) setModel(models[0].name);
-    if (samples.length) useSample(samples[0].name); // show something straight away
+    // show something straight away: a crowd toon frame when the first model is a detector
+    const first = (isDetector() && samples.find((s) => s.kind === "toons")) || samples[0];
+    if (first) useSample(first.name);
   }
 
   init();
