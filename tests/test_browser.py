@@ -193,7 +193,8 @@ def test_detector_boxes_and_a_box_explanation(page, url):
         timeout=30_000,
     )
     natural = page.evaluate("document.querySelector('#box-overlay').naturalWidth")
-    assert natural == found["width"]  # the overlay is the picture's own size, loaded
+    # the overlay loaded: the picture enlarged by a whole factor to at least 384 pixels
+    assert natural == found["width"] * 3
     timing = page.locator("#box-time").inner_text()
     assert "running" not in timing and "total" in timing, timing
     page.screenshot(path=str(ARTIFACTS / "6-detector-drise.png"), full_page=True)

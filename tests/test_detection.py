@@ -165,7 +165,9 @@ def test_drise_explains_each_box_on_its_own_square(finder):
         assert own > 0.35 and own > 4 * other, (own, other)
     again = D.drise(finder, scene, 1, masks=300, cell=8, seed=0, batch_size=7)
     torch.testing.assert_close(again.map, result.map)  # the masks do not depend on the batch
-    assert result.overlay().size == (64, 64)
+    assert result.overlay().size == (384, 384)  # enlarged 6x: the tag stays small
+    assert result.overlay(min_side=0).size == (64, 64)
+    assert result._repr_png_().startswith(b"\x89PNG") and "energy in box" in repr(result)
     with pytest.raises(ValueError, match="below 2"):
         D.drise(finder, scene, 5, masks=10)
     with pytest.raises(ValueError, match="masks"):

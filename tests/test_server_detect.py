@@ -134,7 +134,7 @@ def test_box_explanations_equal_the_library(
     png = client.get(f"{url}.png?{query}")
     assert png.status_code == 200, png.text
     assert png.headers["content-type"] == "image/png" and png.headers["x-cache"] == "miss"
-    assert Image.open(io.BytesIO(png.content)).size == (128, 128)
+    assert Image.open(io.BytesIO(png.content)).size == (384, 384)  # enlarged 3x
     body = client.get(f"{url}.json?{query}").json()
     assert body["cached"] is True  # the PNG's explanation, not a second run
     want = explain_box(detector, crowd, index, method, **options)

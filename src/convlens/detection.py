@@ -559,19 +559,34 @@ class BoxExplanation:
         index = int(self.map.argmax())
         return index % self.map.shape[1], index // self.map.shape[1]
 
-    def overlay(self, *, alpha: float = 0.5) -> Image.Image:
+    def overlay(self, *, alpha: float = 0.5, min_side: int = 384) -> Image.Image:
         """The map (jet, positive part, scaled to its maximum) over the picture, with the
-        target box drawn on top."""
+        target box drawn on top. A picture shorter than ``min_side`` is enlarged by a whole
+        factor (each pixel a block) first, so the label stays small beside what it marks."""
         from convlens import render
 
-        heat = render.overlay(self.picture, self.map.clamp_min(0).numpy(), alpha=alpha)
+        heat = to_pil(render.overlay(self.picture, self.map.clamp_min(0).numpy(), alpha=alpha))
+        factor = max(1, math.ceil(min_side / min(heat.size))) if min_side else 1
+        if factor > 1:
+            heat = heat.resize((heat.width * factor, heat.height * factor), Image.NEAREST)
         one = Detections(
-            torch.tensor([self.target.box]),
+            torch.tensor([self.target.box]) * factor,
             torch.tensor([self.target.label]),
             torch.tensor([self.target.score]),
             [self.target.name] * (self.target.label + 1),
         )
-        return one.draw(to_pil(heat))
+        return one.draw(heat)
+
+    def _repr_png_(self) -> bytes:
+        from convlens.render import png_bytes
+
+        return png_bytes(self.overlay())
+
+    def __repr__(self) -> str:
+        return (
+            f"BoxExplanation({self.method}, {self.target.name} {self.target.score:.2f}, "
+            f"energy in box {self.energy_in_box():.2f})"
+        )
 
 
 def _similarity(target: Detection, raw: Sequence[Mapping[str, torch.Tensor]]) -> torch.Tensor:
