@@ -113,3 +113,19 @@ def test_evaluate_takes_a_detector(crowd, tmp_path):
         app, ["evaluate", "toon-detector", str(crowd), "--metrics", "deletion"]
     )
     assert refused.exit_code == 2 and "--metrics" in refused.output
+
+
+def test_detect_explains_every_box_with_a_gradient_cam(crowd, tmp_path):
+    frame = next((crowd / "test" / "crowd").glob("*.png"))
+    out = tmp_path / "det"
+    result = CliRunner().invoke(
+        app, ["detect", "toon-detector", str(frame), "--explain", "gradcam", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    found = json.loads((out / "detections.json").read_text())["detections"]
+    assert len(found) >= 1 and result.output.count("energy in box") == len(found)
+    assert {f"box_{i}_gradcam.png" for i in range(len(found))} <= {p.name for p in out.iterdir()}
+    classifier = CliRunner().invoke(app, ["detect", "toon-cnn", str(frame)])
+    assert classifier.exit_code == 2 and "classifier" in classifier.output
+    refused = CliRunner().invoke(app, ["explain", "toon-detector", str(frame)])
+    assert refused.exit_code == 2 and "convlens detect" in refused.output

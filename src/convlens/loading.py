@@ -125,7 +125,9 @@ def load_classifier(source: Any, **kwargs: Any) -> Model:
     if not isinstance(handle, Model):
         raise ModelLoadError(
             f"{handle.name!r} is a detector; this takes a classifier. Detectors work with "
-            "convlens.detect, convlens.explain (target=a box) and convlens.evaluate"
+            "convlens.detect, convlens.explain (target=a box) and convlens.evaluate; on the "
+            "command line with `convlens detect DETECTOR IMAGE --explain drise|gradcam|layercam` "
+            "and `convlens evaluate`"
         )
     return handle
 
