@@ -568,7 +568,9 @@ class BoxExplanation:
         heat = to_pil(render.overlay(self.picture, self.map.clamp_min(0).numpy(), alpha=alpha))
         factor = max(1, math.ceil(min_side / min(heat.size))) if min_side else 1
         if factor > 1:
-            heat = heat.resize((heat.width * factor, heat.height * factor), Image.NEAREST)
+            heat = heat.resize(
+                (heat.width * factor, heat.height * factor), Image.Resampling.NEAREST
+            )
         one = Detections(
             torch.tensor([self.target.box]) * factor,
             torch.tensor([self.target.label]),
