@@ -6,7 +6,7 @@ checkpoint to ``src/convlens/data/models/toon-detector.pt`` and writes ``toon-de
 (the commands, the seed, the training record, the sha256, and mAP / all-found rates on 300
 fresh ``crowd`` frames of another seed, which ``tests/test_toon_detector.py`` reproduces).
 
-Usage (from the repository root; about 4 minutes on 2 quiet cores):
+Usage (from the repository root; about 7 minutes on 2 quiet cores):
 ``.venv/bin/python tools/make_toon_detector.py --work /tmp/toon-detector``
 ``--record-only`` records a model already trained in ``--work``.
 """
