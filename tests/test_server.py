@@ -12,14 +12,9 @@ from fastapi.testclient import TestClient  # needs httpx2 (the dev extra)
 from PIL import Image
 
 from convlens.data import toons
+from convlens.render import png_bytes
 from convlens.server import ServerConfig, ServerState, create_app
 from convlens.server.jobs import JobStore
-
-
-def _png(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +33,7 @@ def jessie(server):
     data = toons.generate(9, split="test", seed=3)
     index = data.label_names.index("jessie")
     reply = client.post(
-        "/api/images", files={"file": ("j.png", _png(data.pixels[index]), "image/png")}
+        "/api/images", files={"file": ("j.png", png_bytes(data.pixels[index]), "image/png")}
     )
     assert reply.status_code == 200, reply.text
     return reply.json()["id"]
@@ -151,7 +146,7 @@ def test_bad_uploads(server):
     big = np.random.default_rng(0).integers(0, 255, (800, 800, 3), dtype=np.uint8)
     replies = {
         "too large": client.post(
-            "/api/images", files={"file": ("big.png", _png(big), "image/png")}
+            "/api/images", files={"file": ("big.png", png_bytes(big), "image/png")}
         ),
         "corrupt": client.post(
             "/api/images", files={"file": ("c.png", b"\x89PNG\r\n\x1a\nxx", "image/png")}
@@ -284,9 +279,9 @@ def test_explain_and_evaluate_jobs(tmp_path):
         client = TestClient(create_app(state), raise_server_exceptions=False)
         data = toons.generate(3, split="test", seed=4)
         ids = [
-            client.post("/api/images", files={"file": (f"{i}.png", _png(p), "image/png")}).json()[
-                "id"
-            ]
+            client.post(
+                "/api/images", files={"file": (f"{i}.png", png_bytes(p), "image/png")}
+            ).json()["id"]
             for i, p in enumerate(data.pixels)
         ]
         body = {

@@ -14,15 +14,10 @@ from PIL import Image
 from convlens.data import toons
 from convlens.detection import BOX_METHODS, detect, explain_box
 from convlens.loading import load
+from convlens.render import png_bytes
 from convlens.server import ServerConfig, ServerState, create_app
 
 MASKS = 200  # D-RISE masks: enough for a stable map, quick on two cores
-
-
-def _png(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +44,7 @@ def detector():
 @pytest.fixture(scope="module")
 def crowd_id(server, crowd) -> str:
     _, client = server
-    reply = client.post("/api/images", files={"file": ("crowd.png", _png(crowd), "image/png")})
+    reply = client.post("/api/images", files={"file": ("crowd.png", png_bytes(crowd), "image/png")})
     assert reply.status_code == 200, reply.text
     assert (reply.json()["width"], reply.json()["height"]) == (128, 128)
     return reply.json()["id"]
@@ -246,7 +241,7 @@ def test_a_picture_too_large_for_a_detector(tmp_path):
         client = TestClient(create_app(state), raise_server_exceptions=False)
         big = np.zeros((80, 80, 3), np.uint8)
         image_id = client.post(
-            "/api/images", files={"file": ("big.png", _png(big), "image/png")}
+            "/api/images", files={"file": ("big.png", png_bytes(big), "image/png")}
         ).json()["id"]
         reply = client.get(f"/api/models/toon-detector/images/{image_id}/detections")
         assert reply.status_code == 422 and "scale it down" in reply.json()["detail"]

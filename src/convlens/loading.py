@@ -154,18 +154,9 @@ def _as_detector(source: Any, options: dict[str, Any]) -> Any:
     if isinstance(source, Model):
         source = source.module
     if isinstance(source, nn.Module):
-        names = options.get("labels")
-        if names is None and isinstance(getattr(source, "labels", None), list | tuple):
-            names = list(source.labels)  # type: ignore[arg-type]
-        return Detector(
-            source,
-            names,
-            name=options.get("name", type(source).__name__),
-            score_threshold=options.get("score_threshold", 0.5),
-            iou_threshold=options.get("iou_threshold", 0.5),
-            max_detections=options.get("max_detections", 100),
-            layer=options.get("layer"),
-        )
+        names = getattr(source, "labels", None)
+        labels = list(names) if isinstance(names, list | tuple) else None
+        source = Detector(source, labels, name=type(source).__name__)
     if not isinstance(source, Detector):
         raise ModelLoadError(f"expected a detector, got {type(source).__name__}")
     if not options:
