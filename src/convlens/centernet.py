@@ -285,8 +285,8 @@ def train_detector(
         TrainEvent,
         _cpu_threads,
         _filter_layers,
+        _output_folder,
         _Snapshots,
-        _tensorboard_writer,
         _write_animation,
     )
 
@@ -304,12 +304,7 @@ def train_detector(
     augmentation = augment if isinstance(augment, BoxAugmentation) else BoxAugmentation()
     target = torch.device(device)
     started_all = time.perf_counter()
-    out_dir = Path(os.fspath(out)).expanduser() if out is not None else None
-    writer = None
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if tensorboard:
-            writer = _tensorboard_writer(out_dir / "tensorboard")
+    out_dir, writer = _output_folder(out, tensorboard)
 
     def report(event: Any) -> None:
         if progress is not None:

@@ -545,13 +545,14 @@ class BoxExplanation:
     method: str
     settings: dict[str, Any]
 
-    def energy_in_box(self) -> float:
-        """Share of the positive attribution inside the target box (1 = all of it)."""
+    def energy_in_box(self, box: Sequence[float] | None = None) -> float:
+        """Share of the positive attribution inside the target box, or ``box`` (x0, y0, x1, y1)
+        (1 = all of it; NaN when nothing is positive)."""
         positive = self.map.clamp_min(0)
         total = float(positive.sum())
         if total <= 0:
             return math.nan
-        x0, y0, x1, y1 = (round(v) for v in self.target.box)
+        x0, y0, x1, y1 = (round(float(v)) for v in (self.target.box if box is None else box))
         return float(positive[max(y0, 0) : y1, max(x0, 0) : x1].sum()) / total
 
     def peak(self) -> tuple[int, int]:
@@ -961,19 +962,30 @@ def all_found(
     return complete / len(truths)
 
 
+def detect_all(
+    detector: Detector, pixels: torch.Tensor, *, batch_size: int = 64
+) -> list[Detections]:
+    """The detections of many pictures (N, 3, H, W), ``batch_size`` at a time."""
+    found: list[Detections] = []
+    for start in range(0, len(pixels), batch_size):
+        found += detector(pixels[start : start + batch_size])
+    return found
+
+
 def detection_scores(
     detector: Detector,
     pixels: torch.Tensor,
     boxes: Sequence[Sequence[Any]],
     *,
     batch_size: int = 64,
+    found: Sequence[Detections] | None = None,
 ) -> dict[str, Any]:
     """mAP@0.5, mAP@0.5:0.95 (COCO's ten IoUs), the share of pictures with every object found
     (IoU 0.5, right class) and AP@0.5 per class of ``detector`` on pictures (N, 3, H, W) in
-    [0, 1] with per-picture ground truth ``(class, x0, y0, x1, y1)``."""
-    found: list[Detections] = []
-    for start in range(0, len(pixels), batch_size):
-        found += detector(pixels[start : start + batch_size])
+    [0, 1] with per-picture ground truth ``(class, x0, y0, x1, y1)``. ``found``: the
+    detections of those pictures when already computed (else the detector runs)."""
+    if found is None:
+        found = detect_all(detector, pixels, batch_size=batch_size)
     truths = [([b[1:] for b in frame], [b[0] for b in frame]) for frame in boxes]
     coco = mean_average_precision(found, truths, iou_thresholds=COCO_IOUS)
     names = detector.labels or []
@@ -1087,10 +1099,8 @@ def evaluate_detector(
 
         raise unknown("detection explanation method", unknown_methods[0], list(BOX_METHODS))
     options = dict(options or {})
-    scores = detection_scores(detector, pixels, boxes, batch_size=batch_size)
-    found: list[Detections] = []
-    for start in range(0, len(pixels), batch_size):
-        found += detector(pixels[start : start + batch_size])
+    found = detect_all(detector, pixels, batch_size=batch_size)
+    scores = detection_scores(detector, pixels, boxes, found=found)
     energy: dict[str, list[float]] = {name: [] for name in methods}
     pointing: dict[str, list[float]] = {name: [] for name in methods}
     explained = 0
@@ -1110,12 +1120,7 @@ def evaluate_detector(
             x0, y0, x1, y1 = (float(v) for v in truth[best])
             for name in methods:
                 result = explain_box(detector, pixels[i], det, name, **dict(options.get(name, {})))
-                positive = result.map.clamp_min(0)
-                mass = float(positive.sum())
-                inside = float(
-                    positive[max(0, round(y0)) : round(y1), max(0, round(x0)) : round(x1)].sum()
-                )
-                energy[name].append(inside / mass if mass > 0 else math.nan)
+                energy[name].append(result.energy_in_box((x0, y0, x1, y1)))
                 px, py = result.peak()
                 pointing[name].append(float(x0 <= px < x1 and y0 <= py < y1))
         if progress is not None:

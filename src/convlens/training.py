@@ -640,6 +640,18 @@ def _tensorboard_writer(folder: Path) -> Any:
     return SummaryWriter(log_dir=str(folder))
 
 
+def _output_folder(
+    out: str | os.PathLike[str] | None, tensorboard: bool
+) -> tuple[Path | None, Any]:
+    """The run's output folder (created) and its TensorBoard writer (``None`` when off or when
+    nothing is written)."""
+    if out is None:
+        return None, None
+    folder = Path(os.fspath(out)).expanduser()
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder, _tensorboard_writer(folder / "tensorboard") if tensorboard else None
+
+
 def _evaluate(
     module: nn.Module,
     data: ImageSet,
@@ -960,12 +972,7 @@ def train(
     else:
         arch_options = architectures.config(architecture, **arch_options)
         arch_record = {"name": architecture, "options": arch_options}
-    out_dir = Path(os.fspath(out)).expanduser() if out is not None else None
-    writer = None
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if tensorboard:
-            writer = _tensorboard_writer(out_dir / "tensorboard")
+    out_dir, writer = _output_folder(out, tensorboard)
     fork_devices = [target.index or 0] if target.type == "cuda" else []
     try:
         with _cpu_threads(threads), torch.random.fork_rng(devices=fork_devices):
