@@ -106,7 +106,7 @@ def _plain(module: torch.nn.Module, x: torch.Tensor) -> None:
 
 def _default_batch(factor: float = 1.0) -> int:
     """convlens's default copies per forward pass for MobileNetV2 (``batch_size_for``)."""
-    from convlens.attribution import batch_size_for
+    from convlens.techniques.attribution.base import batch_size_for
 
     return batch_size_for(_model("mobilenet_v2"), None, factor=factor)
 

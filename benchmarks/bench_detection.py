@@ -18,8 +18,9 @@ import numpy as np
 import torch
 from _timing import Quantity, Row, Timing, compare
 
-from convlens import centernet
-from convlens import detection as D
+import convlens as cl
+from convlens.data import toons
+from convlens.techniques.attribution import detection as DM
 
 MASKS = 1000
 BATCH = 100
@@ -27,10 +28,10 @@ SIZE = 256
 
 
 def run(repeats: int = 3) -> list[Row]:
-    detector = D.load_detector("toon-detector")
-    pixels, _ = centernet.toon_frames(1, split="test", seed=5, size=SIZE)
+    detector = cl.load("toon-detector")
+    pixels, _ = toons.crowd_frames(1, split="test", seed=5, size=SIZE)
     frame = pixels[0]
-    found = D.detect(detector, frame)
+    found = cl.detect(detector, frame)
     if not len(found):
         raise RuntimeError("the toon detector found nothing in the benchmark frame")
     target = found[0]
@@ -38,7 +39,7 @@ def run(repeats: int = 3) -> list[Row]:
     masked = frame.expand(BATCH, -1, -1, -1).clone() * 0.5
 
     def drise() -> None:
-        D.drise(detector, frame, target, masks=MASKS, batch_size=BATCH, seed=0)
+        DM.drise(detector, frame, target, masks=MASKS, batch_size=BATCH, seed=0)
 
     def floor() -> None:
         with torch.inference_mode():
@@ -77,7 +78,7 @@ def run_box_cam(repeats: int = 5) -> list[Row]:
     detector = cl.load(net, labels=["background", "a", "b"], score_threshold=0.0)
     picture = torch.rand(3, 240, 320, generator=torch.Generator().manual_seed(1))
     target = cl.detect(detector, picture)[0]
-    name = D.default_box_layer(detector)
+    name = DM.default_box_layer(detector)
     layer = dict(net.named_modules())[name]
 
     def ours() -> None:

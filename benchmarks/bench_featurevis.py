@@ -42,7 +42,7 @@ import torch
 from _timing import Quantity, Row, Timing, compare, interleaved
 
 import convlens as cl
-from convlens.hooks import has_hooks
+from convlens.core.hooks import has_hooks
 
 LAYER = "features.14"
 CHANNEL = 17

@@ -51,7 +51,7 @@ def _serve(port: int):
 
     import uvicorn
 
-    from convlens.server import ServerConfig, ServerState, create_app
+    from convlens.apps.server import ServerConfig, ServerState, create_app
 
     state = ServerState.start(
         ServerConfig(models=["mobilenet_v2"], port=port, data_dir=tempfile.mkdtemp())
@@ -81,7 +81,7 @@ def _flow(client, data: bytes, layer: str) -> float:
 
 
 def _floor(model: cl.Model, data: bytes, layer: str) -> float:
-    from convlens import render
+    from convlens.core import render
 
     start = time.perf_counter()
     image = cl.load_image(io.BytesIO(data))

@@ -23,7 +23,7 @@ import torch
 from _timing import Quantity, Row
 
 import convlens as cl
-from convlens import architectures
+from convlens.core import architectures
 from convlens.data import toons
 
 N_GENERATE = 1000

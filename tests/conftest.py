@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import convlens as cl
-from convlens.model import Preprocessing
+from convlens.core.model import Preprocessing
 
 
 class TinyNet(nn.Module):

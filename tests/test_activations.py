@@ -8,8 +8,8 @@ import torch
 from conftest import Exploding, InplaceNet, model_state
 
 import convlens as cl
-from convlens.hooks import has_hooks
-from convlens.naming import UnknownNameError
+from convlens.core.hooks import has_hooks
+from convlens.core.naming import UnknownNameError
 
 # TinyNet's channel 0 sums each 3x3 window of the 0..15 image (zero padding).
 WINDOW_SUMS = torch.tensor(

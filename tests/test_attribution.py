@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import convlens as cl
-from convlens.attribution import (
+from convlens.techniques.attribution.base import (
     Attribution,
     batch_size_for,
     bytes_per_image,

@@ -32,7 +32,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def url(tmp_path_factory):
-    from convlens.server import ServerConfig, ServerState, create_app
+    from convlens.apps.server import ServerConfig, ServerState, create_app
 
     port = _free_port()
     state = ServerState.start(

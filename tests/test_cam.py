@@ -14,10 +14,10 @@ from conftest import Exploding, InplaceNet, model_state, tiny_model
 from torch import nn
 
 import convlens as cl
-from convlens import cam
-from convlens.attribution import get_method, methods
-from convlens.hooks import has_hooks
-from convlens.model import Preprocessing
+from convlens.core.hooks import has_hooks
+from convlens.core.model import Preprocessing
+from convlens.techniques.attribution import cam
+from convlens.techniques.attribution.base import get_method, methods
 
 CAMS = sorted(name for name, info in methods().items() if info.family == "cam")
 GREY = Preprocessing(crop=None, resize=None, mean=(0.0,), std=(1.0,), channels=1)
@@ -25,7 +25,7 @@ GREY = Preprocessing(crop=None, resize=None, mean=(0.0,), std=(1.0,), channels=1
 
 def _has_guided_backprop() -> bool:
     try:
-        from convlens.gradients import guided_backprop  # noqa: F401
+        from convlens.techniques.attribution.gradients import guided_backprop  # noqa: F401
     except ImportError:
         return False
     return True
@@ -148,6 +148,17 @@ def test_gradcam_plusplus_by_hand():
     w0 = 0.5 / 5 + 1.0 / 8 + 1.5 / 11
     w1 = 1.0 / 6 + 0.5 / 4 + 0.5 / 4
     _close(both.map[0], w0 * A0 + w1 * A1)
+
+
+def test_xgradcam_by_hand():
+    model = square_model()
+    # w_c = sum_ij A_c g_c / sum_ij A_c; "left": g = (A0, -A1), sums 6 and 4
+    left = cam.xgradcam(model, SQUARE_INPUT, "left")
+    _close(left.map[0], (A0 * (14 / 6) - A1 * (6 / 4)).clamp(min=0))
+    # "both": g = (A0, A1) / 2
+    both = cam.xgradcam(model, SQUARE_INPUT, "both")
+    _close(both.map[0], A0 * (7 / 6) + A1 * (3 / 4))
+    assert left.layer == "feat" and left.method == "xgradcam"
 
 
 def test_layercam_by_hand():
@@ -395,6 +406,7 @@ def test_every_cam_method_is_registered():
         "guided_gradcam",
         "layercam",
         "scorecam",
+        "xgradcam",
     }
     for name in CAMS:
         assert methods()[name].needs_layer
@@ -426,7 +438,7 @@ def test_no_hooks_left_and_model_unchanged(method, image4):
 
 @needs_guided
 def test_guided_gradcam_is_guided_backprop_times_the_upsampled_gradcam(tiny):
-    from convlens.gradients import guided_backprop
+    from convlens.techniques.attribution.gradients import guided_backprop
 
     x = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(4))
     result = cam.guided_gradcam(tiny, x, 2)
@@ -486,6 +498,7 @@ PARITY = [
     ("GradCAM", cam.gradcam, "features.18", {}, {}),
     ("GradCAMPlusPlus", cam.gradcam_plusplus, "features.18", {}, {}),
     ("LayerCAM", cam.layercam, "features.14", {}, {}),
+    ("XGradCAM", cam.xgradcam, "features.18", {}, {}),
     ("EigenCAM", cam.eigencam, "features.18", {"sign": "numpy"}, {}),
     # Score-CAM makes one forward pass per channel: a 32-channel layer keeps the test short
     ("ScoreCAM", cam.scorecam, "features.6", {"align_corners": True}, {"batch_size": 32}),

@@ -14,7 +14,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import convlens as cl
-from convlens.cli import app
+from convlens.apps.cli import app
 
 runner = CliRunner()
 DEMO_NAMES = ["gradcam", "gradcam++", "layercam", "integrated_gradients", "smoothgrad", "occlusion"]
@@ -38,7 +38,7 @@ def files(tmp_path):
 
 
 def test_help_does_not_import_torch():
-    code = "import sys, convlens.cli; print('torch' in sys.modules)"
+    code = "import sys, convlens.apps.cli; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -10,7 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from convlens import detection as D
+import convlens as cl
+from convlens.core import detector as D
+from convlens.data import toons
+from convlens.techniques.attribution import detection as DM
+from convlens.workflows import detection_eval as DE
 
 
 def test_iou_by_hand():
@@ -53,7 +57,7 @@ def test_average_precision_by_hand():
     # then 0.75
     scores = torch.tensor([0.9, 0.8, 0.7, 0.6])
     matched = torch.tensor([True, False, True, True])
-    ap = D.average_precision(scores, matched, 3)
+    ap = DE.average_precision(scores, matched, 3)
     assert ap == pytest.approx((34 * 1 + 67 * 0.75) / 101)
 
 
@@ -64,14 +68,14 @@ def test_map_perfect_and_partial():
         torch.tensor([0, 1]),
         torch.tensor([0.9, 0.8]),
     )
-    assert D.mean_average_precision([perfect], truth)["map"] == pytest.approx(1.0)
+    assert DE.mean_average_precision([perfect], truth)["map"] == pytest.approx(1.0)
     shifted = D.Detections(
         torch.tensor([[0, 0, 10, 10], [23, 20, 33, 30]], dtype=torch.float32),
         torch.tensor([0, 1]),
         torch.tensor([0.9, 0.8]),
     )
     # class 1's box has IoU 70/130 = 0.54: a hit at 0.5, a miss from 0.55 on
-    result = D.mean_average_precision([shifted], truth, iou_thresholds=D.COCO_IOUS)
+    result = DE.mean_average_precision([shifted], truth, iou_thresholds=DE.COCO_IOUS)
     assert result["per_iou"][0.5] == pytest.approx(1.0)
     assert result["per_iou"][0.55] == pytest.approx(0.5)
     assert result["map"] == pytest.approx((1.0 + 9 * 0.5) / 10)
@@ -121,7 +125,7 @@ def finder() -> D.Detector:
 
 
 def test_detector_finds_and_draws(finder, tmp_path):
-    found = D.detect(finder, _scene())
+    found = cl.detect(finder, _scene())
     assert [d.name for d in found] == ["red", "green"]
     assert found[0].box == (6.0, 8.0, 22.0, 24.0) and found[0].score == pytest.approx(1.0)
     picture = found.draw()
@@ -132,11 +136,11 @@ def test_detector_finds_and_draws(finder, tmp_path):
     data = json.loads(paths[1].read_text())
     assert data["detections"][1]["name"] == "green"
     assert data["settings"]["iou_threshold"] == 0.5
-    none = D.detect(finder, torch.zeros(3, 64, 64))
+    none = cl.detect(finder, torch.zeros(3, 64, 64))
     assert len(none) == 0 and none.draw().size == (64, 64)
-    assert len(D.detect(finder, _scene(), score_threshold=1.0)) == 2
+    assert len(cl.detect(finder, _scene(), score_threshold=1.0)) == 2
     with pytest.raises(ValueError, match="score_threshold"):
-        D.detect(finder, _scene(), score_threshold=2)
+        cl.detect(finder, _scene(), score_threshold=2)
     with pytest.raises(ValueError, match="pictures"):
         finder.raw(torch.zeros(1, 1, 8, 8))
 
@@ -153,9 +157,9 @@ def test_drise_explains_each_box_on_its_own_square(finder):
     smooth, so a pixel next to the square moves with it; on this 64-pixel scene with 16-pixel
     squares that ring is as large as the box, so the share inside is 0.4-0.55 here.)"""
     scene = _scene()
-    found = D.detect(finder, scene)
+    found = cl.detect(finder, scene)
     for index in (0, 1):
-        result = D.drise(finder, scene, index, masks=300, cell=8, seed=0)
+        result = DM.drise(finder, scene, index, masks=300, cell=8, seed=0)
         x0, y0, x1, y1 = result.target.box
         px, py = result.peak()
         assert x0 <= px < x1 and y0 <= py < y1, (index, result.peak())
@@ -163,15 +167,15 @@ def test_drise_explains_each_box_on_its_own_square(finder):
         other = _share(result.map, found[1 - index].box)
         assert own == pytest.approx(_share(result.map, result.target.box))
         assert own > 0.35 and own > 4 * other, (own, other)
-    again = D.drise(finder, scene, 1, masks=300, cell=8, seed=0, batch_size=7)
+    again = DM.drise(finder, scene, 1, masks=300, cell=8, seed=0, batch_size=7)
     torch.testing.assert_close(again.map, result.map)  # the masks do not depend on the batch
     assert result.overlay().size == (384, 384)  # enlarged 6x: the tag stays small
     assert result.overlay(min_side=0).size == (64, 64)
     assert result._repr_png_().startswith(b"\x89PNG") and "energy in box" in repr(result)
     with pytest.raises(ValueError, match="below 2"):
-        D.drise(finder, scene, 5, masks=10)
+        DM.drise(finder, scene, 5, masks=10)
     with pytest.raises(ValueError, match="masks"):
-        D.drise(finder, scene, 0, masks=0)
+        DM.drise(finder, scene, 0, masks=0)
 
 
 @pytest.mark.slow
@@ -183,15 +187,15 @@ def test_mtcnn_finds_the_astronauts_face_and_drise_peaks_on_it():
     from skimage import data
 
     picture = data.astronaut()
-    faces = D.load_detector("mtcnn-faces")
-    found = D.detect(faces, picture)
+    faces = cl.load("mtcnn-faces")
+    found = cl.detect(faces, picture)
     assert len(found) == 1 and found[0].name == "face" and found[0].score > 0.99
     theirs, _ = MTCNN(keep_all=True).detect(picture)
     assert len(theirs) == 1
     expected = torch.tensor(np.asarray(theirs[0], dtype=np.float32))
     torch.testing.assert_close(found.boxes[0], expected, atol=1.0, rtol=0)
     x0, y0, x1, y1 = found[0].box
-    small = D.drise(faces, picture, 0, masks=64, cell=8, batch_size=16, seed=0)
+    small = DM.drise(faces, picture, 0, masks=64, cell=8, batch_size=16, seed=0)
     px, py = small.peak()
     assert x0 <= px < x1 and y0 <= py < y1, (small.peak(), found[0].box)
 
@@ -200,10 +204,11 @@ def test_mtcnn_finds_the_astronauts_face_and_drise_peaks_on_it():
 
 
 def test_centernet_targets_decode_back_to_the_boxes():
-    from convlens import centernet as C
+    from convlens.core.architectures import centernet as C
+    from convlens.workflows.training import detect as CT
 
     boxes = [[(0, 10.0, 20.0, 50.0, 70.0), (2, 60.0, 8.0, 100.0, 40.0)]]
-    t = C.targets(boxes, 3, (128, 128))
+    t = CT.targets(boxes, 3, (128, 128))
     logit = torch.logit(t["heatmap"].clamp(1e-6, 1 - 1e-6))  # heads that reproduce the targets
     out = C.decode({"heatmap": logit, "size": t["size"], "offset": t["offset"]}, top_k=2)[0]
     order = torch.argsort(out["labels"])
@@ -215,12 +220,12 @@ def test_centernet_targets_decode_back_to_the_boxes():
 
 
 def test_centernet_augmentation_moves_boxes_with_the_picture():
-    from convlens import centernet as C
+    from convlens.workflows.training import detect as CT
 
     pixels = torch.zeros(8, 3, 64, 64)
     pixels[:, :, 10:30, 5:25] = 1.0  # a white square at x 5..25, y 10..30
     boxes = [[(1, 5.0, 10.0, 25.0, 30.0)] for _ in range(8)]
-    moved, new_boxes = C.augment_batch(pixels, boxes, torch.Generator().manual_seed(0))
+    moved, new_boxes = CT.augment_batch(pixels, boxes, torch.Generator().manual_seed(0))
     for picture, kept in zip(moved, new_boxes, strict=True):
         (cls, x0, y0, x1, y1) = kept[0]
         inside = picture[0, int(y0) + 2 : int(y1) - 2, int(x0) + 2 : int(x1) - 2]
@@ -234,8 +239,8 @@ def test_centernet_augmentation_moves_boxes_with_the_picture():
 def test_centernet_checkpoint_round_trip_and_cli(tmp_path):
     from typer.testing import CliRunner
 
-    from convlens import centernet as C
-    from convlens.cli import app
+    from convlens.apps.cli import app
+    from convlens.core.architectures import centernet as C
 
     torch.manual_seed(0)
     model = C.CenterNet(3, width=16).eval()
@@ -287,8 +292,8 @@ def test_all_found_counts_only_complete_pictures():
     wrong_class = D.Detections(
         torch.tensor([[0, 0, 10, 10]], dtype=torch.float32), torch.tensor([1]), torch.tensor([0.9])
     )
-    assert D.all_found([both, wrong_class], truths) == 0.5
-    assert D.all_found([both, both], truths) == 1.0
+    assert DE.all_found([both, wrong_class], truths) == 0.5
+    assert DE.all_found([both, both], truths) == 1.0
 
 
 # -- one front door: cl.load, cl.detect, cl.explain with detectors ---------------------------------
@@ -319,18 +324,17 @@ class GradientFree(nn.Module):
 
 def test_explain_and_detect_take_detectors_through_the_front_door():
     import convlens as cl
-    from convlens import centernet as C
 
-    pixels, _ = C.toon_frames(1, split="test", seed=5)
+    pixels, _ = toons.crowd_frames(1, split="test", seed=5)
     det = cl.load("toon-detector")
     assert isinstance(det, D.Detector) and det.layer == "backbone"
     dets = cl.detect("toon-detector", pixels[0], score_threshold=0.5, max_detections=20)
     torch.testing.assert_close(dets.boxes, cl.detect(det, pixels[0], score_threshold=0.5).boxes)
     rise = cl.explain(det, pixels[0], method="drise", target=dets[1], masks=64, seed=3)
-    direct = D.drise(det, pixels[0], dets[1], masks=64, seed=3)
+    direct = DM.drise(det, pixels[0], dets[1], masks=64, seed=3)
     torch.testing.assert_close(rise.map, direct.map)
     by_index = cl.explain(det, pixels[0], method="gradcam", target=1)
-    torch.testing.assert_close(by_index.map, D.box_cam(det, pixels[0], dets[1]).map)
+    torch.testing.assert_close(by_index.map, DM.box_cam(det, pixels[0], dets[1]).map)
     assert by_index.target == dets[1] and by_index.settings["layer"] == "backbone"
     for bad, match in (
         ({"method": "gradcam", "target": None}, "target"),
@@ -351,13 +355,13 @@ def test_gradient_cams_refuse_detectors_without_gradients():
     picture = torch.rand(3, 32, 32)
     det = D.Detector(GradientFree(), ["thing"], score_threshold=0.0)
     with pytest.raises(ValueError, match="drise"):
-        D.box_cam(det, picture, 0)
-    assert D.explain_box(det, picture, 0, "drise", masks=8).map.shape == (32, 32)
+        DM.box_cam(det, picture, 0)
+    assert DM.explain_box(det, picture, 0, "drise", masks=8).map.shape == (32, 32)
 
 
 def test_load_makes_detectors_of_checkpoints_plugins_and_torchvision(tmp_path):
     import convlens as cl
-    from convlens import centernet as C
+    from convlens.core.architectures import centernet as C
 
     torch.manual_seed(0)
     net = C.CenterNet(3, width=8).eval()
@@ -370,8 +374,8 @@ def test_load_makes_detectors_of_checkpoints_plugins_and_torchvision(tmp_path):
     plugin = tmp_path / "plugin_det.py"
     plugin.write_text(
         "import torch\n"
-        "from convlens.centernet import CenterNet\n"
-        "from convlens.detection import Detector\n"
+        "from convlens.core.architectures.centernet import CenterNet\n"
+        "from convlens.core.detector import Detector\n"
         "torch.manual_seed(0)\n"
         "model = Detector(CenterNet(2, width=8).eval(), ['x', 'y'], name='pd', layer='backbone')\n"
     )
@@ -396,7 +400,7 @@ def test_torchvision_detectors_load_and_explain_without_their_padding():
         weights=None, weights_backbone=None, num_classes=3, box_score_thresh=0.0
     ).eval()
     det = cl.load(net, labels=["bg", "cat", "dog"], score_threshold=0.0)
-    assert isinstance(det, D.Detector) and D.default_box_layer(det).startswith("backbone.body.")
+    assert isinstance(det, D.Detector) and DM.default_box_layer(det).startswith("backbone.body.")
     picture = torch.rand(3, 150, 200)
     found = cl.detect(det, picture)
     assert len(found) > 0
@@ -405,7 +409,7 @@ def test_torchvision_detectors_load_and_explain_without_their_padding():
     # the same map computed by hand: the score of the output box that is target 0 again,
     # its gradient at the layer, Grad-CAM, cut to the resized (unpadded) picture, resized
     captured, padded = {}, {}
-    layer = dict(net.named_modules())[D.default_box_layer(det)]
+    layer = dict(net.named_modules())[DM.default_box_layer(det)]
 
     def grab(_m, _i, out):
         captured["a"] = out

@@ -11,10 +11,11 @@ import torch
 from typer.testing import CliRunner
 
 import convlens as cl
-from convlens import centernet as C
-from convlens import detection as D
-from convlens.cli import app
+from convlens.apps.cli import app
+from convlens.core import detector as D
 from convlens.data import toons
+from convlens.workflows import detection_eval as DE
+from convlens.workflows.training import detect as CT
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +53,8 @@ def test_train_task_detect_writes_a_detector_with_its_record(crowd, tmp_path):
     # the checkpoint loads as a detector and scores on the test split what the record says
     det = cl.load(tmp_path / "a" / "model.pt", score_threshold=0.3)
     assert isinstance(det, D.Detector) and det.labels == ["cassidy", "james", "jessie"]
-    pixels, boxes, _ = C.read_boxes(crowd, "test")
-    scores = D.detection_scores(det, pixels, boxes)
+    pixels, boxes, _ = toons.read_boxes(crowd, "test")
+    scores = DE.detection_scores(det, pixels, boxes)
     assert scores["map50"] == metrics["test_map50"]
     assert scores["all_found"] == metrics["test_all_found"]
     # the same seed gives the same weights; another seed other weights
@@ -80,7 +81,7 @@ def test_train_task_detect_refuses_what_does_not_apply(crowd, tmp_path):
 
 def test_train_folder_holds_out_validation_when_there_is_none(tmp_path):
     folder = toons.write(tmp_path / "t", n=60, variant="crowd", seed=4, size=64, splits=(50, 0, 10))
-    _, metrics = C.train_folder(folder, epochs=1, val_fraction=0.2, width=8)
+    _, metrics = CT.train_folder(folder, epochs=1, val_fraction=0.2, width=8)
     assert metrics["data"]["train"] == 40 and metrics["data"]["val"] == 10
     assert metrics["best_epoch"] == 1 and "test_map50" in metrics
 
@@ -95,8 +96,8 @@ def test_evaluate_takes_a_detector(crowd, tmp_path):
     assert result.exit_code == 0, result.output
     data = json.loads((out / "evaluation.json").read_text())
     det = cl.load("toon-detector")
-    pixels, boxes, _ = C.read_boxes(crowd, "test")
-    expected = D.detection_scores(det, pixels[:6], boxes[:6])
+    pixels, boxes, _ = toons.read_boxes(crowd, "test")
+    expected = DE.detection_scores(det, pixels[:6], boxes[:6])
     assert data["frames"] == 6 and data["detection"]["map50"] == expected["map50"]
     assert data["detection"]["map50_95"] == expected["map50_95"]
     rows = {(r["method"], r["metric"]): r for r in data["explanations"]}
@@ -107,7 +108,7 @@ def test_evaluate_takes_a_detector(crowd, tmp_path):
     assert all(0 <= r["mean"] <= 1 for r in rows.values())
     # the same through the API
     api = cl.evaluate(det, crowd, ["layercam"], n=6)
-    assert isinstance(api, D.DetectorEvaluation) and "mAP@0.5" in str(api)
+    assert isinstance(api, DE.DetectorEvaluation) and "mAP@0.5" in str(api)
     assert api.explanations["layercam"]["pointing"].mean == rows[("layercam", "pointing")]["mean"]
     refused = CliRunner().invoke(
         app, ["evaluate", "toon-detector", str(crowd), "--metrics", "deletion"]

@@ -77,7 +77,7 @@ def test_tcav_featurevis_and_the_explorer_on_cuda():
     torch.testing.assert_close(fv.scores, fv_cpu.scores, atol=0.02, rtol=0.05)
     assert next(gpu.module.parameters()).device.type == "cuda"
 
-    from convlens.server.state import ServerConfig, ServerState
+    from convlens.apps.server.state import ServerConfig, ServerState
 
     state = ServerState(ServerConfig(models=[]))
     state.models["toon-cnn"] = gpu
@@ -93,33 +93,33 @@ def test_tcav_featurevis_and_the_explorer_on_cuda():
 @cuda
 @pytest.mark.slow
 def test_detectors_and_drise_on_cuda():
-    from convlens import centernet
-    from convlens import detection as D
+    from convlens.data import toons
+    from convlens.techniques.attribution import detection as DM
 
-    frames, _ = centernet.toon_frames(2, split="test", seed=5)
-    cpu = D.load_detector("toon-detector")
-    gpu = D.load_detector("toon-detector")
+    frames, _ = toons.crowd_frames(2, split="test", seed=5)
+    cpu = cl.load("toon-detector")
+    gpu = cl.load("toon-detector")
     gpu.module.cuda()
     assert gpu.device.type == "cuda"
     on_cpu, on_gpu = cpu(frames), gpu(frames)
     for a, b in zip(on_cpu, on_gpu, strict=True):
         assert a.labels.tolist() == b.labels.tolist()
         torch.testing.assert_close(b.boxes, a.boxes, atol=0.05, rtol=0)
-    m_cpu = D.drise(cpu, frames[0], on_cpu[0][0], masks=200, seed=0)
-    m_gpu = D.drise(gpu, frames[0], on_gpu[0][0], masks=200, seed=0)
+    m_cpu = DM.drise(cpu, frames[0], on_cpu[0][0], masks=200, seed=0)
+    m_gpu = DM.drise(gpu, frames[0], on_gpu[0][0], masks=200, seed=0)
     torch.testing.assert_close(
         m_gpu.map, m_cpu.map, atol=1e-3 * float(m_cpu.map.abs().max()), rtol=0
     )
     for method in ("gradcam", "layercam"):  # box CAMs: the same map on either device
-        c_cpu = D.box_cam(cpu, frames[0], on_cpu[0][0], method=method)
-        c_gpu = D.box_cam(gpu, frames[0], on_gpu[0][0], method=method)
+        c_cpu = DM.box_cam(cpu, frames[0], on_cpu[0][0], method=method)
+        c_gpu = DM.box_cam(gpu, frames[0], on_gpu[0][0], method=method)
         assert c_gpu.map.device.type == "cpu"
         torch.testing.assert_close(
             c_gpu.map, c_cpu.map, atol=1e-3 * float(c_cpu.map.abs().max()), rtol=0
         )
-    faces = D.load_detector("mtcnn-faces")
+    faces = cl.load("mtcnn-faces")
     faces.module.cuda()
     from skimage import data
 
-    found = D.detect(faces, data.astronaut())
+    found = cl.detect(faces, data.astronaut())
     assert len(found) == 1 and found[0].score > 0.99

@@ -14,9 +14,11 @@ from rich.console import Console
 from torch import nn
 
 import convlens as cl
-from convlens import metrics as m
-from convlens.evaluation import METRICS, MaskedImages, audit, evaluate
-from convlens.model import Preprocessing
+from convlens.core.model import Preprocessing
+from convlens.workflows import metrics as m
+from convlens.workflows.audit import audit
+from convlens.workflows.evaluation import METRICS, evaluate
+from convlens.workflows.masked import MaskedImages
 
 PLAIN = Preprocessing(crop=None, resize=None, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
 SIZE = 12
@@ -234,7 +236,7 @@ def test_toonset_works_with_evaluate_and_audit(toon_folder):
 def test_cli_evaluate_and_audit(toon_folder, tmp_path):
     from typer.testing import CliRunner
 
-    from convlens.cli import app
+    from convlens.apps.cli import app
 
     root, plugin = toon_folder
     runner = CliRunner()

@@ -13,11 +13,11 @@ from conftest import Exploding, model_state
 from torch import nn
 
 import convlens as cl
-from convlens.hooks import has_hooks
-from convlens.model import Preprocessing
-from convlens.visualize import objectives as O
-from convlens.visualize import param as P
-from convlens.visualize import transforms as T
+from convlens.core.hooks import has_hooks
+from convlens.core.model import Preprocessing
+from convlens.techniques.visualize import objectives as O
+from convlens.techniques.visualize import param as P
+from convlens.techniques.visualize import transforms as T
 
 PLAIN = Preprocessing(crop=None, resize=None, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
 
@@ -352,7 +352,7 @@ def test_fixed_size_network_sees_the_transformed_image_resized():
 
 
 def test_public_names_survive_submodule_imports():
-    import convlens.visualize.objectives  # noqa: F401
+    import convlens.techniques.visualize.objectives  # noqa: F401
 
     assert callable(cl.featurevis) and cl.featurevis.__name__ == "featurevis"
     assert cl.objectives is O
@@ -368,7 +368,7 @@ def mobilenet() -> cl.Model:
 
 def _channel_means(model: cl.Model, pixels: torch.Tensor, layer: str) -> torch.Tensor:
     """(N, C) spatial means of ``layer`` for pixels in [0, 1], any size (a plain hook)."""
-    from convlens.hooks import forward_hooks, preserved
+    from convlens.core.hooks import forward_hooks, preserved
 
     found: list[torch.Tensor] = []
     with (
@@ -457,7 +457,7 @@ def test_toon_class_visualizations_and_hair_colour():
 
 
 def test_adam_matches_torch():
-    from convlens.visualize.core import _Adam
+    from convlens.techniques.visualize.ascent import _Adam
 
     torch.manual_seed(0)
     ours = torch.randn(2, 3)
@@ -474,8 +474,8 @@ def test_adam_matches_torch():
 
 @pytest.mark.slow
 def test_demo_panel(tmp_path):
-    from convlens.demo import featurevis_panel
-    from convlens.report import Report
+    from convlens.apps.demo import featurevis_panel
+    from convlens.core.report import Report
 
     model = cl.load("toon-cnn")
     report = Report("panel")
@@ -488,7 +488,7 @@ def test_demo_panel(tmp_path):
 def test_folded_batchnorm_same_numbers_and_restores():
     from torchvision.models import mobilenet_v2
 
-    from convlens.hooks import folded_batchnorm, forward_hooks
+    from convlens.core.hooks import folded_batchnorm, forward_hooks
 
     torch.manual_seed(0)
     net = mobilenet_v2(num_classes=10).eval()
@@ -535,7 +535,7 @@ def test_folded_batchnorm_same_numbers_and_restores():
 def test_networks_that_refuse_channels_last_still_run():
     """The loop feeds oneDNN channels-last input on the CPU; a network whose ``.view`` needs
     the default layout is run as it comes instead (and remembered)."""
-    from convlens.hooks import _NCHW_ONLY
+    from convlens.core.hooks import _NCHW_ONLY
 
     class ViewNet(torch.nn.Module):
         def __init__(self) -> None:

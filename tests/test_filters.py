@@ -11,7 +11,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 import convlens as cl
-from convlens.cli import app
+from convlens.apps.cli import app
 
 
 class TwoConvs(nn.Module):

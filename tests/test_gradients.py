@@ -17,20 +17,19 @@ from conftest import Exploding, model_state
 from torch import nn
 
 import convlens as cl
-from convlens import gradients
-from convlens.attribution import get_method, methods
-from convlens.gradients import (
+from convlens.core.hooks import has_hooks
+from convlens.core.model import Preprocessing
+from convlens.techniques.attribution import gradients
+from convlens.techniques.attribution.base import get_method, methods
+from convlens.techniques.attribution.gradients import (
     baseline_inputs,
     gradient_x_input,
     guided_backprop,
     integrated_gradients,
     integration_points,
     saliency,
-    smoothed,
-    smoothgrad,
 )
-from convlens.hooks import has_hooks
-from convlens.model import Preprocessing
+from convlens.techniques.attribution.smoothgrad import smoothed, smoothgrad
 
 GREY = Preprocessing(crop=None, resize=None, mean=(0.0,), std=(1.0,), channels=1)
 # A normalisation where a black picture is far from the zero tensor.

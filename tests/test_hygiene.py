@@ -10,7 +10,7 @@ import torch
 from conftest import Exploding, model_state, tiny_model
 
 import convlens as cl
-from convlens.hooks import has_hooks
+from convlens.core.hooks import has_hooks
 
 X = torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
 
@@ -63,7 +63,7 @@ for _name in cl.methods():
 
 
 def _masked():
-    from convlens.evaluation import MaskedImages
+    from convlens.workflows.masked import MaskedImages
 
     masks = torch.zeros(2, 4, 4, dtype=torch.bool)
     masks[:, 1:3, 1:3] = True

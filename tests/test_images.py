@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image, ImageFile
 
-from convlens import images
-from convlens.images import (
+from convlens.core import images
+from convlens.core.images import (
     IMAGE_SUFFIXES,
     MAX_PIXELS,
     ImageError,

@@ -18,8 +18,8 @@ from PIL import Image
 from torch import nn
 
 import convlens
-from convlens.hooks import has_hooks
-from convlens.loading import ModelLoadError, load
+from convlens.core.hooks import has_hooks
+from convlens.core.loading import ModelLoadError, load
 
 # Keras' torch backend calls np.array(tensor, copy=False) inside predict (numpy 2 warns).
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -352,7 +352,7 @@ def test_keras_nested_models_and_shared_layers(tmp_path: Path) -> None:
 
 def test_keras_text_file_is_refused(tmp_path: Path) -> None:
     keras_ready()
-    from convlens.interop import load_keras
+    from convlens.core.formats.keras_model import load_keras
 
     path = tmp_path / "notes.keras"
     path.write_text("these are my notes, not a model\n")
@@ -379,7 +379,7 @@ def test_keras_with_another_backend_is_refused(
     keras_ready()
     import keras
 
-    from convlens.interop import load_keras
+    from convlens.core.formats.keras_model import load_keras
 
     monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
     with pytest.raises(ImportError, match="KERAS_BACKEND=torch"):

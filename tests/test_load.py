@@ -10,7 +10,8 @@ import torch
 from conftest import TinyNet
 
 import convlens as cl
-from convlens.loading import ModelLoadError, PickleRefusedError, sniff
+from convlens.core.formats.registry import sniff
+from convlens.core.loading import ModelLoadError, PickleRefusedError
 
 X = torch.arange(16, dtype=torch.float32).view(1, 1, 4, 4) * 0.01
 GREY = {
@@ -81,6 +82,33 @@ def test_state_dict_with_factory(tmp_path, factory_module):
         cl.load(path, factory=f"{factory_module}:wrong")
     with pytest.raises(ModelLoadError, match="has no attribute 'nope'"):
         cl.load(path, factory=f"{factory_module}:nope")
+
+
+def test_npz_weights_with_factory(tmp_path, factory_module):
+    import numpy as np
+
+    path = tmp_path / "weights.npz"
+    np.savez(path, **{k: v.numpy() for k, v in TinyNet().state_dict().items()})
+    assert sniff(path) == "zip"
+    with pytest.raises(ModelLoadError, match="holds only weights.*factory="):
+        cl.load(path)
+    model = cl.load(path, factory=f"{factory_module}:build", **GREY)
+    torch.testing.assert_close(model(X), expected_logits())
+    assert model.name == "weights"
+    objects = tmp_path / "objects.npz"
+    np.savez(objects, w=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(ModelLoadError, match="object arrays are refused"):
+        cl.load(objects, factory=f"{factory_module}:build")
+
+
+def test_formats_register_themselves():
+    from convlens.core.formats import FORMATS, suffixes
+
+    assert {"torch", "onnx", "keras", "safetensors", "npz", "plugin"} <= set(FORMATS.names())
+    assert suffixes()[".npz"] == "npz" and suffixes()[".pth"] == "torch"
+    for name in FORMATS.names():
+        entry = FORMATS.get(name)
+        assert entry.suffixes and entry.content and entry.description
 
 
 def test_factory_string(factory_module):

@@ -12,10 +12,11 @@ from conftest import model_state
 from torch import nn
 
 import convlens as cl
-from convlens import metrics as m
-from convlens.attribution import Attribution
-from convlens.model import Preprocessing
-from convlens.references import reference_input
+from convlens.core import stats
+from convlens.core.model import Preprocessing
+from convlens.core.references import reference_input
+from convlens.techniques.attribution.base import Attribution
+from convlens.workflows import metrics as m
 
 PLAIN = Preprocessing(crop=None, resize=None, mean=(0.0,), std=(1.0,), channels=1)
 WEIGHTS = torch.tensor([[4.0, 3.0], [2.0, 1.0]])
@@ -166,7 +167,7 @@ def test_errors_say_what_happened():
 @pytest.mark.parametrize("df", [1, 2, 3, 7, 30, 499])
 def test_t_quantile_matches_scipy(df):
     for p in (0.975, 0.95, 0.6, 0.025):
-        assert m.t_quantile(p, df) == pytest.approx(scipy.stats.t.ppf(p, df), abs=1e-7)
+        assert stats.t_quantile(p, df) == pytest.approx(scipy.stats.t.ppf(p, df), abs=1e-7)
 
 
 def test_scores_interval_is_the_t_interval():
@@ -290,7 +291,7 @@ def test_t_tail_and_two_sample_test_match_scipy():
     import numpy as np
 
     stats = scipy.stats
-    from convlens.metrics import t_quantile, t_sf, ttest_ind
+    from convlens.core.stats import t_quantile, t_sf, ttest_ind
 
     for t, df in [(0.5, 3), (2.0, 18), (5.0, 18), (12.0, 9), (1.0, 1), (30.0, 40), (-1.5, 7)]:
         assert t_sf(t, df) == pytest.approx(float(stats.t.sf(t, df)), rel=1e-8, abs=1e-14)

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 import convlens as cl
-from convlens.model import Preprocessing
+from convlens.core.model import Preprocessing
 
 
 def test_predict_softmax_by_hand(tiny, image4):
@@ -55,7 +55,7 @@ def test_class_names(tiny):
 
 
 def test_imagenet_labels_have_synonyms():
-    from convlens.zoo import imagenet_classes
+    from convlens.core.zoo import imagenet_classes
 
     classes = imagenet_classes()
     assert len(classes) == 1000

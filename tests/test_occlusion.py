@@ -11,12 +11,12 @@ from conftest import Exploding, model_state, tiny_model
 from torch import nn
 
 import convlens as cl
-from convlens import occlusion as occlusion_module
-from convlens.attribution import get_method
-from convlens.hooks import has_hooks
-from convlens.model import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
-from convlens.occlusion import occlusion, rise, rise_masks
-from convlens.references import gaussian_blur
+from convlens.core.hooks import has_hooks
+from convlens.core.model import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from convlens.core.references import gaussian_blur
+from convlens.techniques.attribution import occlusion as occlusion_module
+from convlens.techniques.attribution.base import get_method
+from convlens.techniques.attribution.occlusion import occlusion, rise, rise_masks
 
 # -- helpers ------------------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 import convlens as cl
-from convlens.cli import app
+from convlens.apps.cli import app
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 BLOCKS = re.findall(r"```(\w+)\n(.*?)```", README.read_text(), flags=re.S)

@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from convlens import render
-from convlens.render import (
+from convlens.core import render
+from convlens.core.render import (
     Figure,
     colorbar,
     colormap,

@@ -9,8 +9,8 @@ import re
 import numpy as np
 from PIL import Image
 
-from convlens.render import Figure, heatmap
-from convlens.report import Report
+from convlens.core.render import Figure, heatmap
+from convlens.core.report import Report
 
 
 def _build() -> Report:

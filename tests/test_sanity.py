@@ -16,9 +16,15 @@ from skimage.metrics import structural_similarity
 from torch import nn
 
 import convlens as cl
-from convlens import sanity
-from convlens.attribution import METHODS, make_attribution, register, resolve_target
-from convlens.model import Preprocessing
+from convlens.core import stats
+from convlens.core.model import Preprocessing
+from convlens.techniques.attribution.base import (
+    make_attribution,
+    register,
+    resolve_target,
+    unregister,
+)
+from convlens.workflows import sanity
 
 # -- measures -------------------------------------------------------------------------------------
 
@@ -27,19 +33,19 @@ def test_spearman_matches_scipy_with_ties():
     g = torch.Generator().manual_seed(0)
     a = (torch.rand(5, 6, 7, generator=g) * 4).round()  # many ties
     b = a + torch.randn(5, 6, 7, generator=g)
-    got = sanity.spearman(a, b)
+    got = stats.spearman(a, b)
     for i in range(5):
         expected = scipy.stats.spearmanr(a[i].flatten().numpy(), b[i].flatten().numpy())[0]
         assert float(got[i]) == pytest.approx(expected, abs=1e-12)
-    ranks = sanity.average_ranks(a.flatten(1))
+    ranks = stats.average_ranks(a.flatten(1))
     np.testing.assert_allclose(ranks[0].numpy(), scipy.stats.rankdata(a[0].flatten().numpy()))
 
 
 def test_spearman_of_constant_maps_is_defined():
     a = torch.rand(2, 4, 4)
     flat = torch.zeros(2, 4, 4)
-    assert sanity.spearman(a, flat).tolist() == [0.0, 0.0]
-    assert sanity.spearman(flat, flat).tolist() == [1.0, 1.0]
+    assert stats.spearman(a, flat).tolist() == [0.0, 0.0]
+    assert stats.spearman(flat, flat).tolist() == [1.0, 1.0]
 
 
 @pytest.mark.parametrize("win_size", [7, 5])
@@ -48,15 +54,15 @@ def test_ssim_matches_skimage(win_size):
     a = torch.rand(3, 16, 20, generator=g)
     b = (a + 0.3 * torch.rand(3, 16, 20, generator=g)).clamp(0, 1)
     b[2] = torch.rand(16, 20, generator=g)
-    got = sanity.ssim(a, b, win_size=win_size)
+    got = stats.ssim(a, b, win_size=win_size)
     for i in range(3):
         expected = structural_similarity(
             a[i].double().numpy(), b[i].double().numpy(), data_range=1.0, win_size=win_size
         )
         assert float(got[i]) == pytest.approx(expected, abs=1e-10)
-    assert sanity.ssim(a, a).tolist() == pytest.approx([1.0] * 3)
+    assert stats.ssim(a, a).tolist() == pytest.approx([1.0] * 3)
     with pytest.raises(ValueError, match="win_size"):
-        sanity.ssim(a, b, win_size=4)
+        stats.ssim(a, b, win_size=4)
 
 
 # -- a small trained network ----------------------------------------------------------------------
@@ -157,7 +163,7 @@ def test_edge_detector_is_flagged_as_a_callable_and_registered(trained):
             trained, PLAIN.normalize(images), "sobel_test_only", mode="independent"
         )
     finally:
-        del METHODS["sobel_test_only"]
+        unregister("sobel_test_only")
     assert again.flagged and again.mode == "independent"
 
 

@@ -11,10 +11,10 @@ import pytest
 from fastapi.testclient import TestClient  # needs httpx2 (the dev extra)
 from PIL import Image
 
+from convlens.apps.server import ServerConfig, ServerState, create_app
+from convlens.apps.server.jobs import JobStore
+from convlens.core.render import png_bytes
 from convlens.data import toons
-from convlens.render import png_bytes
-from convlens.server import ServerConfig, ServerState, create_app
-from convlens.server.jobs import JobStore
 
 
 @pytest.fixture(scope="module")
@@ -317,7 +317,7 @@ def test_serve_command_prints_the_address_and_token(monkeypatch, tmp_path):
     import uvicorn
     from typer.testing import CliRunner
 
-    from convlens.cli import app
+    from convlens.apps.cli import app
 
     calls = []
     monkeypatch.setattr(uvicorn, "run", lambda application, **kw: calls.append(kw))

@@ -11,11 +11,12 @@ import pytest
 from fastapi.testclient import TestClient  # needs httpx2 (the dev extra)
 from PIL import Image
 
+from convlens.apps.server import ServerConfig, ServerState, create_app
+from convlens.core.loading import load
+from convlens.core.render import png_bytes
+from convlens.core.tasks import detect
 from convlens.data import toons
-from convlens.detection import BOX_METHODS, detect, explain_box
-from convlens.loading import load
-from convlens.render import png_bytes
-from convlens.server import ServerConfig, ServerState, create_app
+from convlens.techniques.attribution.detection import box_methods, explain_box
 
 MASKS = 200  # D-RISE masks: enough for a stable map, quick on two cores
 
@@ -59,7 +60,7 @@ def test_models_say_their_task(server):
     assert found["labels"] == ["cassidy", "james", "jessie"] and len(found["colors"]) == 3
     assert (found["score_threshold"], found["iou_threshold"]) == (0.3, 0.5)
     methods = {m["name"]: m for m in found["box_methods"]}
-    assert list(methods) == list(BOX_METHODS) == ["drise", "gradcam", "layercam"]
+    assert list(methods) == box_methods() == ["drise", "gradcam", "layercam"]
     masks = {s["name"]: s for s in methods["drise"]["settings"]}["masks"]
     assert (masks["default"], masks["max"]) == (500, 4000)
     layer = {s["name"]: s for s in methods["layercam"]["settings"]}["layer"]
@@ -310,12 +311,15 @@ def test_a_detector_without_gradients_offers_drise_only(tmp_path):
 
 
 def test_a_missing_detector_package_fails_at_start_with_the_hint(monkeypatch, tmp_path):
-    from convlens import detection
+    from dataclasses import replace
+
+    from convlens.core import zoo
 
     def missing() -> None:
         raise ImportError("No module named 'facenet_pytorch'")
 
-    monkeypatch.setitem(detection.DETECTORS, "mtcnn-faces", ("MTCNN", missing))
+    entry = replace(zoo.ZOO.get("mtcnn-faces"), build=missing)
+    monkeypatch.setitem(zoo.ZOO.entries, "mtcnn-faces", entry)
     with pytest.raises(ImportError, match=r"cannot serve 'mtcnn-faces'.*pip install"):
         ServerState.start(ServerConfig(models=["toon-cnn", "mtcnn-faces"], data_dir=tmp_path))
     # asked only for other models, the server starts without it

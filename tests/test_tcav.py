@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 import convlens as cl
-from convlens import concepts as C
+from convlens.core.naming import UnknownNameError
 from convlens.data import toons
-from convlens.naming import UnknownNameError
+from convlens.techniques import concepts as C
 
 # -- CAV fits -----------------------------------------------------------------------------------
 
@@ -477,7 +477,7 @@ def test_random_sets_from_a_pool_and_a_glob(tmp_path):
 def test_cli_writes_table_json_csv_and_chart(tmp_path):
     from typer.testing import CliRunner
 
-    from convlens.cli import app
+    from convlens.apps.cli import app
 
     root = _write_sets(tmp_path / "concepts", ["red", "blue", "random_0", "random_1", "random_2"])
     images = tmp_path / "jessie"
@@ -559,7 +559,7 @@ def test_models_that_need_the_default_layout_still_work():
         layers="conv",
         n_random=3,
     )
-    from convlens.hooks import _NCHW_ONLY
+    from convlens.core.hooks import _NCHW_ONLY
 
     assert model.module in _NCHW_ONLY
     assert 0 <= res.row("up", "conv")["score"] <= 1

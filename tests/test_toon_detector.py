@@ -3,24 +3,23 @@ box that sits on its own character."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
 
-from convlens import centernet as C
-from convlens import detection as D
+import convlens as cl
+from convlens.core import detector as D
+from convlens.core.zoo import shipped_record
+from convlens.data import toons
+from convlens.techniques.attribution import detection as DM
+from convlens.workflows import detection_eval as DE
 
-RECORD = json.loads(
-    (Path(C.__file__).parent / "data" / "models" / "toon-detector.json").read_text()
-)
+RECORD = shipped_record("toon-detector")
 
 
 @pytest.fixture(scope="module")
 def detector() -> D.Detector:
-    return D.load_detector("toon-detector")
+    return cl.load("toon-detector")
 
 
 @pytest.mark.slow
@@ -29,13 +28,13 @@ def test_finds_every_character_in_fresh_crowd_frames(detector):
     found in >= 90 % of frames; the numbers equal the record the shipping tool wrote (measured:
     mAP@0.5 1.0, mAP@0.5:0.95 0.91, all found in 300 of 300 frames)."""
     check = RECORD["check"]
-    pixels, boxes = C.toon_frames(check["frames"], split=check["split"], seed=check["seed"])
+    pixels, boxes = toons.crowd_frames(check["frames"], split=check["split"], seed=check["seed"])
     found = []
     for start in range(0, len(pixels), 64):
         found += detector(pixels[start : start + 64])
     truths = [([b[1:] for b in frame], [b[0] for b in frame]) for frame in boxes]
-    result = D.mean_average_precision(found, truths, iou_thresholds=D.COCO_IOUS)
-    complete = D.all_found(found, truths)
+    result = DE.mean_average_precision(found, truths, iou_thresholds=DE.COCO_IOUS)
+    complete = DE.all_found(found, truths)
     assert result["per_iou"][0.5] >= 0.9 and complete >= 0.9
     assert result["per_iou"][0.5] == pytest.approx(check["map50"], abs=1e-6)
     assert result["map"] == pytest.approx(check["map50_95"], abs=1e-6)
@@ -49,13 +48,13 @@ def test_drise_sits_on_each_box_own_character(detector):
     each map peaks inside its own box and not inside another box, and the share of positive
     attribution inside the box averages >= 0.6 (measured 0.68 over these boxes; about 0.5 with 500
     masks, where the noise outside the box still weighs)."""
-    pixels, _ = C.toon_frames(2, split="test", seed=5)
+    pixels, _ = toons.crowd_frames(2, split="test", seed=5)
     shares = []
     for picture in pixels:
-        found = D.detect(detector, picture)
+        found = cl.detect(detector, picture)
         assert len(found) >= 2
         for k in range(len(found)):
-            result = D.drise(detector, picture, found[k], masks=2000, cell=16, batch_size=100)
+            result = DM.drise(detector, picture, found[k], masks=2000, cell=16, batch_size=100)
             px, py = result.peak()
             for j, other in enumerate(found):
                 x0, y0, x1, y1 = other.box
@@ -81,15 +80,15 @@ def test_box_cams_sit_on_their_own_characters(detector):
     once in its frame peaks inside itself; two boxes of one class get the same map (the
     channel mean makes class weights), so it cannot tell them apart. Layer-CAM keeps the
     gradient's position: every box peaks inside itself."""
-    pixels, _ = C.toon_frames(20, split="test", seed=5)
+    pixels, _ = toons.crowd_frames(20, split="test", seed=5)
     energy: dict[str, list[float]] = {"gradcam": [], "layercam": []}
     unique_seen = duplicated_seen = 0
     for picture in pixels:
-        found = D.detect(detector, picture)
+        found = cl.detect(detector, picture)
         labels = [d.label for d in found]
         for k in range(len(found)):
-            grad = D.box_cam(detector, picture, found[k], method="gradcam")
-            layer = D.box_cam(detector, picture, found[k], method="layercam")
+            grad = DM.box_cam(detector, picture, found[k], method="gradcam")
+            layer = DM.box_cam(detector, picture, found[k], method="layercam")
             energy["gradcam"].append(grad.energy_in_box())
             energy["layercam"].append(layer.energy_in_box())
             assert _inside(layer.peak(), found[k].box), (k, layer.peak(), found[k].box)
@@ -99,7 +98,7 @@ def test_box_cams_sit_on_their_own_characters(detector):
             else:
                 duplicated_seen += 1
                 twin = next(j for j, d in enumerate(found) if j != k and d.label == labels[k])
-                other = D.box_cam(detector, picture, found[twin], method="gradcam")
+                other = DM.box_cam(detector, picture, found[twin], method="gradcam")
                 scale = grad.map.max() / other.map.max()
                 torch.testing.assert_close(grad.map, other.map * scale, rtol=1e-4, atol=1e-7)
     means = {k: sum(v) / len(v) for k, v in energy.items()}
@@ -114,8 +113,8 @@ def test_box_gradcam_is_its_closed_form_on_centernet(detector):
     Grad-CAM's channel weights are s (1 - s) w_c / (h w) and its map is
     s (1 - s) / (h w) * relu(w_c . f) everywhere; Layer-CAM's is s (1 - s) relu(w_c) . f at the
     centre cell only. Both checked to float precision before and after the bilinear resize."""
-    pixels, _ = C.toon_frames(1, split="test", seed=5)
-    found = D.detect(detector, pixels[0])
+    pixels, _ = toons.crowd_frames(1, split="test", seed=5)
+    found = cl.detect(detector, pixels[0])
     net = detector.module
     with torch.no_grad():
         f = net.backbone(pixels)[0]  # (K, 16, 16)
@@ -128,7 +127,7 @@ def test_box_gradcam_is_its_closed_form_on_centernet(detector):
         linear = torch.einsum("k,khw->hw", weights[target.label], f)
         expected = s * (1 - s) / (h * w) * linear.clamp_min(0)
         resized = F.interpolate(expected[None, None], size=(128, 128), mode="bilinear")[0, 0]
-        result = D.box_cam(detector, pixels[0], target, method="gradcam")
+        result = DM.box_cam(detector, pixels[0], target, method="gradcam")
         torch.testing.assert_close(result.map, resized, rtol=1e-4, atol=1e-9)
         cell = int((heat[target.label] - s).abs().flatten().argmin())
         one = torch.zeros(h, w)
@@ -136,5 +135,5 @@ def test_box_gradcam_is_its_closed_form_on_centernet(detector):
             s * (1 - s) * float(weights[target.label].clamp_min(0) @ f.flatten(1)[:, cell])
         )
         resized = F.interpolate(one[None, None], size=(128, 128), mode="bilinear")[0, 0]
-        layer = D.box_cam(detector, pixels[0], target, method="layercam")
+        layer = DM.box_cam(detector, pixels[0], target, method="layercam")
         torch.testing.assert_close(layer.map, resized, rtol=1e-4, atol=1e-9)

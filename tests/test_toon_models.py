@@ -10,7 +10,7 @@ import torch
 from test_sanity import sobel_edges
 
 import convlens as cl
-from convlens import zoo
+from convlens.core import zoo
 from convlens.data import toons
 
 

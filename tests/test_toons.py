@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from convlens.core.naming import UnknownNameError
 from convlens.data import toons
-from convlens.naming import UnknownNameError
 
 HAIR = toons.PARTS["hair"]
 
@@ -222,7 +222,7 @@ def test_concept_folders(tmp_path):
 def test_cli_makes_a_set_and_concepts(tmp_path):
     from typer.testing import CliRunner
 
-    from convlens.cli import app
+    from convlens.apps.cli import app
 
     runner = CliRunner()
     result = runner.invoke(

@@ -16,18 +16,13 @@ from torch import nn
 from typer.testing import CliRunner
 
 import convlens as cl
-from convlens import architectures
-from convlens.cli import app
-from convlens.loading import ModelLoadError, PickleRefusedError
-from convlens.training import (
-    Augmentation,
-    DataSplits,
-    ImageSet,
-    augment,
-    filter_picture,
-    load_folder,
-    train,
-)
+from convlens.apps.cli import app
+from convlens.core import architectures
+from convlens.core.loading import ModelLoadError, PickleRefusedError
+from convlens.workflows.training.augment import Augmentation, augment
+from convlens.workflows.training.classify import train
+from convlens.workflows.training.data import DataSplits, ImageSet, load_folder
+from convlens.workflows.training.logs import filter_picture
 
 COLOURS = {"red": (220, 40, 40), "blue": (40, 40, 220)}
 

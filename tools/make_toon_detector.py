@@ -35,12 +35,14 @@ CHECK = {"frames": 300, "seed": 1, "split": "test", "score_threshold": 0.3}
 def check(model_path: Path) -> dict[str, float]:
     """mAP@0.5, mAP@0.5:0.95 and the share of frames with every character found, on fresh
     frames (another seed than training)."""
-    from convlens import centernet
-    from convlens.detection import COCO_IOUS, Detector, all_found, mean_average_precision
+    from convlens.core.architectures import centernet
+    from convlens.core.detector import Detector
+    from convlens.data import toons
+    from convlens.workflows.detection_eval import COCO_IOUS, all_found, mean_average_precision
 
     module, classes = centernet.load(model_path)
     detector = Detector(module, classes, score_threshold=CHECK["score_threshold"])
-    pixels, boxes = centernet.toon_frames(CHECK["frames"], split=CHECK["split"], seed=CHECK["seed"])
+    pixels, boxes = toons.crowd_frames(CHECK["frames"], split=CHECK["split"], seed=CHECK["seed"])
     found = []
     for start in range(0, len(pixels), 64):
         found += detector(pixels[start : start + 64])
@@ -63,7 +65,7 @@ def main() -> None:
         shutil.rmtree(args.work / "crowd", ignore_errors=True)
         for command in commands:
             words = command.split()
-            subprocess.run([sys.executable, "-m", "convlens.cli", *words[1:]], check=True)
+            subprocess.run([sys.executable, "-m", "convlens.apps.cli", *words[1:]], check=True)
     trained = args.work / "model" / "model.pt"
     target = MODELS / "toon-detector.pt"
     shutil.copyfile(trained, target)

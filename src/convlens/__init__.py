@@ -16,67 +16,68 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _WHERE = {
-    "Activations": "capture",
-    "activations": "capture",
-    "Attribution": "attribution",
-    "explain": "attribution",
-    "evaluate": "evaluation",
-    "audit": "evaluation",
-    "sanity_check": "sanity",
-    "methods": "attribution",
-    "ImageError": "images",
-    "load_image": "images",
-    "load_images": "images",
-    "sample": "images",
-    "samples": "images",
-    "LayerTable": "layers",
-    "layer_table": "layers",
-    "ModelLoadError": "loading",
-    "PickleRefusedError": "loading",
-    "load": "loading",
-    "Batch": "model",
-    "Model": "model",
-    "Prediction": "model",
-    "Preprocessing": "model",
-    "UnknownNameError": "naming",
-    "parse_layer": "naming",
-    "train": "training",
-    "FeatureVis": "visualize",
-    "featurevis": "visualize",
-    "objectives": "visualize",
-    "filter_weights": "filters",
-    "FilterView": "filters",
-    "tcav": "concepts",
-    "TCAVResult": "concepts",
-    "Detector": "detection",
-    "Detections": "detection",
-    "detect": "detection",
-    "drise": "detection",
+    "Activations": "techniques.activations",
+    "activations": "techniques.activations",
+    "Attribution": "techniques.attribution",
+    "explain": "techniques.attribution",
+    "methods": "techniques.attribution",
+    "evaluate": "workflows.evaluation",
+    "audit": "workflows.audit",
+    "sanity_check": "workflows.sanity",
+    "ImageError": "core.images",
+    "load_image": "core.images",
+    "load_images": "core.images",
+    "sample": "core.images",
+    "samples": "core.images",
+    "LayerTable": "core.layers",
+    "layer_table": "core.layers",
+    "ModelLoadError": "core.errors",
+    "PickleRefusedError": "core.errors",
+    "load": "core.loading",
+    "Batch": "core.model",
+    "Model": "core.model",
+    "Prediction": "core.model",
+    "Preprocessing": "core.model",
+    "UnknownNameError": "core.naming",
+    "parse_layer": "core.naming",
+    "train": "workflows.training",
+    "FeatureVis": "techniques.visualize",
+    "featurevis": "techniques.visualize",
+    "objectives": "techniques.visualize",
+    "filter_weights": "techniques.filters",
+    "FilterView": "techniques.filters",
+    "tcav": "techniques.concepts",
+    "TCAVResult": "techniques.concepts",
+    "Detector": "core.detector",
+    "Detections": "core.detector",
+    "detect": "core.tasks",
+    "drise": "techniques.attribution.detection",
 }
+# modules reachable as ``cl.<name>`` (``cl.metrics.pointing_game``, ``cl.render.colormap``)
 _MODULES = {
-    "attribution",
-    "cam",
-    "gradients",
-    "occlusion",
-    "capture",
-    "hooks",
-    "images",
-    "layers",
-    "loading",
-    "model",
-    "naming",
-    "render",
-    "report",
-    "zoo",
-    "demo",
-    "interop",
-    "architectures",
-    "metrics",
-    "sanity",
-    "visualize",
-    "filters",
-    "concepts",
-    "detection",
+    "attribution": "techniques.attribution",
+    "cam": "techniques.attribution.cam",
+    "gradients": "techniques.attribution.gradients",
+    "occlusion": "techniques.attribution.occlusion",
+    "capture": "techniques.activations",
+    "hooks": "core.hooks",
+    "images": "core.images",
+    "layers": "core.layers",
+    "loading": "core.loading",
+    "model": "core.model",
+    "naming": "core.naming",
+    "render": "core.render",
+    "report": "core.report",
+    "zoo": "core.zoo",
+    "architectures": "core.architectures",
+    "formats": "core.formats",
+    "demo": "apps.demo",
+    "metrics": "workflows.metrics",
+    "sanity": "workflows.sanity",
+    "visualize": "techniques.visualize",
+    "filters": "techniques.filters",
+    "concepts": "techniques.concepts",
+    "detection": "core.detector",
 }
 
 __all__ = [
@@ -123,7 +124,7 @@ def __getattr__(name: str) -> Any:
     if name in _WHERE:
         value = getattr(importlib.import_module(f"convlens.{_WHERE[name]}"), name)
     elif name in _MODULES:
-        value = importlib.import_module(f"convlens.{name}")
+        value = importlib.import_module(f"convlens.{_MODULES[name]}")
     else:
         raise AttributeError(f"module 'convlens' has no attribute {name!r}")
     globals()[name] = value
@@ -135,17 +136,21 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from convlens.attribution import Attribution, explain, methods
-    from convlens.capture import Activations, activations
-    from convlens.concepts import TCAVResult, tcav
-    from convlens.detection import Detections, Detector, detect, drise
-    from convlens.evaluation import audit, evaluate
-    from convlens.filters import FilterView, filter_weights
-    from convlens.images import ImageError, load_image, load_images, sample, samples
-    from convlens.layers import LayerTable, layer_table
-    from convlens.loading import ModelLoadError, PickleRefusedError, load
-    from convlens.model import Batch, Model, Prediction, Preprocessing
-    from convlens.naming import UnknownNameError, parse_layer
-    from convlens.sanity import sanity_check
-    from convlens.training import train
-    from convlens.visualize import FeatureVis, featurevis, objectives
+    from convlens.core.detector import Detections, Detector
+    from convlens.core.errors import ModelLoadError, PickleRefusedError
+    from convlens.core.images import ImageError, load_image, load_images, sample, samples
+    from convlens.core.layers import LayerTable, layer_table
+    from convlens.core.loading import load
+    from convlens.core.model import Batch, Model, Prediction, Preprocessing
+    from convlens.core.naming import UnknownNameError, parse_layer
+    from convlens.core.tasks import detect
+    from convlens.techniques.activations import Activations, activations
+    from convlens.techniques.attribution import Attribution, explain, methods
+    from convlens.techniques.attribution.detection import drise
+    from convlens.techniques.concepts import TCAVResult, tcav
+    from convlens.techniques.filters import FilterView, filter_weights
+    from convlens.techniques.visualize import FeatureVis, featurevis, objectives
+    from convlens.workflows.audit import audit
+    from convlens.workflows.evaluation import evaluate
+    from convlens.workflows.sanity import sanity_check
+    from convlens.workflows.training import train

@@ -1,0 +1,3 @@
+from convlens.apps.cli import main
+
+main()

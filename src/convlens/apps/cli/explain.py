@@ -1,0 +1,171 @@
+"""``convlens explain``: any registered method over pictures; its settings are flags read from
+the method table (``--window 32 --fill blur``, ``--steps 64``, ``--relu false``: any setting
+that ``convlens methods NAME`` lists)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from convlens.apps.cli.common import (
+    FactoryOpt,
+    ModelArg,
+    TrustOpt,
+    app,
+    console,
+    load_model,
+    parse_target,
+    progress_bar,
+    user_errors,
+)
+
+SETTING_HELP = (
+    "Any setting of the chosen methods as --name value (e.g. --window 32 --stride 16 --fill "
+    "blur, --steps 64, --samples 50, --masks 4000, --seed 1, --batch-size 16); "
+    "`convlens methods NAME` lists a method's settings, their ranges and defaults."
+)
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    epilog=SETTING_HELP,
+)
+def explain(
+    ctx: typer.Context,
+    model: ModelArg,
+    images: Annotated[list[str], typer.Argument(help="Image files or folders.")],
+    method: Annotated[
+        str,
+        typer.Option("--method", "-m", help="Comma-separated methods (see `convlens methods`)."),
+    ] = "gradcam",
+    target: Annotated[
+        str | None,
+        typer.Option(
+            "--target",
+            "-t",
+            help="Class index or label, or several comma-separated (default: each image's top-1).",
+        ),
+    ] = None,
+    layer: Annotated[
+        str | None,
+        typer.Option("--layer", "-l", help="Layer of the CAM methods (default: last map)."),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("out/explain"),
+    option: Annotated[
+        list[str] | None,
+        typer.Option("--option", "-O", help="A method setting as key=value (repeatable)."),
+    ] = None,
+    factory: FactoryOpt = None,
+    trust_pickle: TrustOpt = False,
+) -> None:
+    """Explain the model's decisions: PNG overlays, raw maps (.npz), summary.json, index.html."""
+    with user_errors():
+        from convlens.apps.reports import explanation_report
+        from convlens.techniques.attribution.base import get_method
+
+        handle = load_model(model, factory, trust_pickle)
+        chosen = [get_method(m.strip()) for m in method.split(",") if m.strip()]
+        pictures, flags = _pictures_and_flags([*images, *ctx.args])
+        given = _settings_given(flags, option or [], chosen)
+        batch = handle.prepare(pictures)
+        prediction = handle.predict(batch, top=1)
+        wanted = [parse_target(t) for t in target.split(",")] if target else [None]
+        out.mkdir(parents=True, exist_ok=True)
+        results = []
+        with progress_bar("explain") as bar:
+            task = bar.add_task("methods", total=len(chosen) * len(wanted))
+            for info in chosen:
+                names = {s.name for s in info.settings}
+                options = {k: v for k, v in given.items() if k in names or info.open_options}
+                if layer is not None and info.needs_layer:
+                    options["layer"] = layer
+                for one in wanted:
+                    bar.update(task, description=info.name)
+                    result = info.fn(handle, batch, one, **options)
+                    result.save(out, stem=info.name if one is None else f"{info.name}__{one}")
+                    results.append(result)
+                    bar.advance(task)
+        summary = {
+            "model": handle.name,
+            "images": batch.names,
+            "predictions": prediction.to_dicts(),
+            "explanations": [r.summary() for r in results],
+        }
+        (out / "summary.json").write_text(json.dumps(summary, indent=1))
+        page = explanation_report(results, prediction, title=f"convlens explain · {handle.name}")
+        page.save(out / "index.html")
+    console.print(f"wrote {len(results)} method(s) x {len(batch)} image(s) to {out.resolve()}/")
+    console.print(f"report: {(out / 'index.html').resolve()}")
+
+
+def _pictures_and_flags(words: list[str]) -> tuple[list[str], list[str]]:
+    """Click hands setting flags it does not know (``--window 32``) to the pictures argument:
+    every ``--name value`` (or ``--name=value``) pair is a setting, the rest are pictures."""
+    pictures: list[str] = []
+    flags: list[str] = []
+    rest = list(words)
+    while rest:
+        word = rest.pop(0)
+        if not word.startswith("--"):
+            pictures.append(word)
+            continue
+        flags.append(word)
+        if "=" not in word and rest:
+            flags.append(rest.pop(0))
+    if not pictures:
+        raise ValueError("expected at least one image file or folder")
+    return pictures, flags
+
+
+def _settings_given(args: list[str], options: list[str], chosen: list[Any]) -> dict[str, Any]:
+    """``--name value`` flags and ``-O name=value`` options, each parsed and checked by the
+    setting of that name in the chosen methods' table; a name none of them has is refused with
+    the close ones."""
+    pairs: list[tuple[str, str]] = []
+    rest = list(args)
+    while rest:
+        flag = rest.pop(0)
+        if not flag.startswith("--"):
+            raise ValueError(f"expected a setting as --name value, got {flag!r}")
+        name, sep, value = flag[2:].partition("=")
+        if not sep:
+            if not rest or rest[0].startswith("--"):
+                raise ValueError(f"expected a value after {flag}")
+            value = rest.pop(0)
+        pairs.append((name, value))
+    for item in options:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"expected --option key=value, got {item!r}")
+        pairs.append((name, value))
+    settings = {s.name: s for info in chosen for s in reversed(info.settings)}
+    wrappers = [info for info in chosen if info.open_options]
+    given: dict[str, Any] = {}
+    for raw_name, value in pairs:
+        name = raw_name.strip().replace("-", "_")
+        if name in settings:
+            given[name] = settings[name].parse(value)
+        elif wrappers:
+            base = get_base_setting(name)
+            given[name] = base.parse(value) if base is not None else value
+        else:
+            from convlens.core.naming import unknown
+
+            names = ", ".join(info.name for info in chosen)
+            raise unknown(f"setting of {names}", raw_name, list(settings))
+    return given
+
+
+def get_base_setting(name: str) -> Any:
+    """The setting ``name`` of any gradient method (what a wrapper such as SmoothGrad passes
+    on to its base), or ``None``."""
+    from convlens.techniques.attribution.base import methods
+
+    for info in methods().values():
+        for setting in info.settings:
+            if setting.name == name and info.family == "gradient":
+                return setting
+    return None

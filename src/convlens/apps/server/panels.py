@@ -1,0 +1,107 @@
+"""Explanation panels: every registered attribution method becomes a panel whose settings the
+page turns into form controls (the Picasso idea, on convlens's method table).
+
+A panel's settings are its method's registered settings (type, default, range or choices,
+help: :mod:`convlens.techniques.attribution.base`), so a new method shows up here with no
+change. The explorer is a shared, interactive server, so it narrows a few ranges to what one
+request may cost (:data:`EXPLORER_LIMITS`) and starts the slow perturbation methods at
+smaller defaults (:data:`EXPLORER_DEFAULTS`); expert settings (batch sizes, memory budgets)
+stay out of the forms.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from convlens.core.naming import unknown
+from convlens.core.registry import Setting, parse_settings
+from convlens.techniques.attribution.base import MethodInfo, methods
+
+# what one request of the explorer may ask for (the library itself takes more); a
+# detector's D-RISE runs the whole detector per mask, so it gets fewer
+EXPLORER_LIMITS: dict[str, float] = {
+    "steps": 300,
+    "samples": 200,
+    "masks": 8000,
+    "window": 128,
+    "stride": 128,
+    "cell": 64,
+}
+EXPLORER_TASK_LIMITS: dict[tuple[str, str], float] = {("detect", "masks"): 4000}
+# the explorer's starting values where the library's default is slow on a CPU
+EXPLORER_DEFAULTS: dict[tuple[str, str], Any] = {("detect", "drise"): 500}
+
+THRESHOLDS = ("score_threshold", "iou_threshold", "max_detections")
+MAX_DETECTIONS = 1000
+# D-RISE runs the detector once per mask on the whole picture: masks x pixels is bounded so
+# that one request cannot hold a model for many minutes (4000 masks on 256 x 256 pixels)
+DRISE_BUDGET = 4000 * 256 * 256
+
+
+@dataclass(frozen=True)
+class Panel:
+    name: str
+    family: str
+    paper: str
+    description: str
+    needs_layer: bool
+    settings: tuple[Setting, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "family": self.family,
+            "paper": self.paper,
+            "description": self.description,
+            "needs_layer": self.needs_layer,
+            "settings": [s.to_dict() for s in self.settings],
+        }
+
+    def parse(self, query: dict[str, str]) -> dict[str, Any]:
+        """The method's options from query parameters; unknown names are refused."""
+        return parse_settings(self.settings, query, self.name)
+
+    def setting(self, name: str) -> Setting:
+        return next(s for s in self.settings if s.name == name)
+
+
+def _for_explorer(info: MethodInfo, setting: Setting) -> Setting:
+    limit = EXPLORER_TASK_LIMITS.get((info.task, setting.name), EXPLORER_LIMITS.get(setting.name))
+    if limit is not None and (setting.max is None or setting.max > limit):
+        setting = replace(setting, max=limit)
+    default = EXPLORER_DEFAULTS.get((info.task, info.name))
+    if default is not None and setting.name == "masks":
+        setting = replace(setting, default=default)
+    return setting
+
+
+def panel(info: MethodInfo) -> Panel:
+    settings = tuple(_for_explorer(info, s) for s in info.settings if s.form)
+    return Panel(info.name, info.family, info.paper, info.description, info.needs_layer, settings)
+
+
+def panels() -> dict[str, Panel]:
+    """Every registered classifier method as a panel, by name."""
+    return {name: panel(info) for name, info in methods().items()}
+
+
+def box_panel(
+    method: str, layers: list[str] | None = None, default_layer: str | None = None
+) -> Panel:
+    """The panel of one box explanation method; gradient CAMs get a ``layer`` choice among
+    ``layers`` (the detector's layers with a map), defaulting to ``default_layer``."""
+    table = methods("detect")
+    if method not in table:
+        raise unknown("box explanation method", method, list(table))
+    chosen = panel(table[method])
+    if not chosen.needs_layer or not layers:
+        return chosen
+    default = default_layer if default_layer in layers else layers[-1]
+    layer = Setting("layer", "choice", default, choices=tuple(layers), help="layer the CAM reads")
+    return replace(chosen, settings=(layer, *chosen.settings))
+
+
+def box_methods() -> list[str]:
+    """The box explanation methods, by name."""
+    return list(methods("detect"))

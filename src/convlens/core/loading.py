@@ -1,0 +1,155 @@
+"""``convlens.load``: a model handle from whatever the user has.
+
+Accepted sources, tried in this order:
+
+* a handle (:class:`~convlens.core.model.Model` or :class:`~convlens.core.detector.Detector`),
+  returned as is with the options applied;
+* a ``torch.nn.Module``;
+* a file, recognised by its content (the suffix must agree): every format registered in
+  :mod:`convlens.core.formats` (TorchScript and ``torch.save`` checkpoints, ``.onnx``, Keras 3
+  ``.keras`` / ``.h5``, ``.safetensors`` and ``.npz`` weights with ``factory=``, plugin ``.py``
+  files that define a model);
+* a zoo name (``"mobilenet_v2"``, ``"toon-detector"``; see :mod:`convlens.core.zoo`);
+* ``"package.module:factory"``, a callable returning a module or a handle.
+
+The handle's task follows from what was found: torchvision's detection networks, our
+CenterNet, modules that say ``task = "detect"``, detector checkpoints and zoo detectors come back
+as a :class:`~convlens.core.detector.Detector`, everything else as a classifier
+:class:`~convlens.core.model.Model`; ``task=`` forces one. A detector's options are its settings
+(:data:`DETECTOR_OPTIONS`).
+
+Pickled whole models are refused unless ``trust_pickle=True``: unpickling runs code from the
+file. Checkpoints are read with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from convlens.core import formats, zoo
+from convlens.core.architectures import looks_like_factory, resolve_factory
+from convlens.core.detector import Detector, is_detection_module
+from convlens.core.errors import ModelLoadError, PickleRefusedError
+from convlens.core.model import Model
+from convlens.core.naming import unknown
+
+__all__ = ["ModelLoadError", "PickleRefusedError", "load"]
+
+TASKS = ("classify", "detect")
+Handle = Model | Detector
+DETECTOR_OPTIONS = ("labels", "name", "score_threshold", "iou_threshold", "max_detections", "layer")
+
+
+def load(
+    source: Any,
+    *,
+    factory: str | Callable[[], nn.Module] | None = None,
+    trust_pickle: bool = False,
+    task: str | None = None,
+    **options: Any,
+) -> Handle:
+    """Load a model handle from ``source`` (see the module docstring for what is accepted).
+
+    ``factory`` builds the network for a weights-only file (``"pkg.mod:fn"`` or a callable).
+    ``options`` go to the handle (a classifier's ``preprocess``, ``postprocess``, ``labels``,
+    ``name``, ``input_size``; a detector's :data:`DETECTOR_OPTIONS`) and override what the
+    source says. ``task`` (``classify`` / ``detect``) forces the kind of handle.
+    """
+    if task not in (None, *TASKS):
+        raise ModelLoadError(f"expected task='classify' or 'detect', got {task!r}")
+    if isinstance(source, (Model, Detector, nn.Module)):
+        return _handle(source, options, task)
+    if not isinstance(source, (str, Path)):
+        raise TypeError(
+            "expected a Model, an nn.Module, a zoo name, a model file or 'pkg.module:factory', "
+            f"got {type(source).__name__}"
+        )
+    text = str(source)
+    path = Path(text).expanduser()
+    if path.exists():
+        request = formats.LoadRequest(factory, trust_pickle, options)
+        return _handle(formats.read(path, request), request.options, task)
+    if text in zoo.ZOO:
+        return _handle(zoo.load(text), options, task)
+    if looks_like_factory(text):
+        return _from_factory(text, options, task)
+    if path.suffix.lower() in formats.suffixes():
+        raise FileNotFoundError(f"model file {text!r} does not exist")
+    raise unknown("model (not a file, a zoo name or 'pkg.module:factory')", text, zoo.names())
+
+
+def _handle(found: Any, options: dict[str, Any], task: str | None) -> Handle:
+    """The handle for what a source gave, with ``options`` applied."""
+    detects = isinstance(found, Detector) or (
+        isinstance(found, nn.Module) and is_detection_module(found)
+    )
+    if task == "detect" or (task is None and detects):
+        return _as_detector(found, options)
+    if isinstance(found, Detector):
+        raise ModelLoadError(f"{found.name!r} is a detector; task='classify' was asked for")
+    if isinstance(found, Model):
+        return _with_options(found, options)
+    if isinstance(found, nn.Module):
+        return Model(found, **options)
+    raise ModelLoadError(f"expected a model, got {type(found).__name__}")
+
+
+def _as_detector(source: Any, options: dict[str, Any]) -> Detector:
+    """A :class:`~convlens.core.detector.Detector` from a Detector, a Model's network or a
+    detection module, with ``options`` as its settings."""
+    unknown_options = sorted(set(options) - set(DETECTOR_OPTIONS))
+    if unknown_options:
+        raise ModelLoadError(
+            f"a detector takes the options {', '.join(DETECTOR_OPTIONS)}; got "
+            f"{', '.join(unknown_options)}"
+        )
+    if isinstance(source, Model):
+        source = source.module
+    if isinstance(source, nn.Module):
+        names = getattr(source, "labels", None)
+        labels = list(names) if isinstance(names, list | tuple) else None
+        source = Detector(source, labels, name=type(source).__name__)
+    if not isinstance(source, Detector):
+        raise ModelLoadError(f"expected a detector, got {type(source).__name__}")
+    if not options:
+        return source
+    settings: dict[str, Any] = {
+        "labels": source.labels,
+        "name": source.name,
+        "score_threshold": source.score_threshold,
+        "iou_threshold": source.iou_threshold,
+        "max_detections": source.max_detections,
+        "layer": source.layer,
+    }
+    settings.update(options)
+    labels = settings.pop("labels")
+    return Detector(source.module, labels, to_input=source.to_input, **settings)
+
+
+def _with_options(model: Model, options: dict[str, Any]) -> Model:
+    if not options:
+        return model
+    keep: dict[str, Any] = {
+        "preprocess": model.preprocess,
+        "postprocess": model.postprocess,
+        "labels": model.synonyms,
+        "name": model.name,
+        "input_size": model._input_size,
+    }
+    keep.update(options)
+    return Model(model.module, **keep)
+
+
+def _from_factory(spec: str, options: dict[str, Any], task: str | None) -> Handle:
+    built = resolve_factory(spec)()
+    if isinstance(built, nn.Module) and not is_detection_module(built) and task != "detect":
+        options.setdefault("name", spec)
+    if not isinstance(built, (Model, Detector, nn.Module)):
+        raise ModelLoadError(
+            f"factory {spec!r} returned {type(built).__name__}, expected an nn.Module or a Model"
+        )
+    return _handle(built, options, task)
