@@ -125,6 +125,38 @@ def test_several_classes_at_once_equal_separate_calls(tiny, method):
         cl.explain(tiny, x, method, "alpha", classes=["beta"], **options)
 
 
+@pytest.mark.parametrize("method", ["gradcam", "saliency", "layercam", "gradient_x_input"])
+def test_many_pictures_are_explained_in_chunks_with_the_same_numbers(tiny, method, monkeypatch):
+    from convlens.techniques.attribution import base
+    from convlens.techniques.attribution.explain import _picture_chunk
+
+    options: dict = {}
+    torch.manual_seed(0)
+    x = torch.randn(7, *X.shape[1:])
+    targets = ["alpha", "beta", "alpha", "gamma", "beta", "alpha", "gamma"]
+    whole = get_method(method).fn(tiny, x, targets, **options)
+    # a budget of 3 pictures per call: chunks of 3, 3 and 1
+    monkeypatch.setattr(base, "DEFAULT_MEMORY_BUDGET_MB", 3 * 2 * 79 * 4 / 2**20)
+    assert _picture_chunk(tiny, get_method(method), {}) == 3
+    chunked = cl.explain(tiny, x, method, targets, **options)
+    torch.testing.assert_close(chunked.map, whole.map)
+    torch.testing.assert_close(chunked.scores, whole.scores)
+    assert chunked.targets == whole.targets == [0, 1, 0, 2, 1, 0, 2]
+    assert chunked.names == whole.names == [f"image{i}" for i in range(7)]
+    for key, value in whole.extras.items():
+        if isinstance(value, torch.Tensor) and value.dim():
+            torch.testing.assert_close(chunked.extras[key], value)
+    with pytest.raises(ValueError, match="one target per image"):
+        cl.explain(tiny, x, method, targets[:5], **options)
+
+
+def test_methods_that_batch_their_copies_get_every_picture_at_once(tiny):
+    from convlens.techniques.attribution.explain import _picture_chunk
+
+    for method in ("rise", "smoothgrad", "integrated_gradients", "occlusion", "scorecam"):
+        assert _picture_chunk(tiny, get_method(method), {}) is None
+
+
 def test_display_sign_modes():
     attribution = _attribution(torch.tensor([[[-2.0, 0.0], [1.0, 2.0]]]))
     maps, signed = attribution._display("signed")

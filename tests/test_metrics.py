@@ -277,9 +277,9 @@ def test_confidence_change_by_hand():
     o = torch.sigmoid(torch.tensor([4.5, 8.0], dtype=torch.float64))
     torch.testing.assert_close(result.original, y)
     torch.testing.assert_close(result.masked, o)
-    drop0 = float(100 * (y[0] - o[0]) / y[0])
+    drop0 = float((y[0] - o[0]) / y[0])  # fractions, not the paper's percent
     assert result.average_drop.values.tolist() == pytest.approx([drop0, 0.0], rel=1e-4)
-    assert result.increase_in_confidence.values.tolist() == [0.0, 100.0]
+    assert result.increase_in_confidence.values.tolist() == [0.0, 1.0]
     assert result.average_drop.mean == pytest.approx(drop0 / 2, rel=1e-4)
     with pytest.raises(ValueError, match="no positive mass"):
         m.confidence_change(model, x, -maps.abs(), 0)

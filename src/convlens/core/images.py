@@ -13,7 +13,6 @@ models take (identical to ``torchvision.transforms.functional.to_tensor``).
 from __future__ import annotations
 
 import difflib
-import errno
 import io
 import os
 import struct
@@ -185,7 +184,7 @@ def _check_size(size: tuple[int, int], name: str, max_pixels: int) -> None:
 def _from_path(path: Path, max_pixels: int) -> Image.Image:
     path = path.expanduser()
     if not path.exists():
-        raise FileNotFoundError(errno.ENOENT, "image file not found", str(path))
+        raise FileNotFoundError(f"image file not found: {path}")
     if path.is_dir():
         raise ImageError(
             f"{path} is a directory, expected an image file (use load_images() for folders)"
@@ -421,7 +420,7 @@ def list_images(folder: str | os.PathLike[str], *, recursive: bool = True) -> li
     """
     root = Path(os.fspath(folder)).expanduser()
     if not root.exists():
-        raise FileNotFoundError(errno.ENOENT, "image folder not found", str(root))
+        raise FileNotFoundError(f"image folder not found: {root}")
     if not root.is_dir():
         raise ImageError(f"{root} is not a folder, expected a folder of images")
     candidates = root.rglob("*") if recursive else root.iterdir()

@@ -509,6 +509,14 @@ class Prediction:
             for i, name in enumerate(self.names)
         ]
 
+    def __repr__(self) -> str:
+        shown = ", ".join(
+            f"{name}: {label} {p:.1%}"
+            for name, (_k, label, p) in zip(self.names[:3], (self.topk(i)[0] for i in range(3)))
+        )
+        more = f", ... ({len(self)} pictures)" if len(self) > 3 else ""
+        return f"Prediction({self.model.name}; {shown}{more})"
+
     def __str__(self) -> str:
         lines = []
         for i, name in enumerate(self.names):

@@ -563,6 +563,14 @@ def data_uri(img: ImageLike) -> str:
     return "data:image/png;base64," + base64.b64encode(png_bytes(img)).decode("ascii")
 
 
+@functools.cache
+def _umask() -> int:
+    """The process's umask (read once: setting it is the only way to read it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically: parent folders are created, the bytes go to
     a temporary file in the same folder which then replaces ``path`` (``os.replace``),
@@ -573,6 +581,7 @@ def write_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600: give the usual file mode
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

@@ -49,12 +49,12 @@ METRICS: dict[str, tuple[str, str, str]] = {
     "average_drop": (
         "model",
         "lower",
-        "% drop of the probability on the masked image (Grad-CAM++)",
+        "relative drop of the probability on the masked image (Grad-CAM++; 0-1)",
     ),
     "increase_in_confidence": (
         "model",
         "higher",
-        "% of images whose probability rises on the masked image (Grad-CAM++)",
+        "share of images whose probability rises on the masked image (Grad-CAM++; 0-1)",
     ),
 }
 DEFAULT_METRICS = tuple(METRICS)

@@ -23,8 +23,9 @@ postprocess, ``score="logit"`` for the raw output):
 :func:`confidence_change`
     Chattopadhay et al. 2018, "Grad-CAM++" (arXiv:1710.11063): the image masked by the
     explanation map (``x * s + fill * (1 - s)``, ``s = relu(map) / max relu(map)``); Average
-    Drop ``100 * max(0, Y - O) / Y`` (lower is better) and Increase in Confidence
-    ``100 * [O > Y]`` (higher is better), Y the score of the image, O of the masked image.
+    Drop ``max(0, Y - O) / Y`` (lower is better) and Increase in Confidence ``[O > Y]``
+    (higher is better), Y the score of the image, O of the masked image: fractions in [0, 1]
+    like every other score here (the paper prints them x 100, in percent).
 
 Every function returns per-image values in a :class:`Scores` (mean and a 95 % Student-t
 confidence interval over the images). Maps are an :class:`~convlens.attribution.Attribution`
@@ -480,7 +481,7 @@ def _curves(
 @dataclass
 class ConfidenceChange:
     """Grad-CAM++'s confidence metrics: ``average_drop`` and ``increase_in_confidence``
-    (:class:`Scores` in percent), ``original`` and ``masked`` (N,) the scores."""
+    (:class:`Scores`, fractions in [0, 1]), ``original`` and ``masked`` (N,) the scores."""
 
     average_drop: Scores
     increase_in_confidence: Scores
@@ -527,9 +528,9 @@ def confidence_change(
     The masked image is ``x * s + fill * (1 - s)`` with ``s = relu(map) / max relu(map)``;
     ``fill="zero"`` multiplies the network input by ``s`` (the paper multiplied the picture,
     i.e. ``fill="black"``). With Y the image's score and O the masked image's:
-    ``average_drop = 100 * max(0, Y - O) / Y`` (lower is better) and
-    ``increase_in_confidence = 100 * [O > Y]`` (higher is better); their means are the
-    paper's numbers. Score: the target's probability (``score="logit"`` is unusual here: a
+    ``average_drop = max(0, Y - O) / Y`` (lower is better) and
+    ``increase_in_confidence = [O > Y]`` (higher is better); their means are the paper's
+    numbers divided by 100 (fractions, like the other scores). Score: the target's probability (``score="logit"`` is unusual here: a
     negative Y makes the drop meaningless, so it raises).
     """
     _check_choice(score, SCORES, "score")
@@ -562,8 +563,8 @@ def confidence_change(
             copies = sub * weights[part] + ref * (1 - weights[part])
             original[part] = _scores(model, sub, chosen.select(part), score).cpu()
             masked[part] = _scores(model, copies, chosen.select(part), score).cpu()
-    drop = 100 * (original - masked).clamp(min=0) / original
-    rise = 100 * (masked > original).double()
+    drop = (original - masked).clamp(min=0) / original
+    rise = (masked > original).double()
     drop = torch.where(bad, math.nan, drop)
     rise = torch.where(bad, math.nan, rise)
     settings = {"fill": reference_setting(fill), "score": score}

@@ -14,6 +14,7 @@ objects (a whole model saved with ``torch.save(model)``) is refused unless the u
 from __future__ import annotations
 
 import pickle
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -64,21 +65,34 @@ def read_torch(path: Path, request: LoadRequest) -> Any:
 
 
 def read_checkpoint(path: Path, *, trust_pickle: bool = False) -> Any:
-    """``torch.load`` with ``weights_only=True``; pickles only when ``trust_pickle``."""
+    """``torch.load`` with ``weights_only=True``; pickles only when ``trust_pickle``. torch's
+    own warnings and advice (to load with ``weights_only=False``) are not passed on: the
+    refusal says what is in the file and how to load it safely."""
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if not trust_pickle:
             raise PickleRefusedError(
                 f"{path.name} holds pickled Python objects (probably a whole model saved with "
                 "torch.save(model)). Unpickling runs code from the file, so convlens refuses it. "
                 "If you trust the file, pass trust_pickle=True (CLI: --trust-pickle); better, "
-                "save model.state_dict() and load it with factory='package.module:function'. "
-                f"(torch said: {str(err).splitlines()[0]})"
+                "save model.state_dict() and load it with factory='package.module:function'."
+                f"{_what_torch_found(err)}"
             ) from None
         return torch.load(str(path), map_location="cpu", weights_only=False)
     except Exception as err:
         raise ModelLoadError(f"{path.name} is not a readable torch checkpoint: {err}") from err
+
+
+def _what_torch_found(err: BaseException) -> str:
+    """The object torch's safe unpickler refused (``GLOBAL torch.nn.Linear``), if it says."""
+    for line in str(err).splitlines():
+        if "Unsupported global" in line or "GLOBAL" in line:
+            found = line.split("Unsupported global:")[-1].strip()
+            return f" (it holds {found.split(' was not')[0]})"
+    return ""
 
 
 def from_convlens_checkpoint(path: Path, content: Mapping[str, Any], request: LoadRequest) -> Model:

@@ -160,6 +160,10 @@ class Explanation:
         out = self.numpy()
         return out.astype(dtype) if dtype is not None else out
 
+    def to_pil(self, index: int = 0) -> Image.Image:
+        """Picture ``index``'s overlay (its heatmap where there is no picture) as a PIL image."""
+        return self.figure(index).image
+
     def figure(self, index: int = 0) -> render.Figure:
         """The overlay where there is a picture, else the heatmap."""
         return self.overlay(index) if self.has_pictures() else self.heatmap(index)
@@ -357,6 +361,38 @@ class Attribution(Explanation):
             "extras": {k: jsonable(v) for k, v in self.extras.items()},
         }
 
+    @staticmethod
+    def concat(parts: Sequence[Attribution]) -> Attribution:
+        """One attribution from the attributions of consecutive chunks of pictures (same
+        method and settings): maps, targets, scores, names and pictures in order; per-picture
+        extras concatenated, others taken from the first chunk."""
+        first = parts[0]
+        if len(parts) == 1:
+            return first
+        counts = [len(p) for p in parts]
+        extras: dict[str, Any] = {}
+        for key, value in first.extras.items():
+            per_picture = isinstance(value, torch.Tensor) and value.dim() > 0
+            if per_picture and all(
+                isinstance(p.extras.get(key), torch.Tensor) and p.extras[key].shape[:1] == (n,)
+                for p, n in zip(parts, counts, strict=True)
+            ):
+                extras[key] = torch.cat([p.extras[key] for p in parts])
+            else:
+                extras[key] = value
+        return replace(
+            first,
+            map=torch.cat([p.map for p in parts]),
+            targets=None if first.targets is None else [t for p in parts for t in p.targets or []],
+            target_labels=None
+            if first.target_labels is None
+            else [t for p in parts for t in p.target_labels or []],
+            scores=None if first.scores is None else torch.cat([p.scores for p in parts]),  # type: ignore[misc]
+            names=[n for p in parts for n in p.names],
+            pictures=[pic for p in parts for pic in p.pictures],
+            extras=extras,
+        )
+
     def __repr__(self) -> str:
         labels = self.target_labels or []
         shown = ", ".join(labels[:3]) + (", ..." if len(labels) > 3 else "")
@@ -413,7 +449,8 @@ COMMON: dict[str, Spec] = {
         form=False,
     ),
     "memory_budget_mb": spec(
-        "memory for one batch of copies, MB (sizes the batches)",
+        "memory for one batch of copies, MB (default: 1024 on a CPU, half the free memory "
+        "on a GPU)",
         min=16,
         max=1_000_000,
         type="float",
@@ -582,15 +619,31 @@ def bytes_per_image(model: Model) -> int:
     return max(1, total * element)
 
 
-DEFAULT_MEMORY_BUDGET_MB = 1024
+DEFAULT_MEMORY_BUDGET_MB = 1024  # on the CPU, where the working set should stay in cache
+CUDA_BUDGET_SHARE = 0.5  # on a GPU, this share of the device's free memory
+
+
+def memory_budget_bytes(model: Model, memory_budget_mb: float | None) -> float:
+    """The memory one batch of copies may take: ``memory_budget_mb`` when given; on a CUDA
+    device, half its free memory (batches sized for the GPU, not for a CPU's cache); else
+    :data:`DEFAULT_MEMORY_BUDGET_MB`."""
+    if memory_budget_mb is not None:
+        return float(memory_budget_mb) * 2**20
+    device = model.device
+    if device.type == "cuda" and torch.cuda.is_available():
+        free, _total = torch.cuda.mem_get_info(device)
+        return free * CUDA_BUDGET_SHARE
+    return DEFAULT_MEMORY_BUDGET_MB * 2**20
 
 
 def batch_size_for(
-    model: Model, memory_budget_mb: float | None, *, factor: float = 1.0, cap: int = 256
+    model: Model, memory_budget_mb: float | None, *, factor: float = 1.0, cap: int | None = None
 ) -> int:
-    """How many images fit one forward pass under ``memory_budget_mb`` (``factor`` > 1 when
-    a backward pass also keeps activations)."""
-    budget = (memory_budget_mb or DEFAULT_MEMORY_BUDGET_MB) * 2**20
+    """How many images fit one forward pass under the memory budget (``factor`` > 1 when a
+    backward pass also keeps activations); at most ``cap`` (256 on the CPU, 4096 on a GPU)."""
+    if cap is None:
+        cap = 4096 if model.device.type == "cuda" else 256
+    budget = memory_budget_bytes(model, memory_budget_mb)
     return int(max(1, min(cap, budget // (bytes_per_image(model) * factor))))
 
 

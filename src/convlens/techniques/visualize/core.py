@@ -199,7 +199,7 @@ def _make_transform(
 
 def _chunk_size(model: Model, size: tuple[int, int], budget_mb: float | None, total: int) -> int:
     """Images per chunk under the memory budget, from the layer table's output sizes."""
-    from convlens.techniques.attribution.base import DEFAULT_MEMORY_BUDGET_MB, bytes_per_image
+    from convlens.techniques.attribution.base import bytes_per_image, memory_budget_bytes
 
     if total == 1:
         return 1
@@ -208,7 +208,7 @@ def _chunk_size(model: Model, size: tuple[int, int], budget_mb: float | None, to
         per_image = bytes_per_image(model) * (size[0] * size[1]) / (h0 * w0)
     except Exception:
         per_image = 3 * size[0] * size[1] * 4 * 200  # a generous guess
-    budget = (budget_mb or DEFAULT_MEMORY_BUDGET_MB) * 2**20
+    budget = memory_budget_bytes(model, budget_mb)
     # forward activations kept for the backward pass, their gradients, and the image's own
     return int(max(1, min(256, budget // (per_image * 2.5))))
 
