@@ -654,7 +654,7 @@ def create_app(state: ServerState) -> FastAPI:
 
     @app.post("/api/jobs", status_code=201)
     async def start_job(request: Request) -> dict[str, Any]:
-        from convlens.apps.server.jobs import check
+        from convlens.apps.server.job_kinds import check
 
         try:
             body = await request.json()
@@ -665,9 +665,9 @@ def create_app(state: ServerState) -> FastAPI:
         kind, key, params = body.get("kind"), body.get("model"), body.get("params", {})
         if not isinstance(kind, str) or not isinstance(key, str):
             raise HTTPException(422, "expected kind and model as strings")
-        check(kind, params, state.classifier(key, "jobs"))
-        for image_id in params.get("images") or []:
-            state.image(str(image_id))  # unknown uploads: 404 now, not a failed job later
+        parsed = check(kind, params, state.classifier(key, "jobs"))
+        for image_id in parsed.get("images") or []:
+            state.image(image_id)  # unknown uploads: 404 now, not a failed job later
         return runner().store.get(runner().submit(kind, key, params))
 
     @app.get("/api/jobs/{job_id}")
