@@ -27,8 +27,8 @@ import torch
 from PIL import Image
 
 from convlens.apps.server import job_kinds
+from convlens.apps.server.forms import DRISE_BUDGET, MAX_DETECTIONS, box_form, box_methods
 from convlens.apps.server.jobs import Cancelled, JobRunner, JobStore
-from convlens.apps.server.panels import DRISE_BUDGET, MAX_DETECTIONS, box_methods, box_panel
 from convlens.core.detector import Detection, Detections, Detector
 from convlens.core.errors import WrongTaskError
 from convlens.core.model import Model
@@ -421,7 +421,7 @@ class ServerState:
         options: dict[str, Any],
         cancelled: threading.Event | None = None,
     ) -> tuple[BoxExplanation, float, bool]:
-        """One detection explained (``options`` parsed by the method's panel): the explanation,
+        """One detection explained (``options`` parsed by the method's form): the explanation,
         the seconds it took, and whether it came from the cache. Cached per (model, picture,
         box, class, method, options), so changing a threshold that keeps the box reuses it.
         Once ``cancelled`` is set (the page gave up waiting), D-RISE stops at its next batch
@@ -432,7 +432,7 @@ class ServerState:
         image = self.detector_picture(image_id)
         options = dict(options)
         if method == "drise":
-            masks = int(options.get("masks", box_panel("drise").setting("masks").default))
+            masks = int(options.get("masks", box_form("drise").setting("masks").default))
             pixels = image.width * image.height
             if masks * pixels > DRISE_BUDGET:
                 raise ValueError(
