@@ -34,6 +34,7 @@ PANELS: tuple[str, ...] = (
     "explanation",  # attribution maps: every registered method as a form
     "detection",  # a detector's boxes, and one box explained
     "jobs",  # long work in the background: feature visualization, TCAV, ...
+    "layers",  # the layer table: every layer's type, output shape and parameters
 )
 
 
