@@ -21,6 +21,8 @@ from typing import Any, cast
 from convlens.core.model import Model
 from convlens.core.registry import Registry, Setting
 
+Check = Callable[[Model, dict[str, Any]], None]
+
 
 @dataclass(frozen=True)
 class Param:
@@ -54,8 +56,8 @@ class JobKind:
     name: str
     description: str
     params: tuple[Param, ...]
-    check: Callable[[Model, dict[str, Any]], None]
-    run: Callable[[Model, dict[str, Any], Job], list[Path]]
+    check: Check
+    run: Run
 
     def parse(self, given: Any) -> dict[str, Any]:
         """Every parameter of this kind from ``given`` (the request's JSON object), typed and
@@ -84,6 +86,7 @@ class JobKind:
         return f"{'an' if self.name[:1] in 'aeiou' else 'a'} {self.name}"
 
 
+Run = Callable[[Model, dict[str, Any], Job], list[Path]]
 KINDS: Registry[JobKind] = Registry("job kind")
 
 
@@ -92,11 +95,13 @@ def job_kind(
     description: str,
     *,
     params: tuple[Param, ...],
-    check: Callable[[Model, dict[str, Any]], None] = lambda _model, _params: None,
-) -> Callable[[Callable[[Model, dict[str, Any], Job], list[Path]]], Any]:
-    """Register the decorated function as the run of job kind ``name``."""
+    check: Check = lambda _model, _params: None,
+) -> Callable[[Run], Run]:
+    """Register the decorated function as the run of job kind ``name``: it gets the job's
+    copy of the model, the parsed parameters and the :class:`Job`, and returns the files it
+    wrote into ``job.folder``."""
 
-    def register(run: Callable[[Model, dict[str, Any], Job], list[Path]]) -> Any:
+    def register(run: Run) -> Run:
         KINDS.add(name, JobKind(name, description, params, check, run))
         return run
 
