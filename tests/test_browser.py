@@ -214,3 +214,46 @@ def test_detector_boxes_and_a_box_explanation(page, url):
     _boxes_sit_on_the_picture(page, strict["detections"], found["width"], found["height"])
     page.screenshot(path=str(ARTIFACTS / "7-detector-narrow.png"), full_page=True)
     page.set_viewport_size({"width": 1280, "height": 860})
+
+
+def test_the_layer_table_panel_under_the_pages_own_csp(page, url):
+    """The layer table of the chosen classifier, filtered by kind, in a browser that keeps
+    the page's Content-Security-Policy (the panels are ES modules loaded from /static)."""
+    context = page.context.browser.new_context(viewport={"width": 1280, "height": 860})
+    strict = context.new_page()
+    problems: list[str] = []
+    strict.on("pageerror", lambda err: problems.append(str(err)))
+    strict.on(
+        "console",
+        lambda m: problems.append(m.text) if "Content Security Policy" in m.text else None,
+    )
+    try:
+        strict.goto(url)
+        strict.select_option("#model-select", "toon-cnn")
+        strict.wait_for_selector(
+            "#layers-table[data-state='ready'][data-model='toon-cnn'][data-kind='all']",
+            timeout=60_000,
+        )
+        expected = _api(url, "/api/models/toon-cnn/layers")["layers"]
+        shown = strict.locator("#layers-table tbody tr")
+        assert shown.count() == len(expected)
+        conv1 = strict.locator("#layers-table tr[data-name='conv1'] td").all_inner_texts()
+        first = expected[0]
+        assert conv1 == [
+            "conv1",
+            first["type"],
+            "conv",
+            "×".join(map(str, first["shape"])),
+            f"{first['params']:,}",
+        ]
+        strict.select_option("#layers-kind", "conv")
+        strict.wait_for_selector("#layers-table[data-state='ready'][data-kind='conv']")
+        names = [row.get_attribute("data-name") for row in shown.all()]
+        assert names == ["conv1", "conv2", "conv3"]
+        strict.screenshot(path=str(ARTIFACTS / "8-layer-table.png"), full_page=True)
+        strict.select_option("#model-select", "toon-detector")  # no layer table for a detector
+        strict.wait_for_selector("#detect-panel", state="visible", timeout=30_000)
+        assert not strict.locator("#layers-panel").is_visible()
+    finally:
+        context.close()
+    assert problems == []

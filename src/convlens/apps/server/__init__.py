@@ -22,4 +22,4 @@ def __getattr__(name: str) -> Any:
         from convlens.apps.server.app import create_app
 
         return create_app
-    raise AttributeError(f"module 'convlens.server' has no attribute {name!r}")
+    raise AttributeError(f"module 'convlens.apps.server' has no attribute {name!r}")

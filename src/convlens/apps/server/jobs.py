@@ -1,6 +1,6 @@
-"""Background jobs of the explorer (feature visualization of a layer, TCAV): run one at a time
-in their own thread so the page stays responsive, report progress, can be cancelled, and
-persist in SQLite plus result files under the data folder.
+"""Background jobs of the explorer: run one at a time in their own thread so the page stays
+responsive, report progress, can be cancelled, and persist in SQLite plus result files under
+the data folder. What each kind of job takes and does is in :mod:`.job_kinds`.
 
 A restart loses nothing finished: records are read back, and jobs that were queued or running
 when the server stopped are marked ``interrupted``. Result files are served only by the name
@@ -21,12 +21,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-KINDS = ("featurevis", "tcav", "explain", "evaluate")
 ACTIVE = ("queued", "running")
 
 
 class Cancelled(Exception):
-    """Raised inside a job's progress callback once it was cancelled."""
+    """Model work stopped because whoever wanted it went away: raised inside a job's progress
+    callback once the job is cancelled, and inside a box explanation once the page that asked
+    for it closed the connection."""
 
 
 class JobStore:
@@ -172,182 +173,3 @@ class JobRunner:
         for event in self.cancelled.values():
             event.set()
         self.pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _channels(spec: Any, width: int) -> list[int]:
-    if spec is None:
-        return list(range(min(8, width)))
-    if isinstance(spec, list):
-        items = [int(c) for c in spec]
-    else:
-        items = []
-        for part in str(spec).split(","):
-            part = part.strip()
-            if "-" in part:
-                a, b = part.split("-", 1)
-                items += list(range(int(a), int(b) + 1))
-            elif part:
-                items.append(int(part))
-    bad = [c for c in items if not 0 <= c < width]
-    if bad or not items or len(items) > 256:
-        raise ValueError(f"expected 1-256 channels in [0, {width}), got {spec!r}")
-    return items
-
-
-def _int(params: dict[str, Any], name: str, default: int, low: int, high: int) -> int:
-    value = params.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ValueError(f"expected {name} an integer in [{low}, {high}], got {value!r}")
-    return value
-
-
-def check(kind: str, params: dict[str, Any], model: Any) -> None:
-    """Refuse a job's parameters before it is queued (clear 4xx instead of a failed job)."""
-    from convlens.core.naming import get_layer, unknown
-
-    if kind not in KINDS:
-        raise unknown("job kind", kind, KINDS)
-    allowed = {
-        "featurevis": {"layer", "channels", "steps", "size"},
-        "tcav": {"target", "layers", "concepts", "images", "n_random"},
-        "explain": {"images", "methods", "target"},
-        "evaluate": {"methods", "n", "steps"},
-    }[kind]
-    extra = sorted(set(params) - allowed)
-    if extra:
-        raise ValueError(
-            f"unknown parameter(s) {extra} for a {kind} job; it takes {sorted(allowed)}"
-        )
-    if kind == "featurevis":
-        if not isinstance(params.get("layer"), str):
-            raise ValueError("a featurevis job needs params.layer (a layer name)")
-        get_layer(model.module, params["layer"])
-        _int(params, "steps", 64, 1, 2048)
-        _int(params, "size", 128, 16, 512)
-    elif kind in ("explain", "evaluate"):
-        from convlens.techniques.attribution.base import get_method
-
-        methods = params.get("methods", ["gradcam"])
-        if not isinstance(methods, list) or not methods or len(methods) > 16:
-            raise ValueError(f"expected params.methods as a list of 1-16 names, got {methods!r}")
-        for name in methods:
-            get_method(str(name))
-        if kind == "explain":
-            ids = params.get("images")
-            if not isinstance(ids, list) or not 1 <= len(ids) <= 64:
-                raise ValueError("an explain job needs params.images: 1-64 uploaded image ids")
-            if params.get("target") not in (None, "", "top-1"):
-                model.class_index(params["target"])
-        else:
-            from convlens.data import toons
-
-            if list(model.labels or []) != list(toons.CLASSES):
-                raise ValueError(
-                    "evaluate jobs score explanations against the toons' masks: they need a "
-                    f"model of the toon classes {list(toons.CLASSES)}"
-                )
-            _int(params, "n", 50, 2, 1000)
-            _int(params, "steps", 20, 2, 100)
-    else:
-        if "target" not in params:
-            raise ValueError("a tcav job needs params.target (a class name or index)")
-        model.class_index(params["target"])
-        if params.get("concepts", "toons") != "toons":
-            raise ValueError("the explorer's TCAV jobs use the built-in toon concepts: 'toons'")
-        layers = params.get("layers")
-        if layers is not None:
-            for name in layers.split(",") if isinstance(layers, str) else layers:
-                get_layer(model.module, str(name).strip())
-        _int(params, "n_random", 10, 2, 50)
-
-
-def run_task(
-    kind: str,
-    model: Any,
-    params: dict[str, Any],
-    folder: Path,
-    progress: Callable[[int, int], None],
-    images: Callable[[str], Any],
-) -> list[str]:
-    """Run one job on ``model`` (the job's own copy) and write its results into ``folder``;
-    returns the result file names. ``images(id)`` gives an uploaded picture."""
-    if kind == "featurevis":
-        from convlens.techniques.visualize import featurevis, objectives
-
-        layer = params["layer"]
-        width = objectives.channels(layer).bind(model).batch or 1
-        chosen = _channels(params.get("channels"), width)
-        result = featurevis(
-            model,
-            objectives.channel(layer, chosen),
-            steps=_int(params, "steps", 64, 1, 2048),
-            size=_int(params, "size", 128, 16, 512),
-            progress=progress,
-        )
-        written = result.save(folder)
-    elif kind == "explain":
-        from convlens.apps.reports import explanation_report
-        from convlens.techniques.attribution.explain import explain
-
-        pictures = [images(str(i)) for i in params["images"]]
-        target = params.get("target")
-        target = None if target in (None, "", "top-1") else model.class_index(target)
-        methods = [str(m) for m in params.get("methods", ["gradcam"])]
-        results = []
-        written = []
-        for k, method in enumerate(methods):
-            attribution = explain(model, pictures, method, target)
-            results.append(attribution)
-            for i in range(len(pictures)):
-                path = folder / f"{method}_{i}.png"
-                attribution.overlay(i).save(path)
-                written.append(path)
-            progress(k + 1, len(methods))
-        prediction = model.predict(pictures)
-        written.insert(
-            0,
-            explanation_report(results, prediction, title="Explanations").save(
-                folder / "index.html"
-            ),
-        )
-    elif kind == "evaluate":
-        from convlens.data import toons
-        from convlens.workflows.evaluation import evaluate
-
-        data = toons.generate(_int(params, "n", 50, 2, 1000), split="test", seed=11)
-        scored = evaluate(
-            model,
-            data,
-            [str(m) for m in params.get("methods", ["gradcam"])],
-            steps=_int(params, "steps", 20, 2, 100),
-            progress=progress,
-        )
-        written = [scored.save(folder / "evaluation.json")]
-    else:
-        from convlens.data import toons
-        from convlens.techniques.concepts import tcav
-
-        target = params["target"]
-        ids = params.get("images")
-        if ids:
-            pictures = [images(str(i)) for i in ids]
-        else:
-            name = model.label(model.class_index(target))
-            if name not in toons.CLASSES:
-                raise ValueError(
-                    "give params.images (uploaded image ids of the target class): built-in "
-                    f"target pictures exist only for the toon classes {list(toons.CLASSES)}"
-                )
-            data = toons.generate(120, split="test", seed=3)
-            pictures = [p for p, n in zip(data.pixels, data.label_names, strict=True) if n == name]
-        tested = tcav(
-            model,
-            target,
-            pictures[:30],
-            "toons",
-            layers=params.get("layers"),
-            n_random=_int(params, "n_random", 10, 2, 50),
-            progress=progress,
-        )
-        written = tested.save(folder)
-    return [p.relative_to(folder).as_posix() for p in written]

@@ -21,14 +21,16 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import torch
 from PIL import Image
 
-from convlens.apps.server.jobs import JobRunner, JobStore, run_task
-from convlens.apps.server.panels import DRISE_BUDGET, MAX_DETECTIONS, box_methods, box_panel
+from convlens.apps.server import job_kinds
+from convlens.apps.server.forms import DRISE_BUDGET, MAX_DETECTIONS, box_form, box_methods
+from convlens.apps.server.jobs import Cancelled, JobRunner, JobStore
 from convlens.core.detector import Detection, Detections, Detector
+from convlens.core.errors import WrongTaskError
 from convlens.core.model import Model
 from convlens.techniques.attribution.detection import BoxExplanation
 
@@ -77,14 +79,6 @@ def model_key(spec: str) -> str:
     stem = Path(spec).stem if ("/" in spec or "." in Path(spec).name) else spec
     key = re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip("-")
     return key or "model"
-
-
-class WrongTaskError(ValueError):
-    """A detector asked for a classifier's panel, or a classifier for detections (a 4xx)."""
-
-
-class Cancelled(Exception):
-    """Model work stopped because the request that wanted it went away."""
 
 
 def crowd_samples() -> dict[str, bytes]:
@@ -210,13 +204,14 @@ class ServerState:
             state.models[key] = handle
             state.specs[key] = spec
             state.model_locks[key] = threading.Lock()
-            if isinstance(handle, Detector):
+            if handle.task == "detect":
+                detector = state.detector(key)
                 try:
-                    default = default_box_layer(handle)
+                    default = default_box_layer(detector)
                 except ValueError:
                     continue  # no layer to read (MTCNN's cascade): D-RISE only
                 try:
-                    layers = map_layers(handle)
+                    layers = map_layers(detector)
                 except Exception:  # a detector the blank picture does not suit: its default
                     layers = []
                 state.box_layers[key] = layers if default in layers else [*layers, default]
@@ -231,7 +226,7 @@ class ServerState:
     ) -> list[str]:
         # the job works on its own copy, so the model stays free for the page meanwhile
         model = self.run_locked(key, lambda: copy.deepcopy(self.classifier(key, "jobs")))
-        return run_task(kind, model, params, folder, progress, self.image)
+        return job_kinds.run(kind, model, params, folder, progress, self.image)
 
     def close(self) -> None:
         if self.jobs is not None:
@@ -264,30 +259,30 @@ class ServerState:
         return self.models[key]
 
     def task(self, key: str) -> str:
-        """``"detect"`` or ``"classify"``."""
-        return "detect" if isinstance(self.model(key), Detector) else "classify"
+        """The handle's task: ``"classify"`` or ``"detect"``."""
+        return str(self.model(key).task)
 
     def classifier(self, key: str, what: str = "this panel") -> Model:
         """The classifier ``key``; a detector is refused, saying where its panels are."""
         handle = self.model(key)
-        if isinstance(handle, Detector):
+        if handle.task != "classify":
             raise WrongTaskError(
                 f"{key!r} is a detector: expected a classifier for {what} (served: "
                 f"{self._of('classify')}); a detector's panel is "
                 f"/api/models/{key}/images/<id>/detections"
             )
-        return handle
+        return cast(Model, handle)
 
     def detector(self, key: str) -> Detector:
         """The detector ``key``; a classifier is refused, naming the detectors served."""
         handle = self.model(key)
-        if not isinstance(handle, Detector):
+        if handle.task != "detect":
             raise WrongTaskError(
                 f"{key!r} is a classifier: expected a detector for detections (served: "
                 f"{self._of('detect')}); a classifier's panels are predictions, activations "
                 "and explain"
             )
-        return handle
+        return cast(Detector, handle)
 
     def _of(self, task: str) -> str:
         names = [key for key in self.models if self.task(key) == task]
@@ -349,7 +344,7 @@ class ServerState:
     def picture(self, key: str, image_id: str) -> Image.Image:
         """The picture as ``key`` sees it: a classifier's resized and cropped input, or, for a
         detector, the upload itself (box coordinates are in its pixels)."""
-        if isinstance(self.model(key), Detector):
+        if self.task(key) == "detect":
             return self.image(image_id)
         return self.forward(key, image_id).picture
 
@@ -426,7 +421,7 @@ class ServerState:
         options: dict[str, Any],
         cancelled: threading.Event | None = None,
     ) -> tuple[BoxExplanation, float, bool]:
-        """One detection explained (``options`` parsed by the method's panel): the explanation,
+        """One detection explained (``options`` parsed by the method's form): the explanation,
         the seconds it took, and whether it came from the cache. Cached per (model, picture,
         box, class, method, options), so changing a threshold that keeps the box reuses it.
         Once ``cancelled`` is set (the page gave up waiting), D-RISE stops at its next batch
@@ -437,7 +432,7 @@ class ServerState:
         image = self.detector_picture(image_id)
         options = dict(options)
         if method == "drise":
-            masks = int(options.get("masks", box_panel("drise").setting("masks").default))
+            masks = int(options.get("masks", box_form("drise").setting("masks").default))
             pixels = image.width * image.height
             if masks * pixels > DRISE_BUDGET:
                 raise ValueError(

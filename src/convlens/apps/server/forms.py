@@ -1,7 +1,7 @@
-"""Explanation panels: every registered attribution method becomes a panel whose settings the
-page turns into form controls (the Picasso idea, on convlens's method table).
+"""The explanation forms: every registered attribution method becomes a form whose settings the
+page turns into controls (the Picasso idea, on convlens's method table).
 
-A panel's settings are its method's registered settings (type, default, range or choices,
+A form's settings are its method's registered settings (type, default, range or choices,
 help: :mod:`convlens.techniques.attribution.base`), so a new method shows up here with no
 change. The explorer is a shared, interactive server, so it narrows a few ranges to what one
 request may cost (:data:`EXPLORER_LIMITS`) and starts the slow perturbation methods at
@@ -40,7 +40,7 @@ DRISE_BUDGET = 4000 * 256 * 256
 
 
 @dataclass(frozen=True)
-class Panel:
+class MethodForm:
     name: str
     family: str
     paper: str
@@ -76,25 +76,27 @@ def _for_explorer(info: MethodInfo, setting: Setting) -> Setting:
     return setting
 
 
-def panel(info: MethodInfo) -> Panel:
+def method_form(info: MethodInfo) -> MethodForm:
     settings = tuple(_for_explorer(info, s) for s in info.settings if s.form)
-    return Panel(info.name, info.family, info.paper, info.description, info.needs_layer, settings)
+    return MethodForm(
+        info.name, info.family, info.paper, info.description, info.needs_layer, settings
+    )
 
 
-def panels() -> dict[str, Panel]:
-    """Every registered classifier method as a panel, by name."""
-    return {name: panel(info) for name, info in methods().items()}
+def method_forms() -> dict[str, MethodForm]:
+    """Every registered classifier method as a form, by name."""
+    return {name: method_form(info) for name, info in methods().items()}
 
 
-def box_panel(
+def box_form(
     method: str, layers: list[str] | None = None, default_layer: str | None = None
-) -> Panel:
-    """The panel of one box explanation method; gradient CAMs get a ``layer`` choice among
+) -> MethodForm:
+    """The form of one box explanation method; gradient CAMs get a ``layer`` choice among
     ``layers`` (the detector's layers with a map), defaulting to ``default_layer``."""
     table = methods("detect")
     if method not in table:
         raise unknown("box explanation method", method, list(table))
-    chosen = panel(table[method])
+    chosen = method_form(table[method])
     if not chosen.needs_layer or not layers:
         return chosen
     default = default_layer if default_layer in layers else layers[-1]
