@@ -34,7 +34,9 @@ size, and never more than one block is held in memory.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -52,6 +54,7 @@ from convlens.attribution import (
     resolve_target,
 )
 from convlens.hooks import preserved
+from convlens.incremental import Incremental, NotIncremental, drill_down, occluded_patches
 from convlens.model import Model
 from convlens.references import reference_input, reference_setting
 
@@ -85,6 +88,12 @@ def occlusion(
     fill: Fill = "zero",
     blur_sigma: float = 8.0,
     score: str = "logit",
+    incremental: bool | str = "auto",
+    approximate: str | None = None,
+    cap: float | None = None,
+    drill_factor: int | None = None,
+    drill_fraction: float | None = None,
+    exact_ssim: bool = False,
     batch_size: int | None = None,
     memory_budget_mb: float | None = None,
     progress: Progress | None = None,
@@ -108,73 +117,286 @@ def occlusion(
     score:
         ``"logit"`` (the raw output, default) or ``"probability"`` (after the model's
         postprocess, e.g. softmax).
+    incremental:
+        ``"auto"`` (default): recompute only what each window changes (Krypton's incremental
+        inference, :mod:`convlens.incremental`; the same map up to float rounding) where the
+        network traces with ``torch.fx``, else plain forward passes; ``True``: the same, with a
+        warning when it falls back; ``False``: plain forward passes. Tracing runs the forward's
+        Python once with proxies: pass ``False`` for a network whose forward has side effects.
+    approximate:
+        ``None`` (default, exact) or an approximate mode: ``"drilldown"`` (every
+        ``drill_factor``-th window row and column first, default 4, the others interpolated
+        from them; then the ``drill_fraction`` (default 0.25) of the remaining windows whose
+        interpolated drop is largest in magnitude is computed exactly) or ``"cap"`` (Krypton's
+        projective-field threshold: no changed box grows past ``cap`` (default 0.5) of its
+        map's side; the clean values are used outside it).
+    exact_ssim:
+        With an approximate mode, also compute the exact map and report the SSIM between the
+        two (``extras["ssim"]``, one per image, on the signed maps with the exact map's range
+        as data range); costs one exact run.
     batch_size:
-        Perturbed copies per forward pass (default: what fits ``memory_budget_mb``).
+        Perturbed copies (windows) per forward pass (default: what fits ``memory_budget_mb``;
+        incremental runs size it from their own, much smaller, needs, and on CUDA from the free
+        device memory).
     progress:
         Called as ``progress(done, total)`` with the number of perturbed copies evaluated.
 
     ``extras``: ``windows`` (rows, columns of window positions) and ``window_drops``
-    (N, rows, columns), the score drop of each window (Zeiler & Fergus's coarse map).
+    (N, rows, columns), the score drop of each window (Zeiler & Fergus's coarse map);
+    ``incremental`` (``"incremental"`` or ``"plain: <why>"``); with ``approximate``, ``ssim``
+    (or None) and ``evaluated`` (the share of windows computed).
     ``scores`` holds the unperturbed logits whatever ``score`` is.
     """
     no_layer("occlusion", layer)
     batch = model.prepare(images)
     x = batch.inputs
-    n, _, height, width = x.shape
+    height, width = x.shape[-2:]
     wh, ww = _pair(window, "window")
     sh, sw = _pair(stride, "stride")
     _check_window(wh, sh, height, "height")
     _check_window(ww, sw, width, "width")
     _check_score(score)
+    fast = _fast_options(incremental, approximate, cap, drill_factor, drill_fraction)
     fill_values = _fill_values(model, x, fill, blur_sigma)
     size = checked_batch_size(model, batch_size, memory_budget_mb)
     chosen = resolve_target(model, x, target)
 
-    rows = _cover(height, wh, sh, x.device)  # (nh, H) which rows each window position covers
-    cols = _cover(width, ww, sw, x.device)  # (nw, W)
-    nh, nw = len(rows), len(cols)
-    per_image = nh * nw
-    total = n * per_image
-    # a fill shared by all images broadcasts; a per-image fill (mean, blur, ...) is gathered
-    shared_fill = fill_values.dim() < 4 or fill_values.shape[0] == 1
-    fill_full = fill_values if shared_fill else fill_values.expand_as(x)
-    occluded = torch.empty(total, dtype=torch.float32, device=x.device)
+    occluder = _Occluder(
+        model, x, fill_values, (wh, ww), (sh, sw), chosen, score, size, incremental,
+        cap=fast.get("cap"), sized=batch_size is not None, budget=memory_budget_mb,
+        progress=progress,
+    )  # fmt: skip
     with preserved(model.module):
         logits, original = _scores_in_chunks(model, x, chosen, score, size)
-        for part in chunks(total, size):
-            jobs = torch.arange(part.start, part.stop)
-            image, position = jobs // per_image, (jobs % per_image).to(x.device)
-            on_device = image.to(x.device)
-            inside = rows[position // nw][:, :, None] & cols[position % nw][:, None, :]
-            fills = fill_full if shared_fill else fill_full[on_device]
-            copies = torch.where(inside[:, None], fills, x[on_device])
-            occluded[part] = _score(model, copies, chosen.select(image), score)
-            if progress is not None:
-                progress(part.stop, total)
-    drops = original.cpu().double()[:, None, None] - occluded.cpu().double().view(n, nh, nw)
-    rows64, cols64 = rows.cpu().double(), cols.cpu().double()
-    sums = rows64.T @ drops @ cols64  # (N, H, W): the drops of every window covering a pixel
-    counts = rows64.sum(0)[:, None] * cols64.sum(0)[None, :]
+        occluder.logits = logits
+        drops, extras = _window_drops(occluder, original, fast, exact_ssim)
     settings = {
         "window": (wh, ww),
         "stride": (sh, sw),
         "fill": reference_setting(fill),
         "score": score,
-        "batch_size": size,
+        "batch_size": occluder.size,
         "signed": True,
+        **fast,
     }
     if isinstance(fill, str) and fill == "blur":
         settings["blur_sigma"] = blur_sigma
     return make_attribution(
-        sums / counts,
+        _spread(drops, occluder.rows, occluder.cols),
         method="occlusion",
         settings=settings,
         model=model,
         batch=batch,
         target=chosen,
         scores=logits,
-        extras={"windows": (nh, nw), "window_drops": drops.float()},
+        extras={"windows": tuple(drops.shape[1:]), "window_drops": drops.float(), **extras},
     )
+
+
+def _spread(drops: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """(N, H, W) float64: each pixel's mean of the drops (N, nh, nw) of the windows covering it."""
+    rows64, cols64 = rows.cpu().double(), cols.cpu().double()
+    sums = rows64.T @ drops @ cols64  # (N, H, W): the drops of every window covering a pixel
+    counts = rows64.sum(0)[:, None] * cols64.sum(0)[None, :]
+    return sums / counts
+
+
+@dataclass
+class _Occluder:
+    """The scores of occluded copies, by window: plain forward passes of whole copies, or
+    incremental inference (:class:`~convlens.incremental.Incremental`, one per picture) that
+    recomputes only what each window changes, where the network allows it (``notice`` says
+    which ran, and why not)."""
+
+    model: Model
+    inputs: torch.Tensor  # (N, C, H, W)
+    fills: torch.Tensor  # broadcastable to the inputs
+    window: tuple[int, int]
+    stride: tuple[int, int]
+    target: Target
+    score: str
+    size: int  # copies per forward pass
+    incremental: bool | str = "auto"
+    cap: float | None = None  # Krypton's projective-field threshold (approximate)
+    sized: bool = False  # the caller gave the batch size
+    budget: float | None = None  # MiB for incremental batches (None: the engine's default)
+    logits: torch.Tensor | None = None  # (N,) the clean logits, to check the traced graph
+    progress: Progress | None = None
+    notice: str = ""
+    done: int = 0
+    engine: tuple[int, Incremental] | None = None
+
+    def __post_init__(self) -> None:
+        height, width = self.inputs.shape[-2:]
+        self.rows = _cover(height, self.window[0], self.stride[0], self.inputs.device)
+        self.cols = _cover(width, self.window[1], self.stride[1], self.inputs.device)
+        shared = self.fills.dim() < 4 or self.fills.shape[0] == 1
+        self.fills = self.fills.expand_as(self.inputs[:1] if shared else self.inputs)
+
+    def scores(self, jobs: torch.Tensor) -> torch.Tensor:
+        """(J,) float32 scores of the copies ``jobs`` (J,) long, image-major window indices
+        ``image * nh * nw + row * nw + column``, at most ``size`` copies per pass (one picture
+        per pass when incremental)."""
+        per_image = len(self.rows) * len(self.cols)
+        out = torch.empty(len(jobs), dtype=torch.float32, device=self.inputs.device)
+        images = jobs // per_image
+        groups = images.unique().tolist() if self.incremental is not False else [None]
+        for image in groups:
+            picked = torch.arange(len(jobs)) if image is None else torch.nonzero(images == image)
+            picked = picked.reshape(-1)
+            engine = None if image is None else self._engine(image)
+            for part in chunks(len(picked), self.size):
+                which = picked[part]
+                out[which.to(out.device)] = self._chunk(jobs[which], images[which], engine)
+                self.done += len(which)
+                if self.progress is not None:
+                    self.progress(self.done, len(self.inputs) * per_image)
+        return out
+
+    def _chunk(
+        self, jobs: torch.Tensor, images: torch.Tensor, engine: Incremental | None
+    ) -> torch.Tensor:
+        x, nw, device = self.inputs, len(self.cols), self.inputs.device
+        position = (jobs % (len(self.rows) * nw)).to(device)
+        on_device = images.to(device)
+        fills = self.fills[on_device] if len(self.fills) > 1 else self.fills
+        if engine is None:
+            inside = self.rows[position // nw][:, :, None] & self.cols[position % nw][:, None, :]
+            with torch.inference_mode():
+                outputs = self.model.forward(torch.where(inside[:, None], fills, x[on_device]))
+        else:
+            zero = torch.zeros_like(position)
+            stride = torch.tensor(self.stride, device=device)
+            corners = torch.stack([position // nw, position % nw], 1) * stride
+            image = int(images[0])
+            fill = self.fills[image : image + 1] if len(self.fills) > 1 else self.fills
+            starts, patches = occluded_patches(
+                x[image : image + 1], fill, zero, corners, self.window
+            )
+            outputs = engine(zero, starts, patches)
+        return _scored(self.model, outputs, self.target.select(images), self.score)
+
+    def _engine(self, image: int) -> Incremental | None:
+        """The incremental engine of picture ``image`` (built once), or None where the plain
+        path runs (``notice`` says why; a warning too when ``incremental=True`` or a cap was
+        asked for)."""
+        if self.engine is not None and self.engine[0] == image:
+            return self.engine[1]
+        if self.notice.startswith("plain"):
+            return None
+        try:
+            engine = Incremental(self.model.module, self.inputs[image : image + 1], cap=self.cap)
+            clean = self.target.select(torch.tensor([image])).score(engine.clean_output).float()
+            assert self.logits is not None
+            expected = self.logits[image : image + 1]
+            if not torch.allclose(
+                clean, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max())
+            ):
+                raise NotIncremental("the traced graph does not reproduce the model's output")
+        except NotIncremental as reason:
+            self.notice, self.engine = f"plain: {reason}", None
+            if self.incremental is True or self.cap is not None:
+                lost = "; the cap is not applied (exact map)" if self.cap is not None else ""
+                warnings.warn(f"occlusion ran plain forward passes: {reason}{lost}", stacklevel=4)
+            return None
+        self.notice, self.engine = "incremental", (image, engine)
+        if not self.sized:
+            self.size = engine.batch_size(self.window, self.budget)
+        return engine
+
+
+def _window_drops(
+    occluder: _Occluder, original: torch.Tensor, fast: dict[str, Any], exact_ssim: bool
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """(N, nh, nw) float64 score drops of every window (exact, or as ``fast`` approximates
+    them) and the result's extras: which path ran, and for an approximate mode the share of
+    windows computed and, with ``exact_ssim``, the SSIM to the exact map."""
+    n, nh, nw = len(original), len(occluder.rows), len(occluder.cols)
+    clean = original.cpu().double()
+
+    def drops_of(jobs: torch.Tensor) -> torch.Tensor:
+        return clean[jobs // (nh * nw)] - occluder.scores(jobs).cpu().double()
+
+    extras: dict[str, Any] = {}
+    if fast.get("approximate") == "drilldown":
+        drops, done = drill_down(
+            drops_of, (n, nh, nw), fast["drill_factor"], fast["drill_fraction"]
+        )
+        extras["evaluated"] = float(done.double().mean())
+        if occluder.progress is not None:
+            occluder.progress(n * nh * nw, n * nh * nw)
+    else:
+        drops = drops_of(torch.arange(n * nh * nw)).view(n, nh, nw)
+        if fast:
+            extras["evaluated"] = 1.0
+    extras["incremental"] = occluder.notice or "plain (incremental=False)"
+    if fast:
+        extras["ssim"] = None
+    if fast and exact_ssim:
+        exact = replace(occluder, cap=None, progress=None, notice="", engine=None)
+        exact_drops = (
+            clean[:, None, None]
+            - exact.scores(torch.arange(n * nh * nw)).view(n, nh, nw).cpu().double()
+        )
+        approximate = _spread(drops, occluder.rows, occluder.cols)
+        reference = _spread(exact_drops, occluder.rows, occluder.cols)
+        extras["ssim"] = [_ssim(a, r) for a, r in zip(approximate, reference, strict=True)]
+    return drops, extras
+
+
+def _ssim(approximate: torch.Tensor, exact: torch.Tensor) -> float:
+    """SSIM (7 x 7 window, or the largest odd one that fits) of two (H, W) maps, with the exact
+    map's value range as data range."""
+    from convlens.sanity import ssim
+
+    win = min(7, *exact.shape)
+    win = win if win % 2 else win - 1
+    span = float(exact.max() - exact.min()) or 1.0
+    return float(ssim(approximate[None], exact[None], data_range=span, win_size=win)[0])
+
+
+APPROXIMATE = {"drilldown": ("drill_factor", "drill_fraction"), "cap": ("cap",)}
+
+
+def _fast_options(
+    incremental: Any,
+    approximate: Any,
+    cap: Any,
+    drill_factor: Any,
+    drill_fraction: Any,
+) -> dict[str, Any]:
+    """The approximate mode's settings ({} when exact), checked; defaults filled in."""
+    if incremental not in (True, False, "auto") or not isinstance(incremental, (bool, str)):
+        raise ValueError(f"expected incremental True, False or 'auto', got {incremental!r}")
+    if approximate is not None and approximate not in APPROXIMATE:
+        raise ValueError(f"expected approximate None, 'drilldown' or 'cap', got {approximate!r}")
+    given = {"cap": cap, "drill_factor": drill_factor, "drill_fraction": drill_fraction}
+    for name, value in given.items():
+        if value is not None and name not in APPROXIMATE.get(approximate, ()):
+            mode = next(m for m, names in APPROXIMATE.items() if name in names)
+            raise ValueError(
+                f"{name} is a setting of approximate={mode!r}, got approximate={approximate!r}"
+            )
+    if approximate is None:
+        return {}
+    if approximate == "cap":
+        if incremental is False:
+            raise ValueError("approximate='cap' caps incremental inference; got incremental=False")
+        cap = 0.5 if cap is None else cap
+        if isinstance(cap, bool) or not isinstance(cap, (int, float)) or not 0 < cap <= 1:
+            raise ValueError(f"expected cap in (0, 1] (a share of each map's side), got {cap!r}")
+        return {"approximate": "cap", "cap": float(cap)}
+    factor = 4 if drill_factor is None else drill_factor
+    fraction = 0.25 if drill_fraction is None else drill_fraction
+    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 2:
+        raise ValueError(f"expected drill_factor >= 2 (an int), got {factor!r}")
+    if (
+        isinstance(fraction, bool)
+        or not isinstance(fraction, (int, float))
+        or not 0 <= fraction <= 1
+    ):
+        raise ValueError(f"expected drill_fraction in [0, 1], got {fraction!r}")
+    return {"approximate": "drilldown", "drill_factor": factor, "drill_fraction": float(fraction)}
 
 
 def _cover(size: int, window: int, stride: int, device: torch.device) -> torch.Tensor:
@@ -390,7 +612,12 @@ def _pair(value: Any, name: str) -> tuple[int, int]:
 def _score(model: Model, inputs: torch.Tensor, target: Target, kind: str) -> torch.Tensor:
     """(B,) the target's score (``kind``) for a batch, forward only."""
     with torch.inference_mode():
-        outputs = model.forward(inputs)
+        return _scored(model, model.forward(inputs), target, kind)
+
+
+def _scored(model: Model, outputs: Any, target: Target, kind: str) -> torch.Tensor:
+    """(B,) the target's score (``kind``) from a batch's raw outputs."""
+    with torch.inference_mode():
         if kind == "probability":
             outputs = model.postprocess(outputs)
         return target.score(outputs).float()
