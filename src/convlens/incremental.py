@@ -47,7 +47,7 @@ import math
 import operator
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -57,90 +57,41 @@ from torch import nn
 
 __all__ = ["Box", "Incremental", "NotIncremental", "drill_down", "occluded_patches"]
 
-POINTWISE_MODULES: tuple[type[nn.Module], ...] = (
-    nn.ReLU,
-    nn.ReLU6,
-    nn.Hardtanh,
-    nn.LeakyReLU,
-    nn.PReLU,
-    nn.ELU,
-    nn.SELU,
-    nn.CELU,
-    nn.GELU,
-    nn.SiLU,
-    nn.Mish,
-    nn.Sigmoid,
-    nn.Tanh,
-    nn.Hardsigmoid,
-    nn.Hardswish,
-    nn.Softplus,
-    nn.Identity,
-    nn.Dropout,
-    nn.Dropout2d,
-    nn.AlphaDropout,
-    nn.BatchNorm2d,
-)
+POINTWISE_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU,
+    nn.SiLU, nn.Mish, nn.Sigmoid, nn.Tanh, nn.Hardsigmoid, nn.Hardswish, nn.Softplus,
+    nn.Identity, nn.Dropout, nn.Dropout2d, nn.AlphaDropout, nn.BatchNorm2d,
+)  # fmt: skip
 POINTWISE_FUNCTIONS: set[Any] = {
-    torch.relu,
-    F.relu,
-    F.relu6,
-    F.hardtanh,
-    F.leaky_relu,
-    F.elu,
-    F.gelu,
-    F.silu,
-    F.mish,
-    F.hardswish,
-    F.hardsigmoid,
-    F.softplus,
-    torch.sigmoid,
-    F.sigmoid,
-    torch.tanh,
-    F.tanh,
-    torch.clamp,
-    torch.abs,
-    torch.neg,
-    torch.exp,
-    operator.neg,
-}
+    F.relu, F.relu6, F.hardtanh, F.leaky_relu, F.elu, F.gelu, F.silu, F.mish, F.hardswish,
+    F.hardsigmoid, F.softplus, F.sigmoid, F.tanh, torch.relu, torch.sigmoid, torch.tanh,
+    torch.clamp, torch.abs, torch.neg, torch.exp, operator.neg,
+}  # fmt: skip
 POINTWISE_METHODS = {
-    "relu",
-    "sigmoid",
-    "tanh",
-    "clamp",
-    "clamp_min",
-    "clamp_max",
-    "abs",
-    "neg",
-    "exp",
-    "detach",
-    "contiguous",
-    "clone",
-    "float",
-}
+    "relu", "sigmoid", "tanh", "clamp", "clamp_min", "clamp_max", "abs", "neg", "exp", "detach",
+    "contiguous", "clone", "float",
+}  # fmt: skip
 BINARY_FUNCTIONS: set[Any] = {
-    operator.add,
-    operator.sub,
-    operator.mul,
-    operator.truediv,
-    torch.add,
-    torch.sub,
-    torch.mul,
-    torch.div,
-    torch.maximum,
-    torch.minimum,
-}
+    operator.add, operator.sub, operator.mul, operator.truediv,
+    torch.add, torch.sub, torch.mul, torch.div, torch.maximum, torch.minimum,
+}  # fmt: skip
 BINARY_METHODS = {"add", "sub", "mul", "div", "maximum", "minimum"}
 CONCATENATIONS: set[Any] = {torch.cat, torch.concat}
 IN_PLACE_FUNCTIONS: dict[Any, Any] = {
-    operator.iadd: operator.add,
-    operator.isub: operator.sub,
-    operator.imul: operator.mul,
-    operator.itruediv: operator.truediv,
-    torch.relu_: torch.relu,
-    F.relu_: F.relu,
-}
+    operator.iadd: operator.add, operator.isub: operator.sub, operator.imul: operator.mul,
+    operator.itruediv: operator.truediv, torch.relu_: torch.relu, F.relu_: F.relu,
+}  # fmt: skip
 SHAPE_ATTRIBUTES = {"shape", "ndim", "dtype"}
+# sliding-window operations: kind, the functional form's arguments after the input, defaults
+WINDOW_FUNCTIONS: dict[Any, tuple[str, tuple[str, ...], tuple[Any, ...]]] = {
+    F.conv2d: ("conv", ("weight", "bias", "stride", "padding", "dilation", "groups"),
+               (None, None, 1, 0, 1, 1)),
+    F.max_pool2d: ("max", ("kernel_size", "stride", "padding", "dilation", "ceil_mode",
+                           "return_indices"), (None, None, 0, 1, False, False)),
+    F.avg_pool2d: ("avg", ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
+                           "divisor_override"), (None, None, 0, False, True, None)),
+}  # fmt: skip
+BOX_KINDS = {"input", "pointwise", "union", "window", "folded"}
 
 
 class NotIncremental(Exception):
@@ -163,20 +114,36 @@ class Box:
 
 @dataclass(frozen=True)
 class _Window:
-    """How a sliding-window operation maps input rows/columns to output ones, per axis
-    (height, width): output ``o`` reads padded input ``[o * stride, o * stride + reach]``."""
+    """A sliding-window operation (``kind`` conv, max or avg) and how it maps input rows and
+    columns to output ones, per axis (height, width): output ``o`` reads the padded input
+    ``[o * stride, o * stride + reach]``; ``before`` / ``after`` pad the clean input so that
+    every output's window fits; ``options`` are the operation's own (weight, groups, ...)."""
 
-    kind: str  # "conv", "max" or "avg"
+    kind: str
     kernel: tuple[int, int]
     stride: tuple[int, int]
     dilation: tuple[int, int]
-    before: tuple[int, int]  # padding above / left of the input
-    after: tuple[int, int]  # padding below / right so the last output's window fits
-    out: tuple[int, int]  # the output's (H, W)
-    divisor: torch.Tensor | None = None  # avg pooling: (H_out, W_out) divisor of each output
+    before: tuple[int, int]
+    after: tuple[int, int]
+    out: tuple[int, int]
+    options: dict[str, Any] = field(default_factory=dict)
 
     def reach(self, axis: int) -> int:
         return self.dilation[axis] * (self.kernel[axis] - 1)
+
+    def run(self, region: torch.Tensor, corners: torch.Tensor) -> torch.Tensor:
+        """The operation on an unpadded ``region`` (B, C, h, w) whose outputs start at
+        ``corners`` (B, 2) (average pooling divides by the full op's divisors there)."""
+        o = self.options
+        if self.kind == "conv":
+            return F.conv2d(region, o["weight"], o["bias"], self.stride, 0, self.dilation,
+                            o["groups"])  # fmt: skip
+        if self.kind == "max":
+            return F.max_pool2d(region, self.kernel, self.stride, 0, self.dilation)
+        sums = F.avg_pool2d(region, self.kernel, self.stride, 0, divisor_override=1)
+        rows = corners[:, :1] + torch.arange(sums.shape[-2], device=corners.device)
+        cols = corners[:, 1:] + torch.arange(sums.shape[-1], device=corners.device)
+        return sums / o["divisor"][rows[:, :, None], cols[:, None, :]][:, None]
 
 
 class Incremental:
@@ -195,7 +162,9 @@ class Incremental:
         grows past ``ceil(tau * side)`` of its map (an approximation).
 
     ``clean_output`` is the traced network's output on ``inputs``; ``full_from`` names the
-    nodes where changed boxes are pasted into full maps. Raises :class:`NotIncremental`.
+    nodes where changed boxes are pasted into full maps. Eval-mode batch norms right after a
+    convolution are folded into it (the same numbers up to float rounding). Raises
+    :class:`NotIncremental`.
     """
 
     def __init__(self, module: nn.Module, inputs: torch.Tensor, *, cap: float | None = None):
@@ -207,30 +176,30 @@ class Incremental:
         try:
             self._graph = fx.symbolic_trace(module)
         except Exception as error:  # fx raises many kinds on code it cannot follow
-            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            first = (str(error).strip().splitlines() or [""])[0]
             raise NotIncremental(
                 f"torch.fx cannot trace {type(module).__name__}: {type(error).__name__}: {first}"
             ) from None
         self._modules = dict(self._graph.named_modules())
         self._nodes = list(self._graph.graph.nodes)
-        inputs_nodes = [n for n in self._nodes if n.op == "placeholder"]
-        if len(inputs_nodes) != 1:
-            raise NotIncremental(f"expected a network of one input, got {len(inputs_nodes)}")
-        self._input = inputs_nodes[0]
+        placeholders = [n for n in self._nodes if n.op == "placeholder"]
+        if len(placeholders) != 1:
+            raise NotIncremental(f"expected a network of one input, got {len(placeholders)}")
+        self._input = placeholders[0]
         self._ops = {n: self._callable(n) for n in self._nodes if n.op.startswith("call_")}
         self._in_place = [m for m in self._modules.values() if getattr(m, "inplace", None) is True]
         self._clean = self._run_clean(inputs)
         self.clean_output = self._clean[self._nodes[-1]]
-        self._plan()
         self._sources: dict[tuple[fx.Node, tuple[int, ...], float], torch.Tensor] = {}
+        self._plan()
 
     # -- set-up ------------------------------------------------------------------------------
 
     def _callable(self, node: fx.Node) -> Callable[[tuple, dict], Any]:
         """The node's operation as ``fn(args, kwargs)``, in-place forms replaced by their
         out-of-place twins (refused when another node reads the overwritten tensor later)."""
-        kwargs_fix = {"inplace": False} if node.kwargs.get("inplace") is True else {}
-        target, in_place = node.target, bool(kwargs_fix)
+        fix = {"inplace": False} if node.kwargs.get("inplace") is True else {}
+        target, in_place = node.target, bool(fix)
         if node.op == "call_module":
             module = self._modules[str(target)]
             in_place = getattr(module, "inplace", None) is True
@@ -238,12 +207,12 @@ class Incremental:
         elif node.op == "call_function":
             in_place = in_place or target in IN_PLACE_FUNCTIONS
             fn = IN_PLACE_FUNCTIONS.get(target, target)
-            op = lambda a, k: fn(*a, **{**k, **kwargs_fix})  # noqa: E731
+            op = lambda a, k: fn(*a, **{**k, **fix})  # noqa: E731
         else:
             name = str(target)
             if name.endswith("_") and not name.startswith("_") and hasattr(torch.Tensor, name[:-1]):
                 name, in_place = name[:-1], True
-            op = lambda a, k: getattr(a[0], name)(*a[1:], **{**k, **kwargs_fix})  # noqa: E731
+            op = lambda a, k: getattr(a[0], name)(*a[1:], **{**k, **fix})  # noqa: E731
         if in_place and node.args and isinstance(node.args[0], fx.Node):
             overwritten = node.args[0]
             later = [u for u in overwritten.users if u is not node and _after(u, node)]
@@ -270,30 +239,30 @@ class Incremental:
         return values
 
     def _plan(self) -> None:
-        """Which nodes a window changes, how each runs in box form, when states can go."""
+        """Which nodes a window changes, how each runs, which stay boxes, when states go."""
         changed = {self._input}
         for node in self._nodes:
             if any(n in changed for n in node.all_input_nodes):
                 changed.add(node)
         used = {n for node in self._nodes for n in node.all_input_nodes}
-        self._order = [
-            n
-            for n in self._nodes
-            if n in changed and (n in used or n.op == "output" or n.op == "placeholder")
-        ]
+        ends = ("output", "placeholder")
+        self._order = [n for n in self._nodes if n in changed and (n in used or n.op in ends)]
+        self._windows = {n: w for n in self._order if (w := self._window_of(n, changed))}
         self._kinds = {n: self._kind(n, changed) for n in self._order}
-        self._windows = {n: w for n in self._order if (w := self._window_of(n)) is not None}
-        self._kinds.update({n: "window" for n in self._windows if self._kinds[n] == "window?"})
-        self._kinds.update({n: "full" for n, k in self._kinds.items() if k == "window?"})
-        boxed = {"input", "pointwise", "union", "window"}
+        with torch.no_grad():
+            self._fold_batch_norms()
+        boxed = {self._input}
+        for node in self._order:
+            inputs = [n for n in node.all_input_nodes if n in self._kinds]
+            if self._kinds[node] in BOX_KINDS and all(n in boxed for n in inputs):
+                boxed.add(node)
         self.full_from = [
             n.name
             for n in self._order
-            if self._kinds[n] == "full"
-            and any(self._kinds.get(i) in boxed for i in n.all_input_nodes)
-        ]
-        first_users = [self._kinds[u] for u in self._input.users if u in self._kinds]
-        if first_users and all(kind == "full" for kind in first_users):
+            if n not in boxed and self._kinds[n] != "shape"
+            and any(i in boxed for i in n.all_input_nodes)
+        ]  # fmt: skip
+        if not any(u in boxed for u in self._input.users):
             names = ", ".join(u.name for u in self._input.users)
             raise NotIncremental(f"the input goes straight into {names}, which mixes positions")
         index = {n: i for i, n in enumerate(self._order)}
@@ -303,50 +272,37 @@ class Incremental:
             self._free_after[last].append(node)
 
     def _kind(self, node: fx.Node, changed: set[fx.Node]) -> str:
-        """``input``, ``output``, ``pointwise``, ``union``, ``window?``, ``shape`` or ``full``."""
+        """``input``, ``output``, ``window``, ``pointwise``, ``union``, ``shape`` or ``full``."""
         if node.op in ("placeholder", "output"):
             return "input" if node.op == "placeholder" else "output"
-        target = node.target
+        if node in self._windows:
+            return "window"
         moving = [n for n in node.all_input_nodes if n in changed]
         constants = [self._clean[n] for n in node.all_input_nodes if n not in changed]
-        if not all(_spatial(self._clean[n]) for n in moving):
-            return "shape" if self._is_shape(node) else "full"
-        if node.op == "call_module":
-            module = self._modules[str(target)]
-            if type(module) in (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d):
-                return "window?"
-            if isinstance(module, POINTWISE_MODULES) and _pointwise_module(module):
-                return "pointwise"
-            return "full"
         if self._is_shape(node):
             return "shape"
+        if not all(_spatial(self._clean[n]) for n in moving):
+            return "full"
+        if node.op == "call_module":
+            module = self._modules[str(node.target)]
+            pointwise = isinstance(module, POINTWISE_MODULES) and _pointwise_module(module)
+            return "pointwise" if pointwise else "full"
         if not all(_broadcasts(c) for c in constants):
             return "full"
-        if node.op == "call_function":
-            target = IN_PLACE_FUNCTIONS.get(target, target)
-            if target in POINTWISE_FUNCTIONS or (
-                target is F.dropout and node.kwargs.get("training", _arg(node, 2)) is False
-            ):
-                return "pointwise" if len(moving) == 1 else "full"
-            if target in BINARY_FUNCTIONS:
-                return self._binary(node, moving)
-            if target in CONCATENATIONS and node.kwargs.get("dim", _arg(node, 1, 0)) in (1, -3):
-                tensors = node.args[0]
-                if isinstance(tensors, (list, tuple)) and all(t in changed for t in tensors):
-                    return "union" if self._same_map(node, moving) else "full"
-            return "full"
-        name = str(target).removesuffix("_")
-        if name in POINTWISE_METHODS and len(moving) == 1:
-            return "pointwise"
-        if name in BINARY_METHODS:
-            return self._binary(node, moving)
+        target = IN_PLACE_FUNCTIONS.get(node.target, node.target)
+        name = str(target).removesuffix("_") if node.op == "call_method" else ""
+        dropout = target is F.dropout and node.kwargs.get("training", _arg(node, 2)) is False
+        if target in POINTWISE_FUNCTIONS or dropout or name in POINTWISE_METHODS:
+            return "pointwise" if len(moving) == 1 else "full"
+        if target in BINARY_FUNCTIONS or name in BINARY_METHODS:
+            if len(moving) == 1:
+                return "pointwise"  # a changed map and a per-channel constant
+            return "union" if self._same_map(node, moving) else "full"
+        if target in CONCATENATIONS and node.kwargs.get("dim", _arg(node, 1, 0)) in (1, -3):
+            tensors = node.args[0]
+            if isinstance(tensors, (list, tuple)) and all(t in changed for t in tensors):
+                return "union" if self._same_map(node, moving) else "full"
         return "full"
-
-    def _binary(self, node: fx.Node, moving: list[fx.Node]) -> str:
-        """One changed operand and a per-channel constant: element-wise; two: a union box."""
-        if len(moving) == 1:
-            return "pointwise"
-        return "union" if self._same_map(node, moving) else "full"
 
     def _is_shape(self, node: fx.Node) -> bool:
         if node.op == "call_method":
@@ -358,46 +314,66 @@ class Incremental:
         out = self._clean[node]
         return _spatial(out) and all(self._clean[n].shape[-2:] == out.shape[-2:] for n in moving)
 
-    def _window_of(self, node: fx.Node) -> _Window | None:
-        """The sliding-window geometry of a conv / pooling module node, or None (run in full)."""
-        if node.op != "call_module" or len(node.args) != 1 or node.kwargs:
+    def _window_of(self, node: fx.Node, changed: set[fx.Node]) -> _Window | None:
+        """A conv / pooling node's geometry (modules and functional forms), or None."""
+        if not node.args or not isinstance(node.args[0], fx.Node):
             return None
-        module = self._modules[str(node.target)]
-        if type(module) not in (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d):
+        if node.op == "call_module" and len(node.args) == 1 and not node.kwargs:
+            module = self._modules[str(node.target)]
+            kinds = {nn.Conv2d: F.conv2d, nn.MaxPool2d: F.max_pool2d, nn.AvgPool2d: F.avg_pool2d}
+            function = kinds.get(type(module))  # type: ignore[call-overload]
+            if function is None or getattr(module, "padding_mode", "zeros") != "zeros":
+                return None
+            kind, names, _ = WINDOW_FUNCTIONS[function]
+            options = {k: getattr(module, "kernel_size" if k == "weight" else k) for k in names}
+            if kind == "conv":
+                options.update(weight=module.weight, bias=module.bias)
+        elif node.op == "call_function" and node.target in WINDOW_FUNCTIONS:
+            kind, names, defaults = WINDOW_FUNCTIONS[node.target]
+            given = {**dict(zip(names, node.args[1:], strict=False)), **node.kwargs}
+            if any(isinstance(v, fx.Node) and v in changed for v in given.values()):
+                return None
+            options = {**dict(zip(names, defaults, strict=True)), **given}
+            options = {
+                k: self._clean[v] if isinstance(v, fx.Node) else v for k, v in options.items()
+            }
+        else:
             return None
-        source, out = self._clean[node.args[0]], self._clean[node]  # type: ignore[index]
-        if not (_spatial(source) and _spatial(out)):
+        source, out = self._clean[node.args[0]], self._clean[node]
+        if not (_spatial(source) and _spatial(out)) or options.get("return_indices"):
             return None
         size, out_size = tuple(source.shape[-2:]), tuple(out.shape[-2:])
-        if isinstance(module, nn.Conv2d):
-            if module.padding_mode != "zeros":
-                return None
-            kernel, stride, dilation = module.kernel_size, module.stride, module.dilation
-            if module.padding == "same":
-                before = tuple(d * (k - 1) // 2 for k, d in zip(kernel, dilation, strict=True))
-            else:
-                before = (0, 0) if module.padding == "valid" else _pair(module.padding)
-            kind = "conv"
-        elif isinstance(module, nn.MaxPool2d):
-            if module.return_indices:
-                return None
-            kernel, before = _pair(module.kernel_size), _pair(module.padding)
-            stride, dilation = _pair(module.stride or module.kernel_size), _pair(module.dilation)
-            kind = "max"
-        else:
-            kernel, before = _pair(module.kernel_size), _pair(module.padding)
-            stride, dilation, kind = _pair(module.stride or module.kernel_size), (1, 1), "avg"
-        after = tuple(
-            max(0, (o - 1) * s + d * (k - 1) + 1 - n - b)
-            for o, s, d, k, n, b in zip(
-                out_size, stride, dilation, kernel, size, before, strict=True
-            )
-        )
-        window = _Window(kind, _pair(kernel), _pair(stride), _pair(dilation), _pair(before),
-                         _pair(after), _pair(out_size))  # fmt: skip
-        if kind == "avg":
-            window = _with_divisor(window, module, size, source.device)  # type: ignore[arg-type]
-        return window
+        return _geometry(kind, options, size, out_size, source.device)  # type: ignore[arg-type]
+
+    def _fold_batch_norms(self) -> None:
+        """An eval batch norm that alone reads a convolution is folded into it: the conv's box
+        holds the normalised values and the batch norm passes it on."""
+        for node in self._order:
+            conv = node.args[0] if node.args else None
+            if self._kinds[node] != "pointwise" or node.op != "call_module":
+                continue
+            norm = self._modules[str(node.target)]
+            window = self._windows.get(conv)  # type: ignore[arg-type]
+            if type(norm) is not nn.BatchNorm2d or window is None or window.kind != "conv":
+                continue
+            if len(conv.users) != 1:  # type: ignore[union-attr]
+                continue
+            assert norm.running_var is not None and norm.running_mean is not None
+            scale = torch.rsqrt(norm.running_var + norm.eps)
+            if norm.weight is not None:
+                scale = scale * norm.weight
+            shift = -norm.running_mean * scale
+            if norm.bias is not None:
+                shift = shift + norm.bias
+            weight, bias = window.options["weight"], window.options["bias"]
+            folded = {
+                "weight": weight * scale.view(-1, 1, 1, 1).to(weight.dtype),
+                "bias": shift if bias is None else bias * scale + shift,
+            }
+            self._windows[conv] = _Window(
+                **{**window.__dict__, "options": {**window.options, **folded}}
+            )  # type: ignore[index]
+            self._kinds[node] = "folded"
 
     @contextmanager
     def _out_of_place(self) -> Iterator[None]:
@@ -424,44 +400,59 @@ class Incremental:
         ``cap`` is set).
         """
         height, width = self._clean[self._input].shape[-2:]
-        h, w = patches.shape[-2:]
         if patches.dim() != 4 or len(images) != len(patches) or starts.shape != (len(images), 2):
             raise ValueError(
                 f"expected images (B,), starts (B, 2), patches (B, C, h, w); got "
                 f"{tuple(images.shape)}, {tuple(starts.shape)}, {tuple(patches.shape)}"
             )
-        if h > height or w > width:
-            raise ValueError(f"expected patches within ({height}, {width}), got ({h}, {w})")
+        if patches.shape[-2] > height or patches.shape[-1] > width:
+            raise ValueError(f"expected patches within {height} x {width}, got {patches.shape}")
+        return self._run(Box(patches, starts, images))[self._order[-1]]
+
+    def _run(self, box: Box, keep: bool = False) -> dict[fx.Node, Any]:
+        """Every changed node's state for the batch of ``box``: a :class:`Box`, or a full value
+        where the box covers the whole map or an operation mixes positions. States are dropped
+        after their last reader unless ``keep``."""
         states: dict[fx.Node, Any] = {}
         with torch.inference_mode(), self._out_of_place():
             for i, node in enumerate(self._order):
-                if node.op == "placeholder":
-                    states[node] = self._boxed(node, Box(patches, starts, images))
+                if node is self._input:
+                    states[node] = self._boxed(node, box)
                 else:
                     states[node] = self._step(node, states)
-                for done in self._free_after[i]:
+                for done in self._free_after[i] if not keep else ():
                     if done.op != "output":
                         del states[done]
-            return states[self._order[-1]]
+        return states
 
     def _step(self, node: fx.Node, states: dict[fx.Node, Any]) -> Any:
         kind = self._kinds[node]
         if kind == "output":
             return fx.node.map_arg(node.args[0], lambda n: self._value(n, states))
-        boxes = [states[n] for n in node.all_input_nodes if n in states]
+        if kind == "folded":
+            return states[node.args[0]]  # type: ignore[index]
         if kind == "shape":
             return self._shape(node, states)
-        if kind == "full" or not all(isinstance(b, Box) for b in boxes):
-            return self._full(node, states)
-        if kind == "pointwise":
-            (box,) = boxes
-            args, kwargs = fx.node.map_arg(
-                (node.args, node.kwargs), lambda n: box.values if n in states else self._clean[n]
-            )
-            return self._boxed(node, Box(self._ops[node](args, kwargs), box.starts, box.images))
-        if kind == "window":
-            return self._boxed(node, self._window(node, boxes[0]))
-        return self._union(node, states)
+        boxes = [states[n] for n in node.all_input_nodes if n in states]
+        if all(isinstance(b, Box) for b in boxes):
+            if kind == "pointwise":
+                (box,) = boxes
+                args, kwargs = fx.node.map_arg(
+                    (node.args, node.kwargs),
+                    lambda n: box.values if n in states else self._clean[n],
+                )
+                values = self._ops[node](args, kwargs)
+                return self._boxed(node, Box(values, box.starts, box.images))
+            if kind == "window":
+                return self._boxed(node, self._window(node, boxes[0]))
+            if kind == "union":
+                return self._union(node, states)
+        if kind == "window" and self._windows[node].kind == "conv":
+            window, x = self._windows[node], self._value(node.args[0], states)  # type: ignore[arg-type]
+            o = window.options
+            return F.conv2d(x, o["weight"], o["bias"], window.stride, o["padding"], window.dilation,
+                            o["groups"])  # fmt: skip
+        return self._full(node, states)
 
     def _value(self, node: fx.Node, states: dict[fx.Node, Any]) -> Any:
         """A node's full value for this batch: a box pasted into the clean map (kept, so a
@@ -505,32 +496,19 @@ class Incremental:
         input box (at most ``ceil(tau * side)`` with a cap), computed from the input region
         they read, taken from the padded clean input with the box pasted in."""
         window = self._windows[node]
-        firsts, counts, sizes = [], [], []
+        firsts, sizes = [], []
         for axis in (0, 1):
             stride, reach, out = window.stride[axis], window.reach(axis), window.out[axis]
-            length = box.values.shape[2 + axis]
-            count = min(out, (length - 1 + reach) // stride + 1)
+            count = min(out, (box.values.shape[2 + axis] - 1 + reach) // stride + 1)
             first = _ceil_div(box.starts[:, axis] + window.before[axis] - reach, stride)
             first, count = self._capped(first, count, count, out)
             firsts.append(first.clamp(0, out - count))
-            counts.append(count)
             sizes.append((count - 1) * stride + reach + 1)
         starts = torch.stack(firsts, 1)
-        stride_t = torch.tensor(window.stride, device=starts.device)
+        corners = starts * torch.tensor(window.stride, device=starts.device)
         source = self._source(node.args[0], window)  # type: ignore[arg-type]
-        region = _region(source, window.before, box, starts * stride_t, (sizes[0], sizes[1]))
-        module = self._modules[str(node.target)]
-        if window.kind == "conv":
-            values = F.conv2d(
-                region, module.weight, module.bias, module.stride, 0, module.dilation, module.groups
-            )
-        elif window.kind == "max":
-            values = F.max_pool2d(region, window.kernel, window.stride, 0, window.dilation)
-        else:
-            assert window.divisor is not None
-            sums = F.avg_pool2d(region, window.kernel, window.stride, 0, divisor_override=1)
-            values = sums / _crop2d(window.divisor, starts, (counts[0], counts[1]))[:, None]
-        return Box(values, starts, box.images)
+        region = _region(source, window.before, box, corners, (sizes[0], sizes[1]))
+        return Box(window.run(region, starts), starts, box.images)
 
     def _union(self, node: fx.Node, states: dict[fx.Node, Any]) -> Any:
         """An element-wise or concatenating node of changed maps: its box is the smallest one
@@ -573,7 +551,7 @@ class Incremental:
 
     def _source(self, node: fx.Node, window: _Window | None = None) -> torch.Tensor:
         """A node's clean output, padded as ``window`` pads it (-inf for max pooling), as
-        (N, H, W, C) contiguous so a region's gather reads whole channel vectors; cached."""
+        (N, H, W, C) contiguous, so a region's gather copies whole channel vectors; cached."""
         before, after = (window.before, window.after) if window else ((0, 0), (0, 0))
         fill = -math.inf if window is not None and window.kind == "max" else 0.0
         key = (node, (*before, *after), fill)
@@ -591,20 +569,9 @@ class Incremental:
         inputs = self._clean[self._input]
         patch = inputs[:1, :, : window[0], : window[1]]
         zero = torch.zeros(1, 2, dtype=torch.long, device=inputs.device)
-        images = torch.zeros(1, dtype=torch.long, device=inputs.device)
-        total = 0
-        states: dict[fx.Node, Any] = {}
-        with torch.inference_mode(), self._out_of_place():
-            for node in self._order:
-                if node.op == "placeholder":
-                    states[node] = self._boxed(node, Box(patch, zero, images))
-                else:
-                    states[node] = self._step(node, states)
-                state = states[node]
-                tensor = state.values if isinstance(state, Box) else state
-                if isinstance(tensor, torch.Tensor):
-                    total += tensor.numel() * tensor.element_size()
-        return 2 * total
+        states = self._run(Box(patch, zero, zero[:, 0]), keep=True)
+        tensors = [s.values if isinstance(s, Box) else s for s in states.values()]
+        return 2 * sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
 
     def batch_size(self, window: tuple[int, int], memory_budget_mb: float | None) -> int:
         """Windows per batch under ``memory_budget_mb`` (default: 1024 MiB on the CPU, half the
@@ -631,49 +598,77 @@ def _region(
 ) -> torch.Tensor:
     """(B, C, h, w) (channels-last memory) the region of ``size`` at ``corners`` (B, 2) of a
     padded clean map ``source`` (N, H', W', C), with ``box`` pasted in; ``offset`` is the
-    padding above / left of ``source``, so the box's row r sits at row r + offset[0]."""
-    device = source.device
+    padding above / left of ``source``, so the box's row r sits at row r + offset[0].
+
+    Two row copies: the region's (h * w) channel vectors gathered from the clean map, then
+    the box's vectors written over it (those outside the region go to a spare last row)."""
+    _, height, width, channels = source.shape
+    device, count = source.device, len(box.images) * size[0] * size[1]
     rows = corners[:, :1] + torch.arange(size[0], device=device)  # (B, h)
     cols = corners[:, 1:] + torch.arange(size[1], device=device)  # (B, w)
-    region = source[box.images[:, None, None], rows[:, :, None], cols[:, None, :]]  # (B,h,w,C)
-    height, width = box.values.shape[-2:]
-    in_rows = rows - offset[0] - box.starts[:, :1]
-    in_cols = cols - offset[1] - box.starts[:, 1:]
-    inside = ((in_rows >= 0) & (in_rows < height))[:, :, None] & (
-        (in_cols >= 0) & (in_cols < width)
+    flat = (box.images[:, None, None] * height + rows[:, :, None]) * width + cols[:, None, :]
+    region = torch.empty(count + 1, channels, dtype=source.dtype, device=device)
+    torch.index_select(source.view(-1, channels), 0, flat.view(-1), out=region[:count])
+    box_h, box_w = box.values.shape[-2:]
+    to_rows = box.starts[:, :1] + offset[0] - corners[:, :1] + torch.arange(box_h, device=device)
+    to_cols = box.starts[:, 1:] + offset[1] - corners[:, 1:] + torch.arange(box_w, device=device)
+    inside = ((to_rows >= 0) & (to_rows < size[0]))[:, :, None] & (
+        (to_cols >= 0) & (to_cols < size[1])
     )[:, None, :]
-    batch = torch.arange(len(rows), device=device)[:, None, None]
-    pasted = box.values.permute(0, 2, 3, 1)[
-        batch, in_rows.clamp(0, height - 1)[:, :, None], in_cols.clamp(0, width - 1)[:, None, :]
-    ]
-    return torch.where(inside[..., None], pasted, region).permute(0, 3, 1, 2)
+    batch = torch.arange(len(box.images), device=device)[:, None, None]
+    to = ((batch * size[0] + to_rows[:, :, None]) * size[1] + to_cols[:, None, :]).where(
+        inside, count
+    )
+    values = box.values.permute(0, 2, 3, 1).reshape(-1, channels)
+    region.index_copy_(0, to.view(-1), values)
+    return region[:count].view(len(box.images), size[0], size[1], channels).permute(0, 3, 1, 2)
 
 
-def _crop2d(table: torch.Tensor, starts: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(B, h, w): ``table`` (H, W) cropped at each of ``starts`` (B, 2)."""
-    rows = starts[:, :1] + torch.arange(size[0], device=starts.device)
-    cols = starts[:, 1:] + torch.arange(size[1], device=starts.device)
-    return table[rows[:, :, None], cols[:, None, :]]
-
-
-def _with_divisor(
-    window: _Window, pool: nn.AvgPool2d, size: tuple[int, int], device: torch.device
+def _geometry(
+    kind: str,
+    options: dict[str, Any],
+    size: tuple[int, int],
+    out: tuple[int, int],
+    device: torch.device,
 ) -> _Window:
-    """Average pooling's divisor of each output, as the full op counts it: the window's
-    positions inside the picture (``count_include_pad=False``), or inside the padded picture
-    (not the extra rows ``ceil_mode`` adds), or ``divisor_override``."""
-    total = tuple(n + b + a for n, b, a in zip(size, window.before, window.after, strict=True))
-    real = torch.zeros(1, 1, *total, device=device)
+    """The :class:`_Window` of a conv / pooling op with these options on a ``size`` input."""
+    kernel = _pair(
+        tuple(options["weight"].shape[-2:]) if kind == "conv" else options["kernel_size"]
+    )
+    stride = _pair(options["stride"] or (1 if kind == "conv" else kernel))
+    dilation = (1, 1) if kind == "avg" else _pair(options["dilation"])
+    padding = options["padding"]
+    if padding == "same":
+        before = (dilation[0] * (kernel[0] - 1) // 2, dilation[1] * (kernel[1] - 1) // 2)
+    else:
+        before = (0, 0) if padding == "valid" else _pair(padding)
+    after = tuple(
+        max(0, (out[i] - 1) * stride[i] + dilation[i] * (kernel[i] - 1) + 1 - size[i] - before[i])
+        for i in (0, 1)
+    )
+    window = _Window(kind, kernel, stride, dilation, before, _pair(after), out, dict(options))
+    if kind == "avg":
+        window.options["divisor"] = _divisor(window, size, options, device)
+    return window
+
+
+def _divisor(
+    window: _Window, size: tuple[int, int], options: dict[str, Any], device: torch.device
+) -> torch.Tensor:
+    """Average pooling's divisor of each output (H_out, W_out), as the full op counts it: the
+    window's positions inside the picture (``count_include_pad=False``), or inside the padded
+    picture (not the extra rows ``ceil_mode`` adds), or ``divisor_override``."""
+    if options["divisor_override"]:
+        return torch.full(window.out, float(options["divisor_override"]), device=device)
+    total = [n + b + a for n, b, a in zip(size, window.before, window.after, strict=True)]
+    counted = torch.zeros(1, 1, *total, device=device)
     top, left = window.before
-    real[..., top : top + size[0], left : left + size[1]] = 1
-    padded = torch.zeros(1, 1, *total, device=device)
-    padded[..., : size[0] + 2 * top, : size[1] + 2 * left] = 1
-    counts = real if not pool.count_include_pad else padded
-    divisor = F.avg_pool2d(counts, window.kernel, window.stride, 0, divisor_override=1)[0, 0]
-    divisor = divisor[: window.out[0], : window.out[1]]
-    if pool.divisor_override:
-        divisor = torch.full_like(divisor, float(pool.divisor_override))
-    return replace(window, divisor=divisor)
+    if options["count_include_pad"]:
+        counted[..., : size[0] + 2 * top, : size[1] + 2 * left] = 1
+    else:
+        counted[..., top : top + size[0], left : left + size[1]] = 1
+    divisor = F.avg_pool2d(counted, window.kernel, window.stride, 0, divisor_override=1)[0, 0]
+    return divisor[: window.out[0], : window.out[1]]
 
 
 def _ceil_div(numerator: torch.Tensor, denominator: int) -> torch.Tensor:
