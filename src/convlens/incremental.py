@@ -575,7 +575,8 @@ class Incremental:
 
     def batch_size(self, window: tuple[int, int], memory_budget_mb: float | None) -> int:
         """Windows per batch under ``memory_budget_mb`` (default: 1024 MiB on the CPU, half the
-        free memory of a CUDA device, from ``torch.cuda.mem_get_info``), at most 1024."""
+        free memory of a CUDA device, from ``torch.cuda.mem_get_info``), at most 1024 (256 on
+        a GPU, where one batch already fills the device)."""
         device = self._clean[self._input].device
         if memory_budget_mb is not None:
             budget = memory_budget_mb * 2**20
@@ -583,7 +584,8 @@ class Incremental:
             budget = torch.cuda.mem_get_info(device)[0] / 2
         else:
             budget = 1024 * 2**20
-        return int(max(1, min(1024, budget // self.bytes_per_window(window))))
+        most = 256 if device.type == "cuda" else 1024
+        return int(max(1, min(most, budget // self.bytes_per_window(window))))
 
 
 # -- helpers for the engine --------------------------------------------------------------------
@@ -764,8 +766,9 @@ def drill_down(
     the flattened ``grid`` (N, rows, columns). First every ``factor``-th row and column of
     windows is evaluated (plus the last row and column); the others get the bilinear
     interpolation of those. Then, per picture, the ``fraction`` of the remaining windows whose
-    interpolated value is largest in magnitude is evaluated exactly. Returns the results
-    (N, rows, columns) float64 and which were evaluated, (N, rows, columns) bool.
+    coarse cell varies most (the range of the four coarse results around them: the peaks and
+    edges of every high region, where interpolation is least trustworthy) is evaluated exactly.
+    Returns the results (N, rows, columns) float64 and which were evaluated (bool).
     """
     n, nh, nw = grid
     coarse_rows, coarse_cols = _coarse(nh, factor), _coarse(nw, factor)
@@ -777,16 +780,29 @@ def drill_down(
     coarse = values[:, coarse_rows[:, None], coarse_cols[None, :]]
     estimate = _interpolation(coarse_rows, nh) @ coarse @ _interpolation(coarse_cols, nw).T
     values = torch.where(done, values, estimate)
+    (top, bottom), (left, right) = _cells(coarse_rows, nh), _cells(coarse_cols, nw)
+    corners = torch.stack([coarse[:, r][:, :, c] for r in (top, bottom) for c in (left, right)])
+    spread = corners.amax(0) - corners.amin(0)  # (N, rows, columns)
     picks = []
     for i in range(n):
         candidates = torch.nonzero(~done[i].flatten()).squeeze(1)
-        order = estimate[i].flatten()[candidates].abs().argsort(descending=True)
+        order = spread[i].flatten()[candidates].argsort(descending=True, stable=True)
         picks.append(candidates[order[: math.ceil(fraction * len(candidates))]] + i * nh * nw)
     second = torch.cat(picks)
     if len(second):
         values.view(-1)[second] = evaluate(second).double().cpu()
         done.view(-1)[second] = True
     return values, done
+
+
+def _cells(picked: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each index of ``range(count)``, the positions in ``picked`` of the coarse indices
+    on either side of it."""
+    last = len(picked) - 1
+    low = (torch.searchsorted(picked, torch.arange(count), right=True) - 1).clamp(
+        0, max(last - 1, 0)
+    )
+    return low, (low + 1).clamp(max=last)
 
 
 def _coarse(count: int, factor: int) -> torch.Tensor:

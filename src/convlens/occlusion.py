@@ -125,9 +125,10 @@ def occlusion(
         Python once with proxies: pass ``False`` for a network whose forward has side effects.
     approximate:
         ``None`` (default, exact) or an approximate mode: ``"drilldown"`` (every
-        ``drill_factor``-th window row and column first, default 4, the others interpolated
-        from them; then the ``drill_fraction`` (default 0.25) of the remaining windows whose
-        interpolated drop is largest in magnitude is computed exactly) or ``"cap"`` (Krypton's
+        ``drill_factor``-th window row and column first, default 2, the others interpolated
+        from them; then the ``drill_fraction`` (default 0.5) of the remaining windows whose
+        coarse neighbours differ most, the peaks and edges of high regions, is computed
+        exactly: :func:`~convlens.incremental.drill_down`) or ``"cap"`` (Krypton's
         projective-field threshold: no changed box grows past ``cap`` (default 0.5) of its
         map's side; the clean values are used outside it).
     exact_ssim:
@@ -247,7 +248,13 @@ class _Occluder:
             engine = None if image is None else self._engine(image)
             for part in chunks(len(picked), self.size):
                 which = picked[part]
-                out[which.to(out.device)] = self._chunk(jobs[which], images[which], engine)
+                padded, batch = which, min(self.size, len(picked))
+                if engine is not None and self.inputs.is_cuda and len(which) < batch:
+                    # one batch shape on a GPU, so cuDNN plans its convolutions once: the last
+                    # batch is filled up with copies of its last window
+                    padded = torch.cat([which, which[-1:].expand(batch - len(which))])
+                scores = self._chunk(jobs[padded], images[padded], engine)
+                out[which.to(out.device)] = scores[: len(which)]
                 self.done += len(which)
                 if self.progress is not None:
                     self.progress(self.done, len(self.inputs) * per_image)
@@ -386,8 +393,8 @@ def _fast_options(
         if isinstance(cap, bool) or not isinstance(cap, (int, float)) or not 0 < cap <= 1:
             raise ValueError(f"expected cap in (0, 1] (a share of each map's side), got {cap!r}")
         return {"approximate": "cap", "cap": float(cap)}
-    factor = 4 if drill_factor is None else drill_factor
-    fraction = 0.25 if drill_fraction is None else drill_fraction
+    factor = 2 if drill_factor is None else drill_factor
+    fraction = 0.5 if drill_fraction is None else drill_fraction
     if isinstance(factor, bool) or not isinstance(factor, int) or factor < 2:
         raise ValueError(f"expected drill_factor >= 2 (an int), got {factor!r}")
     if (
