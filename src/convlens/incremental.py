@@ -21,9 +21,10 @@ A box that grows to cover its whole map becomes a full tensor too. :class:`Incre
 its input goes straight into an operation that mixes all positions); callers fall back to plain
 forward passes.
 
-Supported in box form: ``nn.Conv2d`` (any stride, dilation, groups including depthwise, zero
-padding including ``"same"``), ``nn.MaxPool2d`` / ``nn.AvgPool2d`` (padding, ``ceil_mode``,
-``count_include_pad``, ``divisor_override``), eval-mode ``nn.BatchNorm2d``, dropout in eval mode,
+Supported in box form: convolutions (``nn.Conv2d`` or ``F.conv2d``: any stride, dilation,
+groups including depthwise, zero padding including ``"same"``), max and average pooling
+(modules or functions: padding, ``ceil_mode``, ``count_include_pad``, ``divisor_override``),
+eval-mode ``nn.BatchNorm2d`` (folded into the convolution before it), dropout in eval mode,
 element-wise activations (modules, functions and tensor methods: ReLU, ReLU6 / hardtanh, SiLU,
 GELU, sigmoid, ...), add / subtract / multiply / divide of two changed tensors or of a changed
 tensor and a per-channel constant, and concatenation along channels. In-place operations run
@@ -32,22 +33,22 @@ out of place (refused when another node reads the overwritten tensor afterwards)
 Approximation (Krypton's projective-field threshold): ``cap=tau`` stops a box from growing past
 ``ceil(tau * side)`` of its map's side; the box is cut around its centre and the clean values
 are used outside it, so boxes never reach the mixing layers at full size. ``cap=None`` (the
-default) is exact. :func:`drill_down` is the other approximate mode (a coarse grid of windows,
-then the fine grid only where the coarse result is large).
+default) is exact.
 
 Where this does not apply: RISE and D-RISE multiply the whole picture by a smooth random mask,
 and Score-CAM by an upsampled activation map, so every pixel of every copy changes and the
-changed box is the whole picture; incremental inference saves nothing there.
+changed box is the whole picture; incremental inference saves nothing there. (The toon
+detector's CenterNet does not trace as a whole, its peak decoding branches on data; its
+backbone and heads do, and a window's box stays a box up to the heat maps.)
 """
 
 from __future__ import annotations
 
-import bisect
 import math
 import operator
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -55,7 +56,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Box", "Incremental", "NotIncremental", "drill_down", "occluded_patches"]
+__all__ = ["Box", "Incremental", "NotIncremental", "occluded_patches"]
 
 POINTWISE_MODULES = (
     nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU,
@@ -186,6 +187,7 @@ class Incremental:
         if len(placeholders) != 1:
             raise NotIncremental(f"expected a network of one input, got {len(placeholders)}")
         self._input = placeholders[0]
+        self._position = {n: i for i, n in enumerate(self._nodes)}
         self._ops = {n: self._callable(n) for n in self._nodes if n.op.startswith("call_")}
         self._in_place = [m for m in self._modules.values() if getattr(m, "inplace", None) is True]
         self._clean = self._run_clean(inputs)
@@ -215,7 +217,7 @@ class Incremental:
             op = lambda a, k: getattr(a[0], name)(*a[1:], **{**k, **fix})  # noqa: E731
         if in_place and node.args and isinstance(node.args[0], fx.Node):
             overwritten = node.args[0]
-            later = [u for u in overwritten.users if u is not node and _after(u, node)]
+            later = [u for u in overwritten.users if self._position[u] > self._position[node]]
             if later:
                 raise NotIncremental(
                     f"{node.name} overwrites {overwritten.name}, which {later[0].name} reads later"
@@ -349,10 +351,9 @@ class Incremental:
         """An eval batch norm that alone reads a convolution is folded into it: the conv's box
         holds the normalised values and the batch norm passes it on."""
         for node in self._order:
-            conv = node.args[0] if node.args else None
             if self._kinds[node] != "pointwise" or node.op != "call_module":
                 continue
-            norm = self._modules[str(node.target)]
+            conv, norm = node.args[0], self._modules[str(node.target)]
             window = self._windows.get(conv)  # type: ignore[arg-type]
             if type(norm) is not nn.BatchNorm2d or window is None or window.kind != "conv":
                 continue
@@ -360,19 +361,14 @@ class Incremental:
                 continue
             assert norm.running_var is not None and norm.running_mean is not None
             scale = torch.rsqrt(norm.running_var + norm.eps)
-            if norm.weight is not None:
-                scale = scale * norm.weight
-            shift = -norm.running_mean * scale
-            if norm.bias is not None:
-                shift = shift + norm.bias
+            scale = scale if norm.weight is None else scale * norm.weight
+            shift = -norm.running_mean * scale + (0 if norm.bias is None else norm.bias)
             weight, bias = window.options["weight"], window.options["bias"]
             folded = {
                 "weight": weight * scale.view(-1, 1, 1, 1).to(weight.dtype),
                 "bias": shift if bias is None else bias * scale + shift,
             }
-            self._windows[conv] = _Window(
-                **{**window.__dict__, "options": {**window.options, **folded}}
-            )  # type: ignore[index]
+            self._windows[conv] = replace(window, options={**window.options, **folded})  # type: ignore[index]
             self._kinds[node] = "folded"
 
     @contextmanager
@@ -709,16 +705,6 @@ def _arg(node: fx.Node, index: int, default: Any = None) -> Any:
     return node.args[index] if len(node.args) > index else default
 
 
-def _after(node: fx.Node, other: fx.Node) -> bool:
-    """Whether ``node`` comes after ``other`` in their graph."""
-    current = other.next
-    while current.op != "root":
-        if current is node:
-            return True
-        current = current.next
-    return False
-
-
 # -- occlusion windows -------------------------------------------------------------------------
 
 
@@ -752,77 +738,3 @@ def occluded_patches(
     filled = fills[fill_images[:, None, None], :, where_rows, where_cols]
     patches = torch.where(inside[..., None], filled, clean).permute(0, 3, 1, 2).contiguous()
     return starts, patches
-
-
-def drill_down(
-    evaluate: Callable[[torch.Tensor], torch.Tensor],
-    grid: tuple[int, int, int],
-    factor: int,
-    fraction: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Krypton's adaptive drill-down on a grid of windows (approximate).
-
-    ``evaluate(jobs)`` gives the (J,) results of the windows ``jobs`` (J,) long, indices into
-    the flattened ``grid`` (N, rows, columns). First every ``factor``-th row and column of
-    windows is evaluated (plus the last row and column); the others get the bilinear
-    interpolation of those. Then, per picture, the ``fraction`` of the remaining windows whose
-    coarse cell varies most (the range of the four coarse results around them: the peaks and
-    edges of every high region, where interpolation is least trustworthy) is evaluated exactly.
-    Returns the results (N, rows, columns) float64 and which were evaluated (bool).
-    """
-    n, nh, nw = grid
-    coarse_rows, coarse_cols = _coarse(nh, factor), _coarse(nw, factor)
-    done = torch.zeros(n, nh, nw, dtype=torch.bool)
-    done[:, coarse_rows[:, None], coarse_cols[None, :]] = True
-    values = torch.zeros(n, nh, nw, dtype=torch.float64)
-    first = done.flatten().nonzero().squeeze(1)
-    values.view(-1)[first] = evaluate(first).double().cpu()
-    coarse = values[:, coarse_rows[:, None], coarse_cols[None, :]]
-    estimate = _interpolation(coarse_rows, nh) @ coarse @ _interpolation(coarse_cols, nw).T
-    values = torch.where(done, values, estimate)
-    (top, bottom), (left, right) = _cells(coarse_rows, nh), _cells(coarse_cols, nw)
-    corners = torch.stack([coarse[:, r][:, :, c] for r in (top, bottom) for c in (left, right)])
-    spread = corners.amax(0) - corners.amin(0)  # (N, rows, columns)
-    picks = []
-    for i in range(n):
-        candidates = torch.nonzero(~done[i].flatten()).squeeze(1)
-        order = spread[i].flatten()[candidates].argsort(descending=True, stable=True)
-        picks.append(candidates[order[: math.ceil(fraction * len(candidates))]] + i * nh * nw)
-    second = torch.cat(picks)
-    if len(second):
-        values.view(-1)[second] = evaluate(second).double().cpu()
-        done.view(-1)[second] = True
-    return values, done
-
-
-def _cells(picked: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each index of ``range(count)``, the positions in ``picked`` of the coarse indices
-    on either side of it."""
-    last = len(picked) - 1
-    low = (torch.searchsorted(picked, torch.arange(count), right=True) - 1).clamp(
-        0, max(last - 1, 0)
-    )
-    return low, (low + 1).clamp(max=last)
-
-
-def _coarse(count: int, factor: int) -> torch.Tensor:
-    """Every ``factor``-th index of ``range(count)``, and the last one."""
-    picked = list(range(0, count, factor))
-    if picked[-1] != count - 1:
-        picked.append(count - 1)
-    return torch.tensor(picked)
-
-
-def _interpolation(picked: torch.Tensor, count: int) -> torch.Tensor:
-    """(count, len(picked)) float64: linear interpolation from the picked indices to all."""
-    matrix = torch.zeros(count, len(picked), dtype=torch.float64)
-    if len(picked) == 1:
-        matrix[:, 0] = 1.0
-        return matrix
-    points = picked.tolist()
-    for i in range(count):
-        right = min(max(bisect.bisect_left(points, i), 1), len(points) - 1)
-        low, high = points[right - 1], points[right]
-        t = (i - low) / (high - low)
-        matrix[i, right - 1], matrix[i, right] = 1 - t, t
-    return matrix

@@ -29,6 +29,21 @@ available). The upsampling reproduces the authors' code (``skimage.transform.res
 ``order=1, mode="reflect"``: pixel-centre coordinates, edges mirrored). Masks are drawn in blocks
 of :data:`MASK_BLOCK` from the generator, so a seed gives the same masks whatever the batch
 size, and never more than one block is held in memory.
+
+Fast occlusion (Krypton: Nakandala, Kumar & Papakonstantinou, SIGMOD 2019, "Incremental and
+Approximate Inference for Faster Occlusion-based Deep CNN Explanations"). By default
+(``incremental="auto"``) a network that ``torch.fx`` traces runs incrementally
+(:mod:`convlens.incremental`): once on the clean picture, then for each window only the boxes
+of each layer's output that the window changes. That is the plain map up to float rounding
+(max difference <= 1e-4 of its peak), whatever the fill, since every fill (blur too) changes
+the picture inside the window only. Elsewhere plain forward passes run, and
+``extras["incremental"]`` says why (``incremental=True`` also warns). Two approximate modes,
+off by default: ``approximate="drilldown"`` computes every ``drill_factor``-th (2) row and
+column of windows, interpolates the others, then computes the ``drill_fraction`` (0.5) of them
+whose coarse neighbours differ most (:func:`drill_down`); ``approximate="cap"`` stops each
+changed box at ``cap`` (0.5) of its map's side (Krypton's projective-field threshold; clean
+values outside). ``exact_ssim=True`` reports their SSIM to the exact map (signed maps, the
+exact map's range as data range). RISE has no incremental path: its masks change every pixel.
 """
 
 from __future__ import annotations
@@ -54,7 +69,7 @@ from convlens.attribution import (
     resolve_target,
 )
 from convlens.hooks import preserved
-from convlens.incremental import Incremental, NotIncremental, drill_down, occluded_patches
+from convlens.incremental import Incremental, NotIncremental, occluded_patches
 from convlens.model import Model
 from convlens.references import reference_input, reference_setting
 
@@ -117,28 +132,16 @@ def occlusion(
     score:
         ``"logit"`` (the raw output, default) or ``"probability"`` (after the model's
         postprocess, e.g. softmax).
-    incremental:
-        ``"auto"`` (default): recompute only what each window changes (Krypton's incremental
-        inference, :mod:`convlens.incremental`; the same map up to float rounding) where the
-        network traces with ``torch.fx``, else plain forward passes; ``True``: the same, with a
-        warning when it falls back; ``False``: plain forward passes. Tracing runs the forward's
-        Python once with proxies: pass ``False`` for a network whose forward has side effects.
-    approximate:
-        ``None`` (default, exact) or an approximate mode: ``"drilldown"`` (every
-        ``drill_factor``-th window row and column first, default 2, the others interpolated
-        from them; then the ``drill_fraction`` (default 0.5) of the remaining windows whose
-        coarse neighbours differ most, the peaks and edges of high regions, is computed
-        exactly: :func:`~convlens.incremental.drill_down`) or ``"cap"`` (Krypton's
-        projective-field threshold: no changed box grows past ``cap`` (default 0.5) of its
-        map's side; the clean values are used outside it).
+    incremental, approximate, cap, drill_factor, drill_fraction:
+        How the windows are computed, see the module docstring: ``incremental="auto"``
+        (default), ``True`` (warns where it falls back) or ``False`` (plain forward passes);
+        ``approximate=None`` (exact, default), ``"drilldown"`` or ``"cap"``.
     exact_ssim:
-        With an approximate mode, also compute the exact map and report the SSIM between the
-        two (``extras["ssim"]``, one per image, on the signed maps with the exact map's range
-        as data range); costs one exact run.
+        With an approximate mode, also compute the exact map and report their SSIM
+        (``extras["ssim"]``, one per image); costs one exact run.
     batch_size:
-        Perturbed copies (windows) per forward pass (default: what fits ``memory_budget_mb``;
-        incremental runs size it from their own, much smaller, needs, and on CUDA from the free
-        device memory).
+        Copies (windows) per forward pass (default: what fits ``memory_budget_mb``; for
+        incremental runs their own, smaller, needs, on CUDA the device's free memory).
     progress:
         Called as ``progress(done, total)`` with the number of perturbed copies evaluated.
 
@@ -263,24 +266,23 @@ class _Occluder:
     def _chunk(
         self, jobs: torch.Tensor, images: torch.Tensor, engine: Incremental | None
     ) -> torch.Tensor:
-        x, nw, device = self.inputs, len(self.cols), self.inputs.device
-        position = (jobs % (len(self.rows) * nw)).to(device)
-        on_device = images.to(device)
-        fills = self.fills[on_device] if len(self.fills) > 1 else self.fills
+        """(B,) scores of one batch of copies: whole copies through the network, or each
+        window's changed box through the picture's engine."""
+        x, nw = self.inputs, len(self.cols)
+        position, on_device = (jobs % (len(self.rows) * nw)).to(x.device), images.to(x.device)
         if engine is None:
+            fills = self.fills[on_device] if len(self.fills) > 1 else self.fills
             inside = self.rows[position // nw][:, :, None] & self.cols[position % nw][:, None, :]
             with torch.inference_mode():
                 outputs = self.model.forward(torch.where(inside[:, None], fills, x[on_device]))
         else:
-            zero = torch.zeros_like(position)
-            stride = torch.tensor(self.stride, device=device)
-            corners = torch.stack([position // nw, position % nw], 1) * stride
-            image = int(images[0])
-            fill = self.fills[image : image + 1] if len(self.fills) > 1 else self.fills
-            starts, patches = occluded_patches(
-                x[image : image + 1], fill, zero, corners, self.window
+            image, zero = int(images[0]), torch.zeros_like(position)
+            corners = torch.stack([position // nw, position % nw], 1) * torch.tensor(
+                self.stride, device=x.device
             )
-            outputs = engine(zero, starts, patches)
+            fill = self.fills[image : image + 1] if len(self.fills) > 1 else self.fills
+            patch = occluded_patches(x[image : image + 1], fill, zero, corners, self.window)
+            outputs = engine(zero, *patch)
         return _scored(self.model, outputs, self.target.select(images), self.score)
 
     def _engine(self, image: int) -> Incremental | None:
@@ -362,15 +364,81 @@ def _ssim(approximate: torch.Tensor, exact: torch.Tensor) -> float:
     return float(ssim(approximate[None], exact[None], data_range=span, win_size=win)[0])
 
 
-APPROXIMATE = {"drilldown": ("drill_factor", "drill_fraction"), "cap": ("cap",)}
+def drill_down(
+    evaluate: Callable[[torch.Tensor], torch.Tensor],
+    grid: tuple[int, int, int],
+    factor: int,
+    fraction: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Krypton's adaptive drill-down on a grid of windows (approximate).
+
+    ``evaluate(jobs)`` gives the (J,) results of the windows ``jobs`` (J,) long, indices into
+    the flattened ``grid`` (N, rows, columns). First every ``factor``-th row and column of
+    windows is evaluated (plus the last row and column); the others get the bilinear
+    interpolation of those. Then, per picture, the ``fraction`` of the remaining windows whose
+    coarse cell varies most (the range of the four coarse results around them: the peaks and
+    edges of every high region, where interpolation is least trustworthy) is evaluated exactly.
+    Returns the results (N, rows, columns) float64 and which were evaluated (bool).
+    """
+    n, nh, nw = grid
+    coarse_rows, coarse_cols = _coarse(nh, factor), _coarse(nw, factor)
+    done = torch.zeros(n, nh, nw, dtype=torch.bool)
+    done[:, coarse_rows[:, None], coarse_cols[None, :]] = True
+    values = torch.zeros(n, nh, nw, dtype=torch.float64)
+    first = done.flatten().nonzero().squeeze(1)
+    values.view(-1)[first] = evaluate(first).double().cpu()
+    coarse = values[:, coarse_rows[:, None], coarse_cols[None, :]]
+    estimate = _interpolation(coarse_rows, nh) @ coarse @ _interpolation(coarse_cols, nw).T
+    values = torch.where(done, values, estimate)
+    (top, bottom), (left, right) = _cells(coarse_rows, nh), _cells(coarse_cols, nw)
+    corners = torch.stack([coarse[:, r][:, :, c] for r in (top, bottom) for c in (left, right)])
+    spread = corners.amax(0) - corners.amin(0)  # (N, rows, columns)
+    picks = []
+    for i in range(n):
+        candidates = torch.nonzero(~done[i].flatten()).squeeze(1)
+        order = spread[i].flatten()[candidates].argsort(descending=True, stable=True)
+        picks.append(candidates[order[: math.ceil(fraction * len(candidates))]] + i * nh * nw)
+    second = torch.cat(picks)
+    if len(second):
+        values.view(-1)[second] = evaluate(second).double().cpu()
+        done.view(-1)[second] = True
+    return values, done
+
+
+def _cells(picked: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each index of ``range(count)``, the positions in ``picked`` of the coarse indices
+    on either side of it."""
+    last = len(picked) - 1
+    low = (torch.searchsorted(picked, torch.arange(count), right=True) - 1).clamp(
+        0, max(last - 1, 0)
+    )
+    return low, (low + 1).clamp(max=last)
+
+
+def _coarse(count: int, factor: int) -> torch.Tensor:
+    """Every ``factor``-th index of ``range(count)``, and the last one."""
+    picked = list(range(0, count, factor))
+    if picked[-1] != count - 1:
+        picked.append(count - 1)
+    return torch.tensor(picked)
+
+
+def _interpolation(picked: torch.Tensor, count: int) -> torch.Tensor:
+    """(count, len(picked)) float64: linear interpolation from the picked indices to all."""
+    low, high = _cells(picked, count)
+    span = (picked[high] - picked[low]).clamp(min=1).double()
+    share = ((torch.arange(count) - picked[low]).double() / span).clamp(0, 1)
+    matrix = torch.zeros(count, len(picked), dtype=torch.float64)
+    matrix.index_put_((torch.arange(count), low), 1 - share, accumulate=True)
+    matrix.index_put_((torch.arange(count), high), share, accumulate=True)
+    return matrix
+
+
+APPROXIMATE = {"drilldown": {"drill_factor": 2, "drill_fraction": 0.5}, "cap": {"cap": 0.5}}
 
 
 def _fast_options(
-    incremental: Any,
-    approximate: Any,
-    cap: Any,
-    drill_factor: Any,
-    drill_fraction: Any,
+    incremental: Any, approximate: Any, cap: Any, drill_factor: Any, drill_fraction: Any
 ) -> dict[str, Any]:
     """The approximate mode's settings ({} when exact), checked; defaults filled in."""
     if incremental not in (True, False, "auto") or not isinstance(incremental, (bool, str)):
@@ -379,31 +447,24 @@ def _fast_options(
         raise ValueError(f"expected approximate None, 'drilldown' or 'cap', got {approximate!r}")
     given = {"cap": cap, "drill_factor": drill_factor, "drill_fraction": drill_fraction}
     for name, value in given.items():
-        if value is not None and name not in APPROXIMATE.get(approximate, ()):
-            mode = next(m for m, names in APPROXIMATE.items() if name in names)
-            raise ValueError(
-                f"{name} is a setting of approximate={mode!r}, got approximate={approximate!r}"
-            )
+        mode = next(m for m, names in APPROXIMATE.items() if name in names)
+        if value is not None and mode != approximate:
+            raise ValueError(f"{name} is a setting of approximate={mode!r}, got {approximate!r}")
     if approximate is None:
         return {}
-    if approximate == "cap":
-        if incremental is False:
-            raise ValueError("approximate='cap' caps incremental inference; got incremental=False")
-        cap = 0.5 if cap is None else cap
-        if isinstance(cap, bool) or not isinstance(cap, (int, float)) or not 0 < cap <= 1:
-            raise ValueError(f"expected cap in (0, 1] (a share of each map's side), got {cap!r}")
-        return {"approximate": "cap", "cap": float(cap)}
-    factor = 2 if drill_factor is None else drill_factor
-    fraction = 0.5 if drill_fraction is None else drill_fraction
-    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 2:
-        raise ValueError(f"expected drill_factor >= 2 (an int), got {factor!r}")
-    if (
-        isinstance(fraction, bool)
-        or not isinstance(fraction, (int, float))
-        or not 0 <= fraction <= 1
-    ):
-        raise ValueError(f"expected drill_fraction in [0, 1], got {fraction!r}")
-    return {"approximate": "drilldown", "drill_factor": factor, "drill_fraction": float(fraction)}
+    if approximate == "cap" and incremental is False:
+        raise ValueError("approximate='cap' caps incremental inference; got incremental=False")
+    options = {k: v if given[k] is None else given[k] for k, v in APPROXIMATE[approximate].items()}
+    checks: dict[str, tuple[Callable[[Any], bool], str]] = {
+        "cap": (lambda v: 0 < v <= 1, "in (0, 1] (a share of each map's side)"),
+        "drill_factor": (lambda v: isinstance(v, int) and v >= 2, ">= 2 (an int)"),
+        "drill_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    }
+    for name, value in options.items():
+        fits, expected = checks[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not fits(value):
+            raise ValueError(f"expected {name} {expected}, got {value!r}")
+    return {"approximate": approximate, **options}
 
 
 def _cover(size: int, window: int, stride: int, device: torch.device) -> torch.Tensor:
