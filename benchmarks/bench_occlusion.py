@@ -30,7 +30,7 @@ map's range as data range, 7x7 window, :func:`convlens.sanity.ssim`).
 
     python benchmarks/run.py occlusion                      # every case, CPU, one thread
     python benchmarks/bench_occlusion.py --device cuda      # the same table on a GPU
-    python benchmarks/bench_occlusion.py --cases mobilenet_v2 resnet18
+    python benchmarks/bench_occlusion.py --cases vgg16 --stride 8   # windows cost the same
 """
 
 from __future__ import annotations
@@ -193,8 +193,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", nargs="*", choices=list(CASES), default=None)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--tf32", action="store_true", help="keep cuDNN's TF32 convolutions")
+    parser.add_argument("--stride", type=int, help="one stride for every case (a slow machine)")
     args = parser.parse_args(argv)
     DEVICE = torch.device(args.device)
+    if args.stride:
+        CASES.update({name: args.stride for name in CASES})
     if DEVICE.type == "cuda" and not args.tf32:
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     sys.path[:0] = [str(Path(__file__).resolve().parent)]
