@@ -29,8 +29,8 @@ the approximate maps' SSIM to the exact one (target >= 0.9, on the signed maps w
 map's range as data range, 7x7 window, :func:`convlens.sanity.ssim`).
 
     python benchmarks/run.py occlusion                      # every case, CPU, one thread
-    python benchmarks/bench_occlusion.py --device cuda      # the same table on a GPU
-    python benchmarks/bench_occlusion.py --cases vgg16 --stride 8   # windows cost the same
+    PYTHONPATH=src python benchmarks/bench_occlusion.py --device cuda   # the same on a GPU
+    PYTHONPATH=src python benchmarks/bench_occlusion.py --cases vgg16 --stride 8
 """
 
 from __future__ import annotations
@@ -156,12 +156,12 @@ def case_rows(name: str, repeats: int) -> list[Row]:
             samples[case].append(seconds)
             print(f"  {label} {case}: {seconds:.2f} s", flush=True)
     baseline = next(iter(variants))
-    base = min(samples[baseline])
+    base = Timing(tuple(samples[baseline])).median
     rows = []
     for case, times in samples.items():
         target = TARGETS[name] if case.endswith("exact") else None
         target = APPROXIMATE_TARGET if "approximate" in case else target
-        ratio = None if case == baseline else min(times) / base
+        ratio = None if case == baseline else Timing(tuple(times)).median / base
         rows.append(
             Row(BENCH, f"{label} {case}", Timing(tuple(times)),
                 None if case == baseline else f"{label} {baseline}", ratio, target)
@@ -187,7 +187,7 @@ def run(repeats: int, cases: list[str] | None = None) -> list[Row]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    global DEVICE
+    global DEVICE, SLOW_REPEATS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--cases", nargs="*", choices=list(CASES), default=None)
@@ -196,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stride", type=int, help="one stride for every case (a slow machine)")
     args = parser.parse_args(argv)
     DEVICE = torch.device(args.device)
+    SLOW_REPEATS = max(1, args.repeats)
     if args.stride:
         CASES.update({name: args.stride for name in CASES})
     if DEVICE.type == "cuda" and not args.tf32:
