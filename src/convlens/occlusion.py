@@ -132,13 +132,10 @@ def occlusion(
     score:
         ``"logit"`` (the raw output, default) or ``"probability"`` (after the model's
         postprocess, e.g. softmax).
-    incremental, approximate, cap, drill_factor, drill_fraction:
-        How the windows are computed, see the module docstring: ``incremental="auto"``
-        (default), ``True`` (warns where it falls back) or ``False`` (plain forward passes);
-        ``approximate=None`` (exact, default), ``"drilldown"`` or ``"cap"``.
-    exact_ssim:
-        With an approximate mode, also compute the exact map and report their SSIM
-        (``extras["ssim"]``, one per image); costs one exact run.
+    incremental, approximate, cap, drill_factor, drill_fraction, exact_ssim:
+        How the windows are computed (module docstring): ``incremental="auto"`` (default),
+        ``True`` (warns where it falls back) or ``False``; ``approximate=None`` (exact, default),
+        ``"drilldown"`` or ``"cap"``; ``exact_ssim=True`` also runs the exact map for the SSIM.
     batch_size:
         Copies (windows) per forward pass (default: what fits ``memory_budget_mb``; for
         incremental runs their own, smaller, needs, on CUDA the device's free memory).
@@ -167,8 +164,7 @@ def occlusion(
 
     occluder = _Occluder(
         model, x, fill_values, (wh, ww), (sh, sw), chosen, score, size, incremental,
-        cap=fast.get("cap"), sized=batch_size is not None, budget=memory_budget_mb,
-        progress=progress,
+        fast.get("cap"), batch_size is not None, memory_budget_mb, progress=progress,
     )  # fmt: skip
     with preserved(model.module):
         logits, original = _scores_in_chunks(model, x, chosen, score, size)
