@@ -14,9 +14,10 @@ import convlens as cl
 from convlens.core.hooks import has_hooks
 from convlens.core.model import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from convlens.core.references import gaussian_blur
-from convlens.techniques.attribution import occlusion as occlusion_module
+from convlens.techniques.attribution import rise as rise_module
 from convlens.techniques.attribution.base import get_method
-from convlens.techniques.attribution.occlusion import occlusion, rise, rise_masks
+from convlens.techniques.attribution.occlusion import occlusion
+from convlens.techniques.attribution.rise import rise, rise_masks
 
 # -- helpers ------------------------------------------------------------------------------------
 
@@ -172,9 +173,13 @@ def test_whole_image_window_and_a_fill_equal_to_the_input():
     for i, k in enumerate([1, 3]):
         expected = torch.full((12, 12), float(logits[i, k] - blank[i, k]))
         torch.testing.assert_close(whole.map[i], expected, atol=1e-6, rtol=0)
-    # replacing the input by itself changes nothing: every drop is exactly 0
-    same = occlusion(model, x, [1, 3], window=4, stride=2, fill=x.clone())
+    # replacing the input by itself changes nothing: every drop is exactly 0 with plain forward
+    # passes, and 0 up to float rounding with incremental inference (the default)
+    same = occlusion(model, x, [1, 3], window=4, stride=2, fill=x.clone(), incremental=False)
     assert torch.equal(same.map, torch.zeros(2, 12, 12))
+    same = occlusion(model, x, [1, 3], window=4, stride=2, fill=x.clone())
+    assert same.extras["incremental"] == "incremental"
+    torch.testing.assert_close(same.map, torch.zeros(2, 12, 12), atol=1e-6, rtol=0)
 
 
 # -- occlusion: the slow reference loop and Captum ----------------------------------------------
@@ -284,7 +289,9 @@ def _window_copy(model: cl.Model, x: torch.Tensor, fill, **options) -> torch.Ten
     """The copy the network saw with the first window (rows 0-3, columns 0-3) filled."""
     recorder = model.module
     recorder.seen.clear()
-    occlusion(model, x, 0, window=4, stride=4, fill=fill, batch_size=64, **options)
+    occlusion(
+        model, x, 0, window=4, stride=4, fill=fill, batch_size=64, incremental=False, **options
+    )
     original, copies = recorder.seen  # the unperturbed batch, then all 4 windows at once
     assert torch.equal(original, x) and copies.shape == (4, 3, 8, 8)
     first = copies[0]
@@ -318,7 +325,9 @@ def test_each_fill_puts_what_it_says_into_the_window():
     grey = tiny_model()
     grey.module = Recorder(grey.module)
     x1 = torch.rand(1, 1, 4, 4, generator=torch.Generator().manual_seed(0))
-    occlusion(grey, x1, 0, window=2, stride=2, fill=(1.0, 1.0, 0.0), batch_size=64)
+    occlusion(
+        grey, x1, 0, window=2, stride=2, fill=(1.0, 1.0, 0.0), batch_size=64, incremental=False
+    )
     torch.testing.assert_close(grey.module.seen[1][0, 0, :2, :2], torch.full((2, 2), 0.886))
 
 
@@ -355,7 +364,7 @@ def test_batch_size_changes_nothing_and_bounds_every_forward():
     maps = {}
     for size in (1, 7, 64):
         model.module.seen.clear()
-        result = occlusion(model, x, [0, 2], window=4, stride=3, batch_size=size)
+        result = occlusion(model, x, [0, 2], window=4, stride=3, batch_size=size, incremental=False)
         batches = [len(b) for b in model.module.seen]
         # 2 unperturbed images + 2 images x 4 x 4 windows, never more than `size` at once
         assert sum(batches) == 2 + 2 * 16 and max(batches) <= size
@@ -377,6 +386,7 @@ def test_default_batch_size_comes_from_the_memory_budget_and_progress_is_reporte
         stride=6,
         memory_budget_mb=1e-6,
         progress=lambda done, total: calls.append((done, total)),
+        incremental=False,
     )
     assert result.settings["batch_size"] == 1
     assert {len(b) for b in model.module.seen} == {1}
@@ -497,7 +507,7 @@ def test_rise_is_deterministic_with_a_seed_and_a_generator():
 
 def test_rise_batch_size_changes_nothing_and_bounds_every_forward(monkeypatch):
     # masks are drawn in blocks (16 here): 40 masks cross two block edges
-    monkeypatch.setattr(occlusion_module, "MASK_BLOCK", 16)
+    monkeypatch.setattr(rise_module, "MASK_BLOCK", 16)
     model = small_cnn(12)
     x = images(2, 3, 12, 12, seed=10)
     maps = {}

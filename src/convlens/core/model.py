@@ -511,8 +511,8 @@ class Prediction:
 
     def __repr__(self) -> str:
         shown = ", ".join(
-            f"{name}: {label} {p:.1%}"
-            for name, (_k, label, p) in zip(self.names[:3], (self.topk(i)[0] for i in range(3)))
+            f"{self.names[i]}: {self.topk(i)[0][1]} {self.topk(i)[0][2]:.1%}"
+            for i in range(min(3, len(self)))
         )
         more = f", ... ({len(self)} pictures)" if len(self) > 3 else ""
         return f"Prediction({self.model.name}; {shown}{more})"

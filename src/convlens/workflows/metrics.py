@@ -530,8 +530,8 @@ def confidence_change(
     i.e. ``fill="black"``). With Y the image's score and O the masked image's:
     ``average_drop = max(0, Y - O) / Y`` (lower is better) and
     ``increase_in_confidence = [O > Y]`` (higher is better); their means are the paper's
-    numbers divided by 100 (fractions, like the other scores). Score: the target's probability (``score="logit"`` is unusual here: a
-    negative Y makes the drop meaningless, so it raises).
+    numbers divided by 100 (fractions, like the other scores). Score: the target's probability
+    (``score="logit"`` is unusual here: a negative Y makes the drop meaningless, so it raises).
     """
     _check_choice(score, SCORES, "score")
     _check_empty(empty)

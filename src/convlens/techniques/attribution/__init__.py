@@ -10,6 +10,7 @@ from convlens.techniques.attribution import (  # noqa: F401  (each family regist
     detection,
     gradients,
     occlusion,
+    rise,
     smoothgrad,
 )
 from convlens.techniques.attribution.base import (

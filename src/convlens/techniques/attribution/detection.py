@@ -34,7 +34,7 @@ from convlens.techniques.attribution.base import (
     no_layer,
     register,
 )
-from convlens.techniques.attribution.occlusion import rise_masks
+from convlens.techniques.attribution.rise import rise_masks
 
 
 @dataclass(repr=False)

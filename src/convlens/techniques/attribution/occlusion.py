@@ -29,19 +29,36 @@ available). The upsampling reproduces the authors' code (``skimage.transform.res
 ``order=1, mode="reflect"``: pixel-centre coordinates, edges mirrored). Masks are drawn in blocks
 of :data:`MASK_BLOCK` from the generator, so a seed gives the same masks whatever the batch
 size, and never more than one block is held in memory.
+
+Fast occlusion (Krypton: Nakandala, Kumar & Papakonstantinou, SIGMOD 2019, "Incremental and
+Approximate Inference for Faster Occlusion-based Deep CNN Explanations"). By default
+(``incremental="auto"``) a network that ``torch.fx`` traces runs incrementally
+(:mod:`convlens.incremental`): once on the clean picture, then for each window only the boxes
+of each layer's output that the window changes. That is the plain map up to float rounding
+(max difference <= 1e-4 of its peak), whatever the fill, since every fill (blur too) changes
+the picture inside the window only. Elsewhere plain forward passes run, and
+``extras["incremental"]`` says why (``incremental=True`` also warns). Two approximate modes,
+off by default: ``approximate="drilldown"`` computes every ``drill_factor``-th (2) row and
+column of windows, interpolates the others, then computes the ``drill_fraction`` (0.5) of them
+whose coarse neighbours differ most (:func:`drill_down`); ``approximate="cap"`` stops each
+changed box at ``cap`` (0.5) of its map's side (Krypton's projective-field threshold; clean
+values outside). ``exact_ssim=True`` reports their SSIM to the exact map (signed maps, the
+exact map's range as data range). RISE has no incremental path: its masks change every pixel.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
 from convlens.core.hooks import preserved
 from convlens.core.model import Model
-from convlens.core.references import reference_input, reference_setting
+from convlens.core.references import reference_setting
 from convlens.core.registry import spec
 from convlens.techniques.attribution.base import (
     Attribution,
@@ -50,17 +67,25 @@ from convlens.techniques.attribution.base import (
     checked_batch_size,
     chunks,
     make_attribution,
-    make_generator,
     no_layer,
     register,
     resolve_target,
 )
+from convlens.techniques.attribution.incremental import (
+    Incremental,
+    NotIncremental,
+)
+from convlens.techniques.attribution.perturbation import (
+    FILLS,
+    SCORES,
+    Fill,
+    check_score,
+    fill_for,
+    pair,
+    scored,
+    scores_in_chunks,
+)
 
-FILLS = ("zero", "black", "mean", "blur")
-SCORES = ("logit", "probability")
-MASK_BLOCK = 128  # RISE masks drawn (and held) at a time
-
-Fill = str | float | Sequence[float] | torch.Tensor
 Progress = Callable[[int, int], None]
 
 
@@ -91,6 +116,12 @@ def occlusion(
     fill: Fill = "zero",
     blur_sigma: float = 8.0,
     score: str = "logit",
+    incremental: bool | str = "auto",
+    approximate: str | None = None,
+    cap: float | None = None,
+    drill_factor: int | None = None,
+    drill_fraction: float | None = None,
+    exact_ssim: bool = False,
     batch_size: int | None = None,
     memory_budget_mb: float | None = None,
     progress: Progress | None = None,
@@ -114,73 +145,335 @@ def occlusion(
     score:
         ``"logit"`` (the raw output, default) or ``"probability"`` (after the model's
         postprocess, e.g. softmax).
+    incremental, approximate, cap, drill_factor, drill_fraction, exact_ssim:
+        How the windows are computed (module docstring): ``incremental="auto"`` (default),
+        ``True`` (warns where it falls back) or ``False``; ``approximate=None`` (exact, default),
+        ``"drilldown"`` or ``"cap"``; ``exact_ssim=True`` also runs the exact map for the SSIM.
     batch_size:
-        Perturbed copies per forward pass (default: what fits ``memory_budget_mb``).
+        Copies (windows) per forward pass (default: what fits ``memory_budget_mb``; for
+        incremental runs their own, smaller, needs, on CUDA the device's free memory).
     progress:
         Called as ``progress(done, total)`` with the number of perturbed copies evaluated.
 
     ``extras``: ``windows`` (rows, columns of window positions) and ``window_drops``
-    (N, rows, columns), the score drop of each window (Zeiler & Fergus's coarse map).
+    (N, rows, columns), the score drop of each window (Zeiler & Fergus's coarse map);
+    ``incremental`` (``"incremental"`` or ``"plain: <why>"``); with ``approximate``, ``ssim``
+    (or None) and ``evaluated`` (the share of windows computed).
     ``scores`` holds the unperturbed logits whatever ``score`` is.
     """
     no_layer("occlusion", layer)
     batch = model.prepare(images)
     x = batch.inputs
-    n, _, height, width = x.shape
-    wh, ww = _pair(window, "window")
-    sh, sw = _pair(stride, "stride")
+    height, width = x.shape[-2:]
+    wh, ww = pair(window, "window")
+    sh, sw = pair(stride, "stride")
     _check_window(wh, sh, height, "height")
     _check_window(ww, sw, width, "width")
-    _check_score(score)
-    fill_values = _fill_values(model, x, fill, blur_sigma)
+    check_score(score)
+    fast = _fast_options(incremental, approximate, cap, drill_factor, drill_fraction)
+    fill_values = fill_for(model, x, fill, blur_sigma)
     size = checked_batch_size(model, batch_size, memory_budget_mb)
     chosen = resolve_target(model, x, target)
 
-    rows = _cover(height, wh, sh, x.device)  # (nh, H) which rows each window position covers
-    cols = _cover(width, ww, sw, x.device)  # (nw, W)
-    nh, nw = len(rows), len(cols)
-    per_image = nh * nw
-    total = n * per_image
-    # a fill shared by all images broadcasts; a per-image fill (mean, blur, ...) is gathered
-    shared_fill = fill_values.dim() < 4 or fill_values.shape[0] == 1
-    fill_full = fill_values if shared_fill else fill_values.expand_as(x)
-    occluded = torch.empty(total, dtype=torch.float32, device=x.device)
+    occluder = _Occluder(
+        model, x, fill_values, (wh, ww), (sh, sw), chosen, score, size, incremental,
+        fast.get("cap"), batch_size is not None, memory_budget_mb, progress=progress,
+    )  # fmt: skip
     with preserved(model.module):
-        logits, original = _scores_in_chunks(model, x, chosen, score, size)
-        for part in chunks(total, size):
-            jobs = torch.arange(part.start, part.stop)
-            image, position = jobs // per_image, (jobs % per_image).to(x.device)
-            on_device = image.to(x.device)
-            inside = rows[position // nw][:, :, None] & cols[position % nw][:, None, :]
-            fills = fill_full if shared_fill else fill_full[on_device]
-            copies = torch.where(inside[:, None], fills, x[on_device])
-            occluded[part] = _score(model, copies, chosen.select(image), score)
-            if progress is not None:
-                progress(part.stop, total)
-    drops = original.cpu().double()[:, None, None] - occluded.cpu().double().view(n, nh, nw)
-    rows64, cols64 = rows.cpu().double(), cols.cpu().double()
-    sums = rows64.T @ drops @ cols64  # (N, H, W): the drops of every window covering a pixel
-    counts = rows64.sum(0)[:, None] * cols64.sum(0)[None, :]
+        logits, original = scores_in_chunks(model, x, chosen, score, size)
+        occluder.logits = logits
+        drops, extras = _window_drops(occluder, original, fast, exact_ssim)
     settings = {
         "window": (wh, ww),
         "stride": (sh, sw),
         "fill": reference_setting(fill),
         "score": score,
-        "batch_size": size,
+        "batch_size": occluder.size,
         "signed": True,
+        **fast,
     }
     if isinstance(fill, str) and fill == "blur":
         settings["blur_sigma"] = blur_sigma
     return make_attribution(
-        sums / counts,
+        _spread(drops, occluder.rows, occluder.cols),
         method="occlusion",
         settings=settings,
         model=model,
         batch=batch,
         target=chosen,
         scores=logits,
-        extras={"windows": (nh, nw), "window_drops": drops.float()},
+        extras={"windows": tuple(drops.shape[1:]), "window_drops": drops.float(), **extras},
     )
+
+
+def _spread(drops: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """(N, H, W) float64: each pixel's mean of the drops (N, nh, nw) of the windows covering it."""
+    rows64, cols64 = rows.cpu().double(), cols.cpu().double()
+    sums = rows64.T @ drops @ cols64  # (N, H, W): the drops of every window covering a pixel
+    counts = rows64.sum(0)[:, None] * cols64.sum(0)[None, :]
+    return sums / counts
+
+
+@dataclass
+class _Occluder:
+    """The scores of occluded copies, by window: plain forward passes of whole copies, or
+    incremental inference (:class:`~convlens.incremental.Incremental`, one per picture) that
+    recomputes only what each window changes, where the network allows it (``notice`` says
+    which ran, and why not)."""
+
+    model: Model
+    inputs: torch.Tensor  # (N, C, H, W)
+    fills: torch.Tensor  # broadcastable to the inputs
+    window: tuple[int, int]
+    stride: tuple[int, int]
+    target: Target
+    score: str
+    size: int  # copies per forward pass
+    incremental: bool | str = "auto"
+    cap: float | None = None  # Krypton's projective-field threshold (approximate)
+    sized: bool = False  # the caller gave the batch size
+    budget: float | None = None  # MiB for incremental batches (None: the engine's default)
+    logits: torch.Tensor | None = None  # (N,) the clean logits, to check the traced graph
+    progress: Progress | None = None
+    notice: str = ""
+    done: int = 0
+    engine: tuple[int, Incremental] | None = None
+
+    def __post_init__(self) -> None:
+        height, width = self.inputs.shape[-2:]
+        self.rows = _cover(height, self.window[0], self.stride[0], self.inputs.device)
+        self.cols = _cover(width, self.window[1], self.stride[1], self.inputs.device)
+        shared = self.fills.dim() < 4 or self.fills.shape[0] == 1
+        self.fills = self.fills.expand_as(self.inputs[:1] if shared else self.inputs)
+
+    def scores(self, jobs: torch.Tensor) -> torch.Tensor:
+        """(J,) float32 scores of the copies ``jobs`` (J,) long, image-major window indices
+        ``image * nh * nw + row * nw + column``, at most ``size`` copies per pass (one picture
+        per pass when incremental)."""
+        per_image = len(self.rows) * len(self.cols)
+        out = torch.empty(len(jobs), dtype=torch.float32, device=self.inputs.device)
+        images = jobs // per_image
+        groups = images.unique().tolist() if self.incremental is not False else [None]
+        for image in groups:
+            picked = torch.arange(len(jobs)) if image is None else torch.nonzero(images == image)
+            picked = picked.reshape(-1)
+            engine = None if image is None else self._engine(image)
+            for part in chunks(len(picked), self.size):
+                which = picked[part]
+                padded, batch = which, min(self.size, len(picked))
+                if engine is not None and self.inputs.is_cuda and len(which) < batch:
+                    # one batch shape on a GPU, so cuDNN plans its convolutions once: the last
+                    # batch is filled up with copies of its last window
+                    padded = torch.cat([which, which[-1:].expand(batch - len(which))])
+                scores = self._chunk(jobs[padded], images[padded], engine)
+                out[which.to(out.device)] = scores[: len(which)]
+                self.done += len(which)
+                if self.progress is not None:
+                    self.progress(self.done, len(self.inputs) * per_image)
+        return out
+
+    def _chunk(
+        self, jobs: torch.Tensor, images: torch.Tensor, engine: Incremental | None
+    ) -> torch.Tensor:
+        """(B,) scores of one batch of copies: whole copies through the network, or each
+        window's changed box through the picture's engine."""
+        x, nw = self.inputs, len(self.cols)
+        position, on_device = (jobs % (len(self.rows) * nw)).to(x.device), images.to(x.device)
+        if engine is None:
+            fills = self.fills[on_device] if len(self.fills) > 1 else self.fills
+            inside = self.rows[position // nw][:, :, None] & self.cols[position % nw][:, None, :]
+            with torch.inference_mode():
+                outputs = self.model.forward(torch.where(inside[:, None], fills, x[on_device]))
+        else:
+            image, zero = int(images[0]), torch.zeros_like(position)
+            corners = torch.stack([position // nw, position % nw], 1) * torch.tensor(
+                self.stride, device=x.device
+            )
+            fill = self.fills[image : image + 1] if len(self.fills) > 1 else self.fills
+            patch = occluded_patches(x[image : image + 1], fill, zero, corners, self.window)
+            outputs = engine(zero, *patch)
+        return scored(self.model, outputs, self.target.select(images), self.score)
+
+    def _engine(self, image: int) -> Incremental | None:
+        """The incremental engine of picture ``image`` (built once), or None where the plain
+        path runs (``notice`` says why; a warning too when ``incremental=True`` or a cap was
+        asked for)."""
+        if self.engine is not None and self.engine[0] == image:
+            return self.engine[1]
+        if self.notice.startswith("plain"):
+            return None
+        try:
+            engine = Incremental(self.model.module, self.inputs[image : image + 1], cap=self.cap)
+            clean = self.target.select(torch.tensor([image])).score(engine.clean_output).float()
+            assert self.logits is not None
+            expected = self.logits[image : image + 1]
+            if not torch.allclose(
+                clean, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max())
+            ):
+                raise NotIncremental("the traced graph does not reproduce the model's output")
+        except NotIncremental as reason:
+            self.notice, self.engine = f"plain: {reason}", None
+            if self.incremental is True or self.cap is not None:
+                lost = "; the cap is not applied (exact map)" if self.cap is not None else ""
+                warnings.warn(f"occlusion ran plain forward passes: {reason}{lost}", stacklevel=4)
+            return None
+        self.notice, self.engine = "incremental", (image, engine)
+        if not self.sized:
+            self.size = engine.batch_size(self.window, self.budget)
+        return engine
+
+
+def _window_drops(
+    occluder: _Occluder, original: torch.Tensor, fast: dict[str, Any], exact_ssim: bool
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """(N, nh, nw) float64 score drops of every window (exact, or as ``fast`` approximates
+    them) and the result's extras: which path ran, and for an approximate mode the share of
+    windows computed and, with ``exact_ssim``, the SSIM to the exact map."""
+    n, nh, nw = len(original), len(occluder.rows), len(occluder.cols)
+    clean = original.cpu().double()
+
+    def drops_of(jobs: torch.Tensor) -> torch.Tensor:
+        return clean[jobs // (nh * nw)] - occluder.scores(jobs).cpu().double()
+
+    extras: dict[str, Any] = {}
+    if fast.get("approximate") == "drilldown":
+        drops, done = drill_down(
+            drops_of, (n, nh, nw), fast["drill_factor"], fast["drill_fraction"]
+        )
+        extras["evaluated"] = float(done.double().mean())
+        if occluder.progress is not None:
+            occluder.progress(n * nh * nw, n * nh * nw)
+    else:
+        drops = drops_of(torch.arange(n * nh * nw)).view(n, nh, nw)
+        if fast:
+            extras["evaluated"] = 1.0
+    extras["incremental"] = occluder.notice or "plain (incremental=False)"
+    if fast:
+        extras["ssim"] = None
+    if fast and exact_ssim:
+        exact = replace(occluder, cap=None, progress=None, notice="", engine=None)
+        exact_drops = (
+            clean[:, None, None]
+            - exact.scores(torch.arange(n * nh * nw)).view(n, nh, nw).cpu().double()
+        )
+        approximate = _spread(drops, occluder.rows, occluder.cols)
+        reference = _spread(exact_drops, occluder.rows, occluder.cols)
+        extras["ssim"] = [_ssim(a, r) for a, r in zip(approximate, reference, strict=True)]
+    return drops, extras
+
+
+def _ssim(approximate: torch.Tensor, exact: torch.Tensor) -> float:
+    """SSIM (7 x 7 window, or the largest odd one that fits) of two (H, W) maps, with the exact
+    map's value range as data range."""
+    from convlens.core.stats import ssim
+
+    win = min(7, *exact.shape)
+    win = win if win % 2 else win - 1
+    span = float(exact.max() - exact.min()) or 1.0
+    return float(ssim(approximate[None], exact[None], data_range=span, win_size=win)[0])
+
+
+def drill_down(
+    evaluate: Callable[[torch.Tensor], torch.Tensor],
+    grid: tuple[int, int, int],
+    factor: int,
+    fraction: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Krypton's adaptive drill-down on a grid of windows (approximate).
+
+    ``evaluate(jobs)`` gives the (J,) results of the windows ``jobs`` (J,) long, indices into
+    the flattened ``grid`` (N, rows, columns). First every ``factor``-th row and column of
+    windows is evaluated (plus the last row and column); the others get the bilinear
+    interpolation of those. Then, per picture, the ``fraction`` of the remaining windows whose
+    coarse cell varies most (the range of the four coarse results around them: the peaks and
+    edges of every high region, where interpolation is least trustworthy) is evaluated exactly.
+    Returns the results (N, rows, columns) float64 and which were evaluated (bool).
+    """
+    n, nh, nw = grid
+    coarse_rows, coarse_cols = _coarse(nh, factor), _coarse(nw, factor)
+    done = torch.zeros(n, nh, nw, dtype=torch.bool)
+    done[:, coarse_rows[:, None], coarse_cols[None, :]] = True
+    values = torch.zeros(n, nh, nw, dtype=torch.float64)
+    first = done.flatten().nonzero().squeeze(1)
+    values.view(-1)[first] = evaluate(first).double().cpu()
+    coarse = values[:, coarse_rows[:, None], coarse_cols[None, :]]
+    estimate = _interpolation(coarse_rows, nh) @ coarse @ _interpolation(coarse_cols, nw).T
+    values = torch.where(done, values, estimate)
+    (top, bottom), (left, right) = _cells(coarse_rows, nh), _cells(coarse_cols, nw)
+    corners = torch.stack([coarse[:, r][:, :, c] for r in (top, bottom) for c in (left, right)])
+    spread = corners.amax(0) - corners.amin(0)  # (N, rows, columns)
+    picks = []
+    for i in range(n):
+        candidates = torch.nonzero(~done[i].flatten()).squeeze(1)
+        order = spread[i].flatten()[candidates].argsort(descending=True, stable=True)
+        picks.append(candidates[order[: math.ceil(fraction * len(candidates))]] + i * nh * nw)
+    second = torch.cat(picks)
+    if len(second):
+        values.view(-1)[second] = evaluate(second).double().cpu()
+        done.view(-1)[second] = True
+    return values, done
+
+
+def _cells(picked: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each index of ``range(count)``, the positions in ``picked`` of the coarse indices
+    on either side of it."""
+    last = len(picked) - 1
+    low = (torch.searchsorted(picked, torch.arange(count), right=True) - 1).clamp(
+        0, max(last - 1, 0)
+    )
+    return low, (low + 1).clamp(max=last)
+
+
+def _coarse(count: int, factor: int) -> torch.Tensor:
+    """Every ``factor``-th index of ``range(count)``, and the last one."""
+    picked = list(range(0, count, factor))
+    if picked[-1] != count - 1:
+        picked.append(count - 1)
+    return torch.tensor(picked)
+
+
+def _interpolation(picked: torch.Tensor, count: int) -> torch.Tensor:
+    """(count, len(picked)) float64: linear interpolation from the picked indices to all."""
+    low, high = _cells(picked, count)
+    span = (picked[high] - picked[low]).clamp(min=1).double()
+    share = ((torch.arange(count) - picked[low]).double() / span).clamp(0, 1)
+    matrix = torch.zeros(count, len(picked), dtype=torch.float64)
+    matrix.index_put_((torch.arange(count), low), 1 - share, accumulate=True)
+    matrix.index_put_((torch.arange(count), high), share, accumulate=True)
+    return matrix
+
+
+APPROXIMATE = {"drilldown": {"drill_factor": 2, "drill_fraction": 0.5}, "cap": {"cap": 0.5}}
+
+
+def _fast_options(
+    incremental: Any, approximate: Any, cap: Any, drill_factor: Any, drill_fraction: Any
+) -> dict[str, Any]:
+    """The approximate mode's settings ({} when exact), checked; defaults filled in."""
+    if incremental not in (True, False, "auto") or not isinstance(incremental, (bool, str)):
+        raise ValueError(f"expected incremental True, False or 'auto', got {incremental!r}")
+    if approximate is not None and approximate not in APPROXIMATE:
+        raise ValueError(f"expected approximate None, 'drilldown' or 'cap', got {approximate!r}")
+    given = {"cap": cap, "drill_factor": drill_factor, "drill_fraction": drill_fraction}
+    for name, value in given.items():
+        mode = next(m for m, names in APPROXIMATE.items() if name in names)
+        if value is not None and mode != approximate:
+            raise ValueError(f"{name} is a setting of approximate={mode!r}, got {approximate!r}")
+    if approximate is None:
+        return {}
+    if approximate == "cap" and incremental is False:
+        raise ValueError("approximate='cap' caps incremental inference; got incremental=False")
+    options = {k: v if given[k] is None else given[k] for k, v in APPROXIMATE[approximate].items()}
+    checks: dict[str, tuple[Callable[[Any], bool], str]] = {
+        "cap": (lambda v: 0 < v <= 1, "in (0, 1] (a share of each map's side)"),
+        "drill_factor": (lambda v: isinstance(v, int) and v >= 2, ">= 2 (an int)"),
+        "drill_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    }
+    for name, value in options.items():
+        fits, expected = checks[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not fits(value):
+            raise ValueError(f"expected {name} {expected}, got {value!r}")
+    return {"approximate": approximate, **options}
 
 
 def _cover(size: int, window: int, stride: int, device: torch.device) -> torch.Tensor:
@@ -204,227 +497,33 @@ def _check_window(window: int, stride: int, size: int, axis: str) -> None:
         )
 
 
-# -- RISE --------------------------------------------------------------------------------------
-
-
-@register(
-    "rise",
-    family="perturbation",
-    paper="Petsiuk, Das & Saenko 2018, arXiv:1806.07421",
-    description="average of random smooth masks weighted by the target's probability",
-    signed=False,
-    settings={
-        "masks": spec("random masks", min=1, max=100_000, step=50),
-        "cell": spec("mask grid cells per side", min=2, max=256),
-        "p": spec("share of cells kept", min=0.01, max=0.99, step=0.01),
-        "fill": spec("what covers the masked pixels", choices=FILLS, type="reference"),
-        "score": spec("what the perturbation changes", choices=SCORES),
-    },
-)
-def rise(
-    model: Model,
-    images: Any,
-    target: TargetSpec = None,
-    *,
-    layer: str | None = None,
-    masks: int = 2000,
-    cell: int = 7,
-    p: float = 0.5,
-    fill: Fill = "zero",
-    blur_sigma: float = 8.0,
-    score: str = "probability",
-    seed: int | None = None,
-    generator: torch.Generator | None = None,
-    batch_size: int | None = None,
-    memory_budget_mb: float | None = None,
-    progress: Progress | None = None,
-) -> Attribution:
-    """RISE saliency (N, H, W): ``sum_i score_i * M_i / (masks * p)``, the expected score when
-    a pixel is kept, divided by ``p``; non-negative for probabilities, in [0, 1] up to sampling
-    noise. With ``p = 1`` every pixel holds the unmasked image's score.
-
-    Parameters
-    ----------
-    masks:
-        Number of random masks N.
-    cell:
-        The grid size s: each mask starts as an s x s binary grid (one cell spans
-        ``ceil(H / s)`` pixels).
-    p:
-        Probability that a grid cell is kept, in (0, 1].
-    fill:
-        What masked pixels become, as for :func:`occlusion` (``"zero"``: the paper's
-        ``mask * input``).
-    score:
-        ``"probability"`` (after the model's postprocess, default, as in the paper) or
-        ``"logit"``.
-    seed, generator:
-        Where the masks' randomness comes from (one of them; default ``seed=0``).
-    batch_size:
-        Masked copies per forward pass (default: what fits ``memory_budget_mb``).
-    progress:
-        Called as ``progress(done, total)`` with the number of masked copies evaluated.
-    """
-    no_layer("rise", layer)
-    batch = model.prepare(images)
-    x = batch.inputs
-    n, _, height, width = x.shape
-    if isinstance(masks, bool) or not isinstance(masks, int) or masks < 1:
-        raise ValueError(f"expected masks >= 1 (an int), got {masks!r}")
-    if isinstance(cell, bool) or not isinstance(cell, int) or not 1 <= cell <= min(height, width):
-        raise ValueError(
-            f"expected cell (grid cells per side) an int in [1, {min(height, width)}], got {cell!r}"
-        )
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1:
-        raise ValueError(f"expected a keep probability p in (0, 1], got {p!r}")
-    _check_score(score)
-    rng, seed_setting = make_generator(seed, generator)
-    fill_values = _fill_values(model, x, fill, blur_sigma)
-    size = checked_batch_size(model, batch_size, memory_budget_mb)
-    chosen = resolve_target(model, x, target)
-
-    cell_h, cell_w = math.ceil(height / cell), math.ceil(width / cell)
-    up_h = _upsampling_matrix(cell, (cell + 1) * cell_h).to(x.device)
-    up_w = _upsampling_matrix(cell, (cell + 1) * cell_w).to(x.device)
-    shared_fill = fill_values.dim() < 4 or fill_values.shape[0] == 1
-    fill_full = fill_values if shared_fill else fill_values.expand_as(x)
-    saliency = torch.zeros(n, height, width, dtype=torch.float32, device=x.device)
-    done, total = 0, masks * n
-    with preserved(model.module):
-        logits, _ = _scores_in_chunks(model, x, chosen, score, size)
-        for block in chunks(masks, MASK_BLOCK):
-            count = block.stop - block.start
-            grids = (torch.rand((count, cell, cell), generator=rng, device=rng.device) < p).float()
-            shift_y = torch.randint(0, cell_h, (count,), generator=rng, device=rng.device)
-            shift_x = torch.randint(0, cell_w, (count,), generator=rng, device=rng.device)
-            shifts = torch.stack([shift_y, shift_x], 1)
-            mask = _masks(grids.to(x.device), shifts.to(x.device), up_h, up_w, (height, width))
-            mask = mask.to(x.dtype)
-            block_scores = torch.empty(n * count, dtype=torch.float32, device=x.device)
-            for part in chunks(n * count, size):
-                jobs = torch.arange(part.start, part.stop)
-                image, which = jobs // count, (jobs % count).to(x.device)
-                on_device = image.to(x.device)
-                kept = mask[which][:, None]
-                fills = fill_full if shared_fill else fill_full[on_device]
-                copies = x[on_device] * kept + fills * (1 - kept)
-                block_scores[part] = _score(model, copies, chosen.select(image), score)
-                done += part.stop - part.start
-                if progress is not None:
-                    progress(done, total)
-            saliency += torch.einsum("nb,bhw->nhw", block_scores.view(n, count), mask.float())
-    settings = {
-        "masks": masks,
-        "cell": cell,
-        "p": p,
-        "seed": seed_setting,
-        "fill": reference_setting(fill),
-        "score": score,
-        "batch_size": size,
-        "signed": False,
-    }
-    if isinstance(fill, str) and fill == "blur":
-        settings["blur_sigma"] = blur_sigma
-    return make_attribution(
-        saliency / (masks * p),
-        method="rise",
-        settings=settings,
-        model=model,
-        batch=batch,
-        target=chosen,
-        scores=logits,
-    )
-
-
-def rise_masks(grids: torch.Tensor, shifts: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """RISE masks (B, H, W) in [0, 1] from binary grids (B, s, s) and shifts (B, 2) (rows,
-    columns; each less than one cell, ``ceil(H / s)`` pixels): the grids upsampled bilinearly
-    to ``(s + 1) * ceil(size / s)`` pixels (pixel centres, mirrored edges, as
-    ``skimage.transform.resize(order=1, mode="reflect")``), then cropped at the shift."""
-    cell = grids.shape[-1]
-    height, width = size
-    up_h = _upsampling_matrix(cell, (cell + 1) * math.ceil(height / cell)).to(grids.device)
-    up_w = _upsampling_matrix(cell, (cell + 1) * math.ceil(width / cell)).to(grids.device)
-    return _masks(grids.float(), shifts, up_h, up_w, size)
-
-
-def _masks(
-    grids: torch.Tensor,
-    shifts: torch.Tensor,
-    up_h: torch.Tensor,
-    up_w: torch.Tensor,
-    size: tuple[int, int],
-) -> torch.Tensor:
-    height, width = size
-    rows = up_h[shifts[:, :1] + torch.arange(height, device=grids.device)]  # (B, H, s)
-    cols = up_w[shifts[:, 1:] + torch.arange(width, device=grids.device)]  # (B, W, s)
-    return rows @ grids @ cols.transpose(1, 2)
-
-
-def _upsampling_matrix(cells: int, pixels: int) -> torch.Tensor:
-    """(pixels, cells) float32: linear interpolation from ``cells`` samples to ``pixels``
-    (pixel-centre coordinates, mirrored about the edge samples)."""
-    matrix = torch.zeros(pixels, cells, dtype=torch.float64)
-    if cells == 1:
-        matrix[:, 0] = 1.0
-        return matrix.float()
-    source = (torch.arange(pixels, dtype=torch.float64) + 0.5) * (cells / pixels) - 0.5
-    source = source.abs()
-    source = torch.where(source > cells - 1, 2 * (cells - 1) - source, source)
-    low = source.floor().long().clamp(0, cells - 1)
-    high = (low + 1).clamp(max=cells - 1)
-    frac = source - low
-    index = torch.arange(pixels)
-    matrix.index_put_((index, low), 1 - frac, accumulate=True)
-    matrix.index_put_((index, high), frac, accumulate=True)
-    return matrix.float()
-
-
-# -- shared ------------------------------------------------------------------------------------
-
-
-def _check_score(score: str) -> None:
-    if score not in SCORES:
-        raise ValueError(f"expected score {' or '.join(map(repr, SCORES))}, got {score!r}")
-
-
-def _pair(value: Any, name: str) -> tuple[int, int]:
-    pair = (value, value) if isinstance(value, int) else value
-    if (
-        isinstance(value, bool)
-        or not isinstance(pair, (tuple, list))
-        or len(pair) != 2
-        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in pair)
-    ):
-        raise ValueError(f"expected {name} >= 1, an int or (height, width), got {value!r}")
-    return int(pair[0]), int(pair[1])
-
-
-def _score(model: Model, inputs: torch.Tensor, target: Target, kind: str) -> torch.Tensor:
-    """(B,) the target's score (``kind``) for a batch, forward only."""
-    with torch.inference_mode():
-        outputs = model.forward(inputs)
-        if kind == "probability":
-            outputs = model.postprocess(outputs)
-        return target.score(outputs).float()
-
-
-def _scores_in_chunks(
-    model: Model, inputs: torch.Tensor, target: Target, kind: str, size: int
+def occluded_patches(
+    inputs: torch.Tensor,
+    fills: torch.Tensor,
+    images: torch.Tensor,
+    corners: torch.Tensor,
+    window: tuple[int, int],
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N,) raw logits and (N,) ``kind`` scores of the unperturbed images, ``size`` at a time."""
-    logits, scores = [], []
-    for part in chunks(len(inputs), size):
-        with torch.inference_mode():
-            outputs = model.forward(inputs[part])
-            chosen = target.select(part)
-            logits.append(chosen.score(outputs).float())
-            if kind == "probability":
-                scores.append(chosen.score(model.postprocess(outputs)).float())
-    raw = torch.cat(logits).clone()
-    return raw, (torch.cat(scores).clone() if scores else raw)
+    """The changed box of each occluded copy, for :class:`Incremental`.
 
-
-def _fill_values(model: Model, inputs: torch.Tensor, fill: Any, blur_sigma: float) -> torch.Tensor:
-    """What perturbed pixels become, in input space, broadcastable to ``inputs``."""
-    return reference_input(model, inputs, fill, what="fill", names=FILLS, blur_sigma=blur_sigma)
+    ``inputs`` (N, C, H, W); ``fills`` what the window puts in, (N or 1, C, H, W) (expanded
+    views are fine); ``images`` (B,) long; ``corners`` (B, 2) long, each window's top-left
+    corner (a window may run past the bottom / right border, where it is cut off). Returns
+    ``starts`` (B, 2), the boxes of size ``window`` shifted inside the picture, and
+    ``patches`` (B, C, h, w): the fill inside the window, the input elsewhere in the box.
+    """
+    height, width = inputs.shape[-2:]
+    device = inputs.device
+    limit = torch.tensor([height - window[0], width - window[1]], device=device)
+    starts = torch.minimum(corners, limit)
+    rows = starts[:, :1] + torch.arange(window[0], device=device)  # (B, h)
+    cols = starts[:, 1:] + torch.arange(window[1], device=device)  # (B, w)
+    inside = ((rows >= corners[:, :1]) & (rows < corners[:, :1] + window[0]))[:, :, None] & (
+        (cols >= corners[:, 1:]) & (cols < corners[:, 1:] + window[1])
+    )[:, None, :]
+    where_rows, where_cols = rows[:, :, None], cols[:, None, :]
+    clean = inputs[images[:, None, None], :, where_rows, where_cols]  # (B, h, w, C)
+    fill_images = images if fills.shape[0] > 1 else torch.zeros_like(images)
+    filled = fills[fill_images[:, None, None], :, where_rows, where_cols]
+    patches = torch.where(inside[..., None], filled, clean).permute(0, 3, 1, 2).contiguous()
+    return starts, patches
