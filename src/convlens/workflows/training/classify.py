@@ -300,7 +300,7 @@ def train(
         :mod:`.loop`); ``None`` writes nothing.
     architecture:
         A registered name (``explorer_cnn``, ``scratch_cnn``; see
-        :func:`convlens.architectures.names`) or ``"package.module:factory"``.
+        :func:`convlens.core.architectures.names`) or ``"package.module:factory"``.
     options:
         Architecture options (``widths``, ``dense``, ``dropout``, ...). ``num_classes``,
         ``in_channels`` and ``input_size`` are filled in from the data.

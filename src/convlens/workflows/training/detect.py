@@ -280,11 +280,11 @@ def train_detector(
     command: Sequence[str] | None = None,
 ) -> tuple[CenterNet, dict[str, Any]]:
     """Fit a :class:`CenterNet` on pictures (N, 3, H, W) in [0, 1] with per-picture boxes
-    ``(class, x0, y0, x1, y1)``, with the classifier trainer's habits
-    (:func:`convlens.training.train`): Adam with a one-cycle schedule, seeded weights, order
+    ``(class, x0, y0, x1, y1)`` in the one training loop (:mod:`.loop`), with the classifier's
+    habits (:func:`~.classify.train`): Adam with a one-cycle schedule, seeded weights, order
     and augmentation (box-aware, :class:`BoxAugmentation`), after every epoch the validation
     mAP@0.5 and mAP@0.5:0.95, the weights of the best validation mAP@0.5 kept, early stopping
-    after ``early_stopping`` epochs without a better one, :class:`~convlens.training.TrainEvent`
+    after ``early_stopping`` epochs without a better one, :class:`~.loop.TrainEvent`
     progress, TensorBoard scalars and filter snapshots (``filters``, ``snapshot_every``).
 
     With ``out``: ``out/model.pt`` (a ``convlens-centernet`` checkpoint that
@@ -347,9 +347,8 @@ def train_folder(
     if val_part is None:
         if not 0 < val_fraction < 1:
             raise ValueError(f"expected val_fraction in (0, 1), got {val_fraction}")
-        order = torch.randperm(
-            len(pixels), generator=torch.Generator().manual_seed(seeds(seed).split)
-        )
+        split = torch.Generator().manual_seed(seeds(seed).split)
+        order = torch.randperm(len(pixels), generator=split)
         cut = max(1, round(len(pixels) * val_fraction))
         held, kept = order[:cut], order[cut:]
         val = (pixels[held], [boxes[int(i)] for i in held])
