@@ -15,88 +15,112 @@ from convlens.apps.cli.common import (
     user_errors,
 )
 
+# -- the options (`--task detect` takes some of them, see _DETECT_TAKES) -------------------------
+
+TrainData = Annotated[
+    Path,
+    typer.Argument(
+        help="Image folder: ROOT/train/<class>/, ROOT/val/<class>/ [, ROOT/test/<class>/], "
+        "or ROOT/<class>/ (split 80/20 per class). Other folders and files are ignored."
+    ),
+]
+Out = Annotated[Path, typer.Option("--out", "-o", help="Output folder.")]
+Task = Annotated[
+    str,
+    typer.Option(
+        help="classify (class folders) or detect (a folder with boxes, e.g. from "
+        "`convlens toons make --variant crowd`; trains a CenterNet)."
+    ),
+]
+Arch = Annotated[
+    str,
+    typer.Option(
+        "--arch", help="explorer_cnn, scratch_cnn, or 'package.module:factory' (your own)."
+    ),
+]
+ArchOptions = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--arch-option",
+        "-A",
+        help="Architecture option as key=value, e.g. widths=16,32,64 or dense=64 (repeatable).",
+    ),
+]
+Size = Annotated[
+    str | None,
+    typer.Option(help="Input size H or H,W (default: the architecture's, 128 for explorer)."),
+]
+Channels = Annotated[int, typer.Option(help="3 (RGB) or 1 (grey).")]
+Epochs = Annotated[int, typer.Option(help="Passes over the training images.")]
+BatchSize = Annotated[int, typer.Option(help="Images per step.")]
+LearningRate = Annotated[float, typer.Option(help="Adam learning rate.")]
+Seed = Annotated[int, typer.Option(help="Seeds split, weights, order and augmentation.")]
+ValFraction = Annotated[
+    float, typer.Option(help="Validation share when the data has no val/ folder.")
+]
+Patience = Annotated[
+    int, typer.Option(help="Stop after this many epochs without a lower val loss (0: never).")
+]
+Augment = Annotated[
+    bool, typer.Option("--augment/--no-augment", help="Random augmentation of each batch.")
+]
+Rotation = Annotated[float, typer.Option(help="Max rotation in degrees (0: off).")]
+WidthShift = Annotated[float, typer.Option(help="Max horizontal shift, fraction of the width.")]
+HeightShift = Annotated[float, typer.Option(help="Max vertical shift, fraction of the height.")]
+Zoom = Annotated[float, typer.Option(help="Zoom range: scale in [1-z, 1+z] (0: off).")]
+Flip = Annotated[bool, typer.Option("--flip/--no-flip", help="Random left-right flip.")]
+Brightness = Annotated[
+    float, typer.Option(help="Brightness jitter: factor in [1-b, 1+b] (0: off).")
+]
+Fill = Annotated[
+    str, typer.Option(help="Fill where content moved away: nearest, reflect, constant.")
+]
+Filters = Annotated[
+    str | None,
+    typer.Option(help="Conv layers to watch, e.g. conv1,conv2 (default: first four convs)."),
+]
+SnapshotEvery = Annotated[
+    int, typer.Option(help="Draw the watched filters every N steps (0: never).")
+]
+TensorBoard = Annotated[
+    bool, typer.Option("--tensorboard/--no-tensorboard", help="Write TensorBoard logs.")
+]
+Device = Annotated[str, typer.Option(help="cpu or cuda.")]
+Threads = Annotated[
+    int | None,
+    typer.Option(help="CPU threads (default: all cores); 1 is faster on a busy machine."),
+]
+
 
 @app.command("train")
 def train_command(
     ctx: typer.Context,
-    data: Annotated[
-        Path,
-        typer.Argument(
-            help="Image folder: ROOT/train/<class>/, ROOT/val/<class>/ [, ROOT/test/<class>/], "
-            "or ROOT/<class>/ (split 80/20 per class). Other folders and files are ignored."
-        ),
-    ],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("out/train"),
-    task: Annotated[
-        str,
-        typer.Option(
-            help="classify (class folders) or detect (a folder with boxes, e.g. from "
-            "`convlens toons make --variant crowd`; trains a CenterNet)."
-        ),
-    ] = "classify",
-    arch: Annotated[
-        str,
-        typer.Option(
-            "--arch", help="explorer_cnn, scratch_cnn, or 'package.module:factory' (your own)."
-        ),
-    ] = "explorer_cnn",
-    arch_option: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--arch-option",
-            "-A",
-            help="Architecture option as key=value, e.g. widths=16,32,64 or dense=64 (repeatable).",
-        ),
-    ] = None,
-    size: Annotated[
-        str | None,
-        typer.Option(help="Input size H or H,W (default: the architecture's, 128 for explorer)."),
-    ] = None,
-    channels: Annotated[int, typer.Option(help="3 (RGB) or 1 (grey).")] = 3,
-    epochs: Annotated[int, typer.Option(help="Passes over the training images.")] = 20,
-    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 64,
-    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
-    seed: Annotated[int, typer.Option(help="Seeds split, weights, order and augmentation.")] = 0,
-    val_fraction: Annotated[
-        float, typer.Option(help="Validation share when the data has no val/ folder.")
-    ] = 0.2,
-    patience: Annotated[
-        int,
-        typer.Option(help="Stop after this many epochs without a lower val loss (0: never)."),
-    ] = 5,
-    augment: Annotated[
-        bool, typer.Option("--augment/--no-augment", help="Random augmentation of each batch.")
-    ] = True,
-    rotation: Annotated[float, typer.Option(help="Max rotation in degrees (0: off).")] = 45.0,
-    width_shift: Annotated[
-        float, typer.Option(help="Max horizontal shift, fraction of the width.")
-    ] = 0.2,
-    height_shift: Annotated[
-        float, typer.Option(help="Max vertical shift, fraction of the height.")
-    ] = 0.2,
-    zoom: Annotated[float, typer.Option(help="Zoom range: scale in [1-z, 1+z] (0: off).")] = 0.2,
-    flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Random left-right flip.")] = True,
-    brightness: Annotated[
-        float, typer.Option(help="Brightness jitter: factor in [1-b, 1+b] (0: off).")
-    ] = 0.0,
-    fill: Annotated[
-        str, typer.Option(help="Fill where content moved away: nearest, reflect, constant.")
-    ] = "nearest",
-    filters: Annotated[
-        str | None,
-        typer.Option(help="Conv layers to watch, e.g. conv1,conv2 (default: first four convs)."),
-    ] = None,
-    snapshot_every: Annotated[
-        int, typer.Option(help="Draw the watched filters every N steps (0: never).")
-    ] = 50,
-    tensorboard: Annotated[
-        bool, typer.Option("--tensorboard/--no-tensorboard", help="Write TensorBoard logs.")
-    ] = True,
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
-    threads: Annotated[
-        int | None,
-        typer.Option(help="CPU threads (default: all cores); 1 is faster on a busy machine."),
-    ] = None,
+    data: TrainData,
+    out: Out = Path("out/train"),
+    task: Task = "classify",
+    arch: Arch = "explorer_cnn",
+    arch_option: ArchOptions = None,
+    size: Size = None,
+    channels: Channels = 3,
+    epochs: Epochs = 20,
+    batch_size: BatchSize = 64,
+    lr: LearningRate = 1e-3,
+    seed: Seed = 0,
+    val_fraction: ValFraction = 0.2,
+    patience: Patience = 5,
+    augment: Augment = True,
+    rotation: Rotation = 45.0,
+    width_shift: WidthShift = 0.2,
+    height_shift: HeightShift = 0.2,
+    zoom: Zoom = 0.2,
+    flip: Flip = True,
+    brightness: Brightness = 0.0,
+    fill: Fill = "nearest",
+    filters: Filters = None,
+    snapshot_every: SnapshotEvery = 50,
+    tensorboard: TensorBoard = True,
+    device: Device = "cpu",
+    threads: Threads = None,
 ) -> None:
     """Train a classifier on an image folder (or with --task detect a detector on a folder with
     boxes): model.pt (load it with any convlens command), metrics.json, tensorboard/ and
@@ -111,12 +135,7 @@ def train_command(
         from convlens.workflows.training.augment import Augmentation
         from convlens.workflows.training.classify import train
 
-        options: dict[str, object] = {}
-        for item in arch_option or []:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise ValueError(f"expected --arch-option key=value, got {item!r}")
-            options[key.strip()] = parse_value(value)
+        options = _key_values(arch_option or [], "--arch-option key=value")
         input_size = parse_value(size) if size else None
         if input_size is not None and not isinstance(input_size, int | tuple):
             raise ValueError(f"expected --size H or H,W, got {size!r}")
@@ -131,16 +150,6 @@ def train_command(
             if key != "data" and value is not None
         ]
         with progress_bar("train") as bar:
-            task = bar.add_task("reading images", total=None)
-
-            def report(event: Any) -> None:
-                if event.stage == "epoch":
-                    bar.console.print(event.message, highlight=False)
-                elif event.stage in ("load", "step"):
-                    bar.update(
-                        task, completed=event.done, total=event.total, description=event.message
-                    )
-
             result = train(
                 data,
                 out,
@@ -160,18 +169,47 @@ def train_command(
                 tensorboard=tensorboard,
                 device=device,
                 threads=threads,
-                progress=report,
+                progress=_reporter(bar, "reading images"),
                 command=command,
             )
-    metrics = result.metrics
+    _summary(result.metrics, out)
+
+
+def _key_values(items: list[str], expected: str) -> dict[str, object]:
+    """``["key=value", ...]`` -> ``{key: parsed value}``."""
+    options: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"expected {expected}, got {item!r}")
+        options[key.strip()] = parse_value(value)
+    return options
+
+
+def _reporter(bar: Any, description: str) -> Any:
+    """A training ``progress`` callback: epochs as lines above ``bar``, reading and steps on
+    it."""
+    task = bar.add_task(description, total=None)
+
+    def report(event: Any) -> None:
+        if event.stage == "epoch":
+            bar.console.print(event.message, highlight=False)
+        elif event.stage in ("load", "step"):
+            bar.update(task, completed=event.done, total=event.total, description=event.message)
+
+    return report
+
+
+def _summary(metrics: dict[str, Any], out: Path) -> None:
+    """The classifier's last lines: best epoch, final accuracies, speed, what was written."""
     finals = ", ".join(
         f"{split} accuracy {metrics[f'{split}_accuracy']:.2%}"
         for split in ("val", "test")
         if f"{split}_accuracy" in metrics
     )
-    stop = " (stopped early)" if result.stopped_early else ""
+    stop = " (stopped early)" if metrics["stopped_early"] else ""
     console.print(
-        f"best epoch {result.best_epoch} of {metrics['epochs_run']}{stop}; {finals}; "
+        f"best epoch {metrics['best_epoch']} of {metrics['epochs_run']}{stop}; {finals}; "
         f"{metrics['images_per_second']} images/s"
     )
     written = ["model.pt", "metrics.json"] + [
@@ -203,7 +241,7 @@ _DETECT_TAKES = {
 
 
 def _train_detector(ctx: typer.Context, data: Path, out: Path) -> None:
-    """``convlens train DATA --task detect``: :func:`convlens.centernet.train_folder` with the
+    """``convlens train DATA --task detect``: :func:`~.training.detect.train_folder` with the
     classifier command's options that apply to a detector (the rest are refused). Its own
     defaults: 12 epochs, batch 32, lr 2e-3, no early stopping, shifts of up to 0.15 of the
     side in both directions (--width-shift), a 10 % validation share when there is no val/."""
@@ -238,16 +276,6 @@ def _train_detector(ctx: typer.Context, data: Path, out: Path) -> None:
             else False
         )
         with progress_bar("train --task detect") as bar:
-            task = bar.add_task("steps", total=None)
-
-            def report(event: Any) -> None:
-                if event.stage == "epoch":
-                    bar.console.print(event.message, highlight=False)
-                elif event.stage == "step":
-                    bar.update(
-                        task, completed=event.done, total=event.total, description=event.message
-                    )
-
             _, metrics = train_folder(
                 data,
                 out,
@@ -263,7 +291,7 @@ def _train_detector(ctx: typer.Context, data: Path, out: Path) -> None:
                 tensorboard=p["tensorboard"],
                 device=p["device"],
                 threads=p["threads"],
-                progress=report,
+                progress=_reporter(bar, "steps"),
                 command=command,
                 **arch,  # type: ignore[arg-type]
             )

@@ -30,7 +30,6 @@ from convlens.core.images import ImageError, list_images, load_image
 from convlens.core.model import Preprocessing
 
 VAL_NAMES = ("val", "valid", "validation")
-_SHUFFLE_SEED, _AUGMENT_SEED, _TORCH_SEED, _SPLIT_SEED = 0, 1, 2, 3  # offsets from the seed
 
 
 # ---------------------------------------------------------------------------------- data
@@ -195,7 +194,7 @@ def load_folder(
     if not base.is_dir():
         raise ValueError(f"{base} is not a folder; expected ROOT/train/<class>/ or ROOT/<class>/")
     height, width = cnns.pair(input_size, "input_size")
-    preprocess = _picture_preprocessing((height, width))
+    preprocess = picture_preprocessing((height, width))
     train_dir = base / "train"
     val_dir = next((base / n for n in VAL_NAMES if (base / n).is_dir()), None)
     test_dir = base / "test"
@@ -244,12 +243,15 @@ def load_folder(
     )
 
 
-def _picture_preprocessing(
+def picture_preprocessing(
     size: tuple[int, int],
     channels: int = 3,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
 ) -> Preprocessing:
+    """The preprocessing of a trained network: resize the shorter side to ``min(size)``,
+    centre-crop to ``size`` (H, W), normalise by ``mean`` / ``std`` (default: none), RGB or grey
+    (``channels``)."""
     height, width = size
     return Preprocessing(
         crop=(height, width),
@@ -260,10 +262,10 @@ def _picture_preprocessing(
     )
 
 
-def _statistics(pixels: torch.Tensor, channels: int) -> tuple[list[float], list[float]]:
+def pixel_statistics(pixels: torch.Tensor, channels: int) -> tuple[list[float], list[float]]:
     """Per-channel mean and standard deviation of pictures in [0, 1] (luma when grey),
     rounded to 4 decimals, computed in chunks so no float copy of the whole set exists."""
-    plain = _picture_preprocessing(tuple(pixels.shape[2:]), channels)  # type: ignore[arg-type]
+    plain = picture_preprocessing(tuple(pixels.shape[2:]), channels)  # type: ignore[arg-type]
     total = torch.zeros(channels, dtype=torch.float64)
     squares = torch.zeros(channels, dtype=torch.float64)
     for start in range(0, len(pixels), 256):

@@ -1,24 +1,29 @@
-"""Training the toon detector (:class:`~convlens.core.architectures.centernet.CenterNet`):
-heat-map targets and focal loss, box-aware augmentation (horizontal flips; shifts and zooms that
-move the boxes with the picture), and :func:`train_detector` with the classifier trainer's
-habits (seeds, progress events, TensorBoard, filter snapshots, best-validation weights, early
-stopping); :func:`train_folder` is ``convlens train DATA --task detect``."""
+"""The detector head of the training loop (:mod:`.loop`), for the toon detector
+(:class:`~convlens.core.architectures.centernet.CenterNet`): heat-map targets and focal loss,
+box-aware augmentation (horizontal flips; shifts and zooms that move the boxes with the picture),
+mAP@0.5 on the validation pictures; :func:`train_detector` is its front door (the loop gives it
+the classifier's habits: seeds, progress events, TensorBoard, filter snapshots, best-validation
+weights, early stopping) and :func:`train_folder` is ``convlens train DATA --task detect``."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from convlens.core.architectures.centernet import STRIDE, CenterNet, save
+from convlens.core.detector import Detector
 from convlens.data import toons
+from convlens.workflows.detection_eval import detection_scores
+from convlens.workflows.training.loop import Head, Plan, Seeds, device_of, fit
 
 # -- targets and loss ----------------------------------------------------------------------------
 
@@ -139,7 +144,16 @@ def augment_batch(
     return out, moved
 
 
-# -- training -------------------------------------------------------------------------------------
+# -- the head ------------------------------------------------------------------------------------
+
+TOP_K = 20  # detections a CenterNet decodes per picture (before thresholds and NMS)
+SCORE_THRESHOLD = 0.3  # the detections mAP is measured on, in validation and test
+
+
+def seeds(seed: int) -> Seeds:
+    """The detector's streams: weights ``seed``; one generator seeded ``seed`` for the order
+    and the augmentation; a held-out validation share ``seed + 17``."""
+    return Seeds(seed, weights=seed, order=seed, augment=seed, split=seed + 17)
 
 
 def _check_boxes(pixels: torch.Tensor, boxes: Boxes, classes: Sequence[str], what: str) -> None:
@@ -156,6 +170,90 @@ def _check_boxes(pixels: torch.Tensor, boxes: Boxes, classes: Sequence[str], wha
         for cls, *_ in frame:
             if not 0 <= int(cls) < len(classes):
                 raise ValueError(f"a {what} box has class {cls}, expected 0..{len(classes) - 1}")
+
+
+class DetectorHead(Head):
+    """Boxes from pictures (N, 3, H, W) in [0, 1] with per-picture ``(class, x0, y0, x1, y1)``
+    boxes: CenterNet targets and focal loss (:func:`targets`, :func:`loss`), box-aware
+    augmentation (``None``: off), Adam with a one-cycle schedule, the weights of the best
+    validation mAP@0.5 kept; the test split's mAP, all-found rate and AP per class at the end."""
+
+    task = "detect"
+    loss_key = "loss"  # the detector's history has always called its training loss so
+    monitor = "val_map50"
+    higher_is_better = True
+    optimizer = "adam, one-cycle"
+
+    def __init__(
+        self,
+        pixels: torch.Tensor,
+        boxes: Boxes,
+        classes: Sequence[str],
+        *,
+        val: tuple[torch.Tensor, Boxes] | None,
+        test: tuple[torch.Tensor, Boxes] | None,
+        width: int,
+        augmentation: BoxAugmentation | None,
+    ) -> None:
+        self.pixels, self.boxes, self.classes = pixels, boxes, list(classes)
+        self.val, self.test = val, test
+        self.width = width
+        self.augmentation = augmentation
+        self.size = (pixels.shape[2], pixels.shape[3])
+        self.train_size = len(pixels)
+        self.network = {"architecture": {"name": "centernet", "width": width, "top_k": TOP_K}}
+        self.sampling = {"augment": augmentation.to_dict() if augmentation else None}
+        self.data = {
+            "classes": self.classes,
+            "train": len(pixels),
+            "val": len(val[0]) if val is not None else 0,
+            "test": len(test[0]) if test is not None else 0,
+            "size": list(self.size),
+        }
+
+    def build(self, device: torch.device) -> nn.Module:
+        return CenterNet(len(self.classes), width=self.width, top_k=TOP_K).to(device)
+
+    def schedule(self, optimizer: torch.optim.Optimizer, total_steps: int) -> Any:
+        lr = optimizer.defaults["lr"]
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total_steps)
+
+    def train_step(
+        self, module: nn.Module, index: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        x, b = self.pixels[index], [self.boxes[int(i)] for i in index]
+        if self.augmentation is not None:
+            x, b = augment_batch(x, b, generator, self.augmentation)
+        device = device_of(module)
+        goal = {k: v.to(device) for k, v in targets(b, len(self.classes), self.size).items()}
+        return loss(cast(CenterNet, module).heads(x.to(device)), goal), {}
+
+    def _scores(self, module: nn.Module, part: tuple[torch.Tensor, Boxes]) -> dict[str, Any]:
+        return detection_scores(
+            Detector(module, self.classes, score_threshold=SCORE_THRESHOLD), *part
+        )
+
+    def validate(self, module: nn.Module) -> dict[str, float] | None:
+        if self.val is None:
+            return None
+        scores = self._scores(module, self.val)
+        return {"val_map50": scores["map50"], "val_map50_95": scores["map50_95"]}
+
+    def describe(self, row: dict[str, Any]) -> str:
+        if "val_map50" not in row:
+            return ""
+        return f" · val mAP@0.5 {row['val_map50']:.3f} · mAP@0.5:0.95 {row['val_map50_95']:.3f}"
+
+    def final(self, module: nn.Module) -> dict[str, Any]:
+        if self.test is None:
+            return {}
+        return {f"test_{k}": v for k, v in self._scores(module, self.test).items()}
+
+    def handle(self, module: nn.Module) -> nn.Module:
+        return module.cpu()
+
+    def save(self, module: nn.Module, path: Path, record: dict[str, Any]) -> Path:
+        return save(cast(CenterNet, module.cpu()), self.classes, path)
 
 
 def train_detector(
@@ -182,11 +280,11 @@ def train_detector(
     command: Sequence[str] | None = None,
 ) -> tuple[CenterNet, dict[str, Any]]:
     """Fit a :class:`CenterNet` on pictures (N, 3, H, W) in [0, 1] with per-picture boxes
-    ``(class, x0, y0, x1, y1)``, with the classifier trainer's habits
-    (:func:`convlens.training.train`): Adam with a one-cycle schedule, seeded weights, order
+    ``(class, x0, y0, x1, y1)`` in the one training loop (:mod:`.loop`), with the classifier's
+    habits (:func:`~.classify.train`): Adam with a one-cycle schedule, seeded weights, order
     and augmentation (box-aware, :class:`BoxAugmentation`), after every epoch the validation
     mAP@0.5 and mAP@0.5:0.95, the weights of the best validation mAP@0.5 kept, early stopping
-    after ``early_stopping`` epochs without a better one, :class:`~convlens.training.TrainEvent`
+    after ``early_stopping`` epochs without a better one, :class:`~.loop.TrainEvent`
     progress, TensorBoard scalars and filter snapshots (``filters``, ``snapshot_every``).
 
     With ``out``: ``out/model.pt`` (a ``convlens-centernet`` checkpoint that
@@ -195,175 +293,37 @@ def train_detector(
     ``out/tensorboard/`` and ``out/filters/<layer>.gif``. Returns the network (eval mode,
     best weights) and the metrics.
     """
-    import sys
-
-    from convlens.core.detector import Detector
-    from convlens.workflows.detection_eval import detection_scores
-    from convlens.workflows.training.classify import TrainEvent, _cpu_threads, _filter_layers
-    from convlens.workflows.training.logs import _output_folder, _Snapshots, _write_animation
-
+    started = time.perf_counter()
     _check_boxes(pixels, boxes, classes, "training")
     for part, what in ((val, "validation"), (test, "test")):
         if part is not None:
             _check_boxes(part[0], part[1], classes, what)
-    if epochs < 1 or batch_size < 1 or not lr > 0 or width < 2:
-        raise ValueError(
-            f"expected epochs >= 1, batch_size >= 1, lr > 0 and width >= 2, got {epochs}, "
-            f"{batch_size}, {lr}, {width}"
-        )
-    if snapshot_every < 0:
-        raise ValueError(f"expected snapshot_every >= 0, got {snapshot_every}")
+    plan = Plan(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seeds=seeds(seed),
+        early_stopping=early_stopping,
+        filters=filters,
+        snapshot_every=snapshot_every,
+        tensorboard=tensorboard,
+        device=torch.device(device),
+        threads=threads,
+    )
+    if width < 2:
+        raise ValueError(f"expected width >= 2, got {width}")
     augmentation = augment if isinstance(augment, BoxAugmentation) else BoxAugmentation()
-    target = torch.device(device)
-    started_all = time.perf_counter()
-    out_dir, writer = _output_folder(out, tensorboard)
-
-    def report(event: Any) -> None:
-        if progress is not None:
-            progress(event)
-
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    model = CenterNet(len(classes), width=width)
-    torch.random.set_rng_state(state)
-    model = model.to(target)
-    layers = _filter_layers(model, filters)
-    snapshots = _Snapshots(model, layers, writer, enabled=snapshot_every > 0)
-    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
-    steps = epochs * math.ceil(len(pixels) / batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps)
-    history: list[dict[str, Any]] = []
-    best: tuple[float, int, dict[str, torch.Tensor]] | None = None
-    stopped_early = False
-    size = (pixels.shape[2], pixels.shape[3])
-    step = 0
-    final: dict[str, Any] = {}
-    try:
-        with _cpu_threads(threads):
-            snapshots.take(0)
-            for epoch in range(1, epochs + 1):
-                model.train()
-                order = torch.randperm(len(pixels), generator=gen)
-                total, count, start = 0.0, 0, time.perf_counter()
-                for s in range(0, len(order), batch_size):
-                    idx = order[s : s + batch_size]
-                    x, b = pixels[idx], [boxes[int(i)] for i in idx]
-                    if augment is not False:
-                        x, b = augment_batch(x, b, gen, augmentation)
-                    goal = {k: v.to(target) for k, v in targets(b, len(classes), size).items()}
-                    value = loss(model.heads(x.to(target)), goal)
-                    optimiser.zero_grad()
-                    value.backward()
-                    optimiser.step()
-                    schedule.step()
-                    step += 1
-                    batch_loss = float(value.detach())
-                    total += batch_loss * len(idx)
-                    count += len(idx)
-                    if snapshot_every and step % snapshot_every == 0:
-                        snapshots.take(step)
-                    report(
-                        TrainEvent(
-                            "step",
-                            step,
-                            steps,
-                            epoch,
-                            epochs,
-                            f"epoch {epoch}/{epochs} · loss {batch_loss:.4f}",
-                            {"loss": batch_loss},
-                        )
-                    )
-                seconds = time.perf_counter() - start
-                record: dict[str, Any] = {
-                    "epoch": epoch,
-                    "loss": total / count,
-                    "seconds": seconds,
-                    "images_per_second": round(count / seconds, 1),
-                }
-                message = f"epoch {epoch}/{epochs} · loss {record['loss']:.4f}"
-                if val is not None:
-                    model.eval()
-                    scores = detection_scores(
-                        Detector(model, list(classes), score_threshold=0.3), *val
-                    )
-                    record["val_map50"] = scores["map50"]
-                    record["val_map50_95"] = scores["map50_95"]
-                    message += (
-                        f" · val mAP@0.5 {scores['map50']:.3f} · "
-                        f"mAP@0.5:0.95 {scores['map50_95']:.3f}"
-                    )
-                    if best is None or record["val_map50"] > best[0]:
-                        weights = {k: v.clone() for k, v in model.state_dict().items()}
-                        best = (record["val_map50"], epoch, weights)
-                history.append(record)
-                if writer is not None:
-                    for key, value_ in record.items():
-                        if key != "epoch":
-                            writer.add_scalar(f"train/{key}", value_, step)
-                report(TrainEvent("epoch", step, steps, epoch, epochs, message, dict(record)))
-                if (
-                    early_stopping
-                    and best is not None
-                    and epoch - best[1] >= early_stopping
-                    and epoch < epochs
-                ):
-                    stopped_early = True
-                    break
-            snapshots.take(step)
-            if best is not None:
-                model.load_state_dict(best[2])
-            model.eval()
-            if test is not None:
-                final = detection_scores(Detector(model, list(classes), score_threshold=0.3), *test)
-                if writer is not None:
-                    writer.add_scalar("final/test_map50", final["map50"], step)
-    finally:
-        if writer is not None:
-            writer.close()
-    metrics: dict[str, Any] = {
-        "task": "detect",
-        "history": history,
-        "best_epoch": best[1] if best else len(history),
-        "epochs_run": len(history),
-        "stopped_early": stopped_early,
-        "best_val_map50": best[0] if best else None,
-        **{f"test_{k}": v for k, v in final.items()},
-        "seed": seed,
-        "data": {
-            "classes": list(classes),
-            "train": len(pixels),
-            "val": len(val[0]) if val is not None else 0,
-            "test": len(test[0]) if test is not None else 0,
-            "size": list(size),
-        },
-        "config": {
-            "architecture": {"name": "centernet", "width": width, "top_k": model.top_k},
-            "epochs": epochs,
-            "batch_size": batch_size,
-            "lr": lr,
-            "optimizer": "adam, one-cycle",
-            "augment": augmentation.to_dict() if augment is not False else None,
-            "early_stopping": early_stopping,
-            "filters": layers if snapshot_every else [],
-            "snapshot_every": snapshot_every,
-            "device": str(target),
-            "threads": threads if threads is not None else torch.get_num_threads(),
-        },
-        "command": list(command) if command is not None else None,
-        "seconds": round(time.perf_counter() - started_all, 2),
-        "versions": {"python": sys.version.split()[0], "torch": torch.__version__},
-    }
-    model = model.cpu()
-    if out_dir is not None:
-        save(model, classes, out_dir / "model.pt")
-        for layer, frames in snapshots.frames.items():
-            folder = out_dir / "filters"
-            folder.mkdir(exist_ok=True)
-            _write_animation(frames, folder / f"{layer}.gif", folder / f"{layer}.png")
-        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    report(TrainEvent("done", step, step, len(history), epochs, "done", final))
-    return model, metrics
+    head = DetectorHead(
+        pixels,
+        boxes,
+        classes,
+        val=val,
+        test=test,
+        width=width,
+        augmentation=augmentation if augment is not False else None,
+    )
+    result = fit(head, plan, out, progress=progress, command=command, started=started)
+    return result.model, result.metrics
 
 
 def train_folder(
@@ -387,7 +347,8 @@ def train_folder(
     if val_part is None:
         if not 0 < val_fraction < 1:
             raise ValueError(f"expected val_fraction in (0, 1), got {val_fraction}")
-        order = torch.randperm(len(pixels), generator=torch.Generator().manual_seed(seed + 17))
+        split = torch.Generator().manual_seed(seeds(seed).split)
+        order = torch.randperm(len(pixels), generator=split)
         cut = max(1, round(len(pixels) * val_fraction))
         held, kept = order[:cut], order[cut:]
         val = (pixels[held], [boxes[int(i)] for i in held])

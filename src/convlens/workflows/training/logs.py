@@ -70,7 +70,7 @@ def _same_size(frames: list[Image.Image]) -> list[Image.Image]:
     return padded
 
 
-def _write_animation(frames: list[Image.Image], gif: Path, strip: Path) -> None:
+def write_animation(frames: list[Image.Image], gif: Path, strip: Path) -> None:
     """``gif``: every frame, 0.4 s each, looping; ``strip``: up to 8 frames evenly spaced."""
     from convlens.core import render
 
@@ -93,9 +93,7 @@ def _tensorboard_writer(folder: Path) -> Any:
     return SummaryWriter(log_dir=str(folder))
 
 
-def _output_folder(
-    out: str | os.PathLike[str] | None, tensorboard: bool
-) -> tuple[Path | None, Any]:
+def output_folder(out: str | os.PathLike[str] | None, tensorboard: bool) -> tuple[Path | None, Any]:
     """The run's output folder (created) and its TensorBoard writer (``None`` when off or when
     nothing is written)."""
     if out is None:
@@ -105,9 +103,9 @@ def _output_folder(
     return folder, _tensorboard_writer(folder / "tensorboard") if tensorboard else None
 
 
-class _Snapshots:
+class Snapshots:
     """Filter pictures of some conv layers, taken at chosen steps, for TensorBoard and the
-    animations."""
+    animations; ``take`` does nothing when not ``enabled`` or when that step is taken."""
 
     def __init__(self, module: nn.Module, layers: list[str], writer: Any, enabled: bool) -> None:
         self.modules = dict(module.named_modules())
@@ -129,7 +127,7 @@ class _Snapshots:
                 )
 
 
-def _log_graph(writer: Any, module: nn.Module, example: torch.Tensor) -> None:
+def log_graph(writer: Any, module: nn.Module, example: torch.Tensor) -> None:
     import warnings
 
     module.eval()
@@ -141,12 +139,28 @@ def _log_graph(writer: Any, module: nn.Module, example: torch.Tensor) -> None:
         module.train()
 
 
-def _log_epoch(writer: Any, module: nn.Module, row: dict[str, float], step: int) -> None:
-    writer.add_scalar("loss/train", row["train_loss"], step)
-    writer.add_scalar("accuracy/train", row["train_accuracy"], step)
-    if "val_loss" in row:
-        writer.add_scalar("loss/val", row["val_loss"], step)
-        writer.add_scalar("accuracy/val", row["val_accuracy"], step)
-    writer.add_scalar("speed/images_per_second", row["images_per_second"], step)
+def scalar_tag(key: str, loss_key: str) -> str | None:
+    """The TensorBoard tag of a history entry: the training loss ``loss/train``, ``train_X``
+    ``X/train``, ``val_X`` ``X/val``, the speed ``speed/images_per_second``; ``None`` for the
+    epoch, step and seconds."""
+    if key == loss_key:
+        return "loss/train"
+    for split in ("train", "val"):
+        if key.startswith(f"{split}_"):
+            return f"{key[len(split) + 1 :]}/{split}"
+    if key == "images_per_second":
+        return "speed/images_per_second"
+    return None
+
+
+def log_epoch(
+    writer: Any, module: nn.Module, row: dict[str, Any], step: int, loss_key: str
+) -> None:
+    """One epoch's history row as scalars (see :func:`scalar_tag`) and the weights as
+    histograms, at ``step``."""
+    for key, value in row.items():
+        tag = scalar_tag(key, loss_key)
+        if tag is not None:
+            writer.add_scalar(tag, value, step)
     for name, parameter in module.named_parameters():
         writer.add_histogram(f"weights/{name}", parameter.detach().cpu(), step)
