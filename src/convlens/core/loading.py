@@ -10,6 +10,11 @@ Accepted sources, tried in this order:
   ``.keras`` / ``.h5``, ``.safetensors`` and ``.npz`` weights with ``factory=``, plugin ``.py``
   files that define a model);
 * a zoo name (``"mobilenet_v2"``, ``"toon-detector"``; see :mod:`convlens.core.zoo`);
+* a catalogue name: any torchvision classifier, detector or segmenter (``"resnet50"``,
+  ``"fasterrcnn_mobilenet_v3_large_fpn"``, ``"resnet50.IMAGENET1K_V1"``) or timm model
+  (``"timm:convnext_nano"``), with its weights' own preprocessing and labels; weights from
+  torch's hub cache, else downloaded into it unless ``offline`` / ``CONVLENS_OFFLINE=1``
+  (:mod:`convlens.core.zoo.catalogue`);
 * ``"package.module:factory"``, a callable returning a module or a handle.
 
 The handle's task follows from what was found: torchvision's detection networks, our
@@ -36,6 +41,8 @@ from convlens.core.detector import Detector, is_detection_module
 from convlens.core.errors import ModelLoadError, PickleRefusedError
 from convlens.core.model import Model
 from convlens.core.naming import unknown
+from convlens.core.zoo import ModelParts, catalogue
+from convlens.core.zoo.weights import Progress
 
 __all__ = ["ModelLoadError", "PickleRefusedError", "load"]
 
@@ -50,6 +57,8 @@ def load(
     factory: str | Callable[[], nn.Module] | None = None,
     trust_pickle: bool = False,
     task: str | None = None,
+    offline: bool | None = None,
+    progress: Progress | None = None,
     **options: Any,
 ) -> Handle:
     """Load a model handle from ``source`` (see the module docstring for what is accepted).
@@ -58,6 +67,8 @@ def load(
     ``options`` go to the handle (a classifier's ``preprocess``, ``postprocess``, ``labels``,
     ``name``, ``input_size``; a detector's :data:`DETECTOR_OPTIONS`) and override what the
     source says. ``task`` (``classify`` / ``detect``) forces the kind of handle.
+    ``offline=True`` (default: ``CONVLENS_OFFLINE``) refuses to download a catalogue model's
+    weights; ``progress(done, total)`` reports a download in bytes.
     """
     if task not in (None, *TASKS):
         raise ModelLoadError(f"expected task='classify' or 'detect', got {task!r}")
@@ -75,11 +86,39 @@ def load(
         return _handle(formats.read(path, request), request.options, task)
     if text in zoo.ZOO:
         return _handle(zoo.load(text), options, task)
+    if catalogue.knows(text):
+        parts = catalogue.build(text, offline=offline, progress=progress)
+        return _handle(_from_parts(parts), options, task)
     if looks_like_factory(text):
         return _from_factory(text, options, task)
     if path.suffix.lower() in formats.suffixes():
         raise FileNotFoundError(f"model file {text!r} does not exist")
-    raise unknown("model (not a file, a zoo name or 'pkg.module:factory')", text, zoo.names())
+    raise unknown(
+        "model (not a file, a zoo or catalogue name, or 'pkg.module:factory')",
+        text,
+        [*zoo.names(), *catalogue.torchvision_models.names()],
+    )
+
+
+def _from_parts(parts: ModelParts) -> Model | Detector:
+    """The handle of a catalogue model's task."""
+    if parts.task == "segment":
+        return _segmenter(parts)
+    if parts.task == "detect":
+        labels = [str(n) for n in parts.labels] if parts.labels is not None else None
+        return Detector(parts.module, labels, name=parts.name)
+    return Model(parts.module, preprocess=parts.preprocessing, labels=parts.labels, name=parts.name)
+
+
+def _segmenter(parts: ModelParts) -> Any:
+    """A segmentation network's handle (task ``segment``): the one place where
+    ``(module, preprocessing, labels)`` becomes it, e.g.
+    ``Segmenter(parts.module, parts.labels, preprocess=parts.preprocessing, name=parts.name)``.
+    """
+    raise ModelLoadError(
+        f"{parts.name} is a segmentation network (task 'segment'); segmentation handles: "
+        "not in this build"
+    )
 
 
 def _handle(found: Any, options: dict[str, Any], task: str | None) -> Handle:

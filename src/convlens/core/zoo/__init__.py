@@ -1,7 +1,10 @@
-"""The zoo: named models that load offline, classifiers and detectors in one table
-(:data:`registry.ZOO`). Each module here registers its entries when this package is imported."""
+"""The zoo: named models, classifiers and detectors in one table (:data:`registry.ZOO`; each
+module here registers its entries when this package is imported), and the catalogues
+(:mod:`.catalogue`): every torchvision and timm model by name, weights from torch's hub cache.
+"""
 
-from convlens.core.zoo import faces, imagenet, toons  # noqa: F401  (registration)
+from convlens.core.zoo import catalogue, faces, imagenet, toons  # noqa: F401  (registration)
+from convlens.core.zoo.parts import CatalogueEntry, ModelParts
 from convlens.core.zoo.registry import (
     ZOO,
     MissingWeightsError,
@@ -14,14 +17,22 @@ from convlens.core.zoo.registry import (
     register,
 )
 from convlens.core.zoo.toons import shipped_record
+from convlens.core.zoo.weights import OFFLINE_ENV, OfflineError, WeightsFile, is_offline
 
 __all__ = [
+    "OFFLINE_ENV",
     "ZOO",
+    "CatalogueEntry",
     "MissingWeightsError",
+    "ModelParts",
+    "OfflineError",
+    "WeightsFile",
     "ZooEntry",
+    "catalogue",
     "entries",
     "find_weights",
     "imagenet_classes",
+    "is_offline",
     "load",
     "names",
     "register",

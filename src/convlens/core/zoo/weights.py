@@ -1,0 +1,160 @@
+"""Weights files of the catalogues: found in torch's hub cache, else downloaded into it.
+
+A catalogue model (:mod:`.catalogue`) names one :class:`WeightsFile`: where it can be fetched
+(``url``), the file name it has in the cache, and, for torchvision's files, the first hex
+digits of its SHA-256 (torchvision puts them in the file name, ``resnet50-11ad3fa6.pth``).
+:func:`fetch` looks for the file in torch's hub cache (``torch.hub.get_dir()/checkpoints``,
+i.e. ``$TORCH_HOME/hub/checkpoints``) and in the extra places the catalogue names (timm's
+Hugging Face cache); only when it is nowhere does it download, and only when downloads are
+allowed: ``CONVLENS_OFFLINE=1`` (or ``offline=True``, the CLI's ``--offline``) refuses with
+one line that says which file is missing and where it was expected. A download goes to a
+``.partial`` file beside its destination, is checked against the hash and only then renamed,
+so an interrupted download never leaves a file that looks complete. Progress is reported
+through a callback ``progress(done_bytes, total_bytes)`` (total 0 when the server does not
+say); the library never prints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from convlens.core.zoo.registry import MissingWeightsError
+
+Progress = Callable[[int, int], None]
+OFFLINE_ENV = "CONVLENS_OFFLINE"
+_CHUNK = 1 << 20
+_HASH_IN_NAME = re.compile(r"-([a-f0-9]{6,})\.")
+
+
+class OfflineError(MissingWeightsError):
+    """Weights that are not cached while downloads are off (``CONVLENS_OFFLINE=1``)."""
+
+
+class DownloadError(MissingWeightsError):
+    """A download that failed or delivered the wrong file."""
+
+
+@dataclass(frozen=True)
+class WeightsFile:
+    """One weights file: ``url`` to fetch it from, ``filename`` in torch's hub cache
+    (``checkpoints/<filename>``), ``sha256`` (a prefix, checked after a download; ``None``:
+    not checked), ``size_mb`` (as the catalogue states it, for listings) and ``elsewhere``:
+    further places a complete copy may already be (another tool's cache)."""
+
+    url: str
+    filename: str
+    sha256: str | None = None
+    size_mb: float | None = None
+    elsewhere: tuple[Path, ...] = field(default_factory=tuple)
+
+    @staticmethod
+    def from_url(url: str, *, size_mb: float | None = None) -> WeightsFile:
+        """A file named by its URL's last part; a ``-<hex>.`` in that name is its hash prefix
+        (torch.hub's convention)."""
+        filename = url.rsplit("/", 1)[-1]
+        match = _HASH_IN_NAME.search(filename)
+        return WeightsFile(url, filename, match.group(1) if match else None, size_mb)
+
+
+def is_offline(offline: bool | None = None) -> bool:
+    """``offline`` if given, else whether ``CONVLENS_OFFLINE`` is set to a true value."""
+    if offline is not None:
+        return bool(offline)
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def hub_checkpoints() -> Path:
+    """torch's hub cache folder for weights files (``$TORCH_HOME/hub/checkpoints``)."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def cached(weights: WeightsFile) -> Path | None:
+    """The file, if it is on this machine (the hub cache first, then ``elsewhere``)."""
+    for path in (hub_checkpoints() / weights.filename, *weights.elsewhere):
+        if path.is_file():
+            return path
+    return None
+
+
+def fetch(
+    weights: WeightsFile,
+    *,
+    offline: bool | None = None,
+    progress: Progress | None = None,
+    what: str = "",
+) -> Path:
+    """The local path of ``weights``: cached, or downloaded into the hub cache when allowed
+    (see the module docstring). ``what`` names the model in messages."""
+    found = cached(weights)
+    if found is not None:
+        return found
+    destination = hub_checkpoints() / weights.filename
+    label = what or weights.filename
+    if is_offline(offline):
+        raise OfflineError(
+            f"{label}: weights {weights.filename} are not in the hub cache ({destination}) "
+            f"and downloads are off ({OFFLINE_ENV}=1 or --offline); fetch {weights.url} there"
+        )
+    download(weights.url, destination, sha256=weights.sha256, progress=progress)
+    return destination
+
+
+def download(
+    url: str,
+    destination: Path,
+    *,
+    sha256: str | None = None,
+    progress: Progress | None = None,
+    alternatives: Sequence[str] = (),
+) -> Path:
+    """Download ``url`` (or, on a 404, the first of ``alternatives`` that exists) to
+    ``destination`` through a ``.partial`` file; the SHA-256 prefix is checked before the
+    rename."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    partial = destination.with_name(destination.name + ".partial")
+    digest = hashlib.sha256()
+    last_error: Exception | None = None
+    for candidate in (url, *alternatives):
+        try:
+            request = urllib.request.Request(candidate, headers={"User-Agent": "convlens"})
+            with urllib.request.urlopen(request, timeout=60) as response, partial.open("wb") as out:
+                total = int(response.headers.get("Content-Length") or 0)
+                done = 0
+                if progress is not None:
+                    progress(0, total)
+                while chunk := response.read(_CHUNK):
+                    out.write(chunk)
+                    digest.update(chunk)
+                    done += len(chunk)
+                    if progress is not None:
+                        progress(done, total)
+            break
+        except urllib.error.HTTPError as err:
+            partial.unlink(missing_ok=True)
+            last_error = err
+            if err.code != 404:
+                break
+        except (OSError, urllib.error.URLError) as err:
+            partial.unlink(missing_ok=True)
+            raise DownloadError(f"could not download {candidate}: {err}") from err
+    else:
+        raise DownloadError(f"could not download {url}: {last_error}")
+    if not partial.is_file():
+        raise DownloadError(f"could not download {url}: {last_error}")
+    if sha256 is not None and not digest.hexdigest().startswith(sha256):
+        partial.unlink(missing_ok=True)
+        raise DownloadError(
+            f"{url} delivered a file whose sha256 ({digest.hexdigest()[:12]}...) is not the "
+            f"expected {sha256}...; nothing was kept"
+        )
+    os.replace(partial, destination)
+    return destination
