@@ -21,6 +21,25 @@ app = typer.Typer(
 console = Console()
 errors = Console(stderr=True)
 
+
+@app.callback()
+def _options(
+    offline: Annotated[
+        bool,
+        typer.Option(
+            "--offline",
+            help="Never download weights (as CONVLENS_OFFLINE=1): models whose weights are "
+            "not in torch's hub cache are refused.",
+        ),
+    ] = False,
+) -> None:
+    """See what a convolutional network sees, and why it decides."""
+    if offline:
+        import os
+
+        os.environ["CONVLENS_OFFLINE"] = "1"  # read by the catalogues when weights are missing
+
+
 ModelArg = Annotated[
     str,
     typer.Argument(
@@ -69,7 +88,43 @@ def load_model(
     from convlens.core.tasks import load_classifier
 
     how = load if detectors else load_classifier
-    return how(model, factory=factory, trust_pickle=trust_pickle)
+    with download_bar() as progress:
+        return how(model, factory=factory, trust_pickle=trust_pickle, progress=progress)
+
+
+@contextmanager
+def download_bar() -> Iterator[Callable[[int, int], None]]:
+    """A ``progress(done_bytes, total_bytes)`` callback that shows a download bar on stderr from
+    its first call (nothing is shown when no weights are downloaded)."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TransferSpeedColumn,
+    )
+
+    shown: list[Any] = []
+
+    def report(done: int, total: int) -> None:
+        if not shown:
+            bar = Progress(
+                TextColumn("downloading weights"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                console=errors,
+                transient=True,
+            )
+            bar.start()
+            shown.extend([bar, bar.add_task("weights", total=total or None)])
+        shown[0].update(shown[1], completed=done, total=total or None)
+
+    try:
+        yield report
+    finally:
+        if shown:
+            shown[0].stop()
 
 
 def progress_bar(description: str) -> Any:

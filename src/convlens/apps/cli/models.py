@@ -144,17 +144,74 @@ def _method_settings(info: Any, as_json: bool) -> None:
 @app.command()
 def zoo(
     search: Annotated[
-        str | None, typer.Option(help="Only names or descriptions that contain this.")
+        str | None, typer.Option(help="Only names or descriptions that contain this (timm too).")
     ] = None,
+    cached: Annotated[
+        bool, typer.Option("--cached", help="Only models whose weights are on this machine.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """The named models that load offline: classifiers and detectors."""
-    from convlens.core import zoo as registry
-
+    """The models convlens loads by name: its own zoo, torchvision's classifiers, detectors and
+    segmenters, and timm's models (with --search); whether their weights are cached."""
+    with user_errors():
+        rows = _zoo_rows(search, cached)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=1))
+        return
     table = Table()
-    for column in ("name", "task", "description"):
-        table.add_column(column)
-    for entry in registry.entries():
-        text = f"{entry.name} {entry.description}".lower()
-        if search is None or search.lower() in text:
-            table.add_row(entry.name, entry.task, entry.description)
+    for column in ("name", "task", "source", "weights", "description"):
+        table.add_column(column, no_wrap=column != "description")
+    for row in rows:
+        table.add_row(row["name"], row["task"], row["source"], row["weights"], row["description"])
     console.print(table)
+    from convlens.core.zoo import is_offline, timm_models
+
+    if search is None and not cached:
+        if timm_models.available():
+            console.print(
+                "timm: load any pretrained timm model as timm:NAME; "
+                "`convlens zoo --search NAME` lists them"
+            )
+        else:
+            console.print(f"timm models: {timm_models.INSTALL}")
+    state = "off (CONVLENS_OFFLINE=1 / --offline)" if is_offline() else "on"
+    console.print(f"downloads into torch's hub cache: {state}")
+
+
+def _zoo_rows(search: str | None, cached: bool) -> list[dict[str, Any]]:
+    from convlens.core import zoo as registry
+    from convlens.core.zoo import catalogue
+
+    wanted = search.lower() if search else None
+    rows: list[dict[str, Any]] = []
+    for entry in registry.entries():
+        if wanted is None or wanted in f"{entry.name} {entry.description}".lower():
+            rows.append(
+                {
+                    "name": entry.name,
+                    "task": entry.task,
+                    "source": "convlens",
+                    "weights": "no download",
+                    "description": entry.description,
+                }
+            )
+    own = {row["name"] for row in rows}
+    for item in catalogue.entries(search):
+        if item.name in own:
+            continue
+        where = item.cached
+        if cached and where is None:
+            continue
+        size = item.weights.size_mb if item.weights is not None else None
+        rows.append(
+            {
+                "name": item.name,
+                "task": item.task,
+                "source": item.source,
+                "weights": "cached"
+                if where is not None
+                else (f"download {size:.0f} MB" if size else "download"),
+                "description": item.description,
+            }
+        )
+    return rows

@@ -99,7 +99,7 @@ def entry(name: str) -> CatalogueEntry:
         name=f"timm:{name}",
         task="classify",
         source="timm",
-        description=f"timm {full}, {cfg.num_classes} classes, {size} px",
+        description=f"{cfg.tag or full}, {cfg.num_classes} classes, {size} px",
         weights=weights_file(cfg),
     )
 

@@ -88,24 +88,23 @@ def _weights(name: str) -> Any:
     return enum[tag]
 
 
-def _metrics(weights: Any) -> str:
-    found = []
+def _metric(weights: Any) -> str:
+    """The weights' headline figure (``ImageNet-1K acc@1 80.9``)."""
     for dataset, values in weights.meta.get("_metrics", {}).items():
-        shown = ", ".join(f"{k} {v}" for k, v in values.items())
-        found.append(f"{dataset}: {shown}")
-    return "; ".join(found)
+        for key, value in values.items():
+            return f"{dataset} {key} {value:.1f}"
+    return ""
 
 
 def entry(name: str) -> CatalogueEntry:
     weights = _weights(name)
     arch, _ = _split(name)
-    enum_name = f"{type(weights).__name__}.{weights.name}"
-    metrics = _metrics(weights)
+    metric = _metric(weights)
     return CatalogueEntry(
         name=name,
         task=_tasks()[arch],
         source="torchvision",
-        description=f"{enum_name}" + (f" ({metrics})" if metrics else ""),
+        description=f"{weights.name}" + (f", {metric}" if metric else ""),
         weights=WeightsFile.from_url(weights.url, size_mb=weights.meta.get("_file_size")),
     )
 
