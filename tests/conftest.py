@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 
 import pytest
 import torch
@@ -10,6 +11,10 @@ from torch import nn
 
 import convlens as cl
 from convlens.core.model import Preprocessing
+
+# No test ever downloads weights: a catalogue model whose file is not in the hub cache is
+# refused (tests that need one save a state dict there first, see tests/test_zoo.py).
+os.environ["CONVLENS_OFFLINE"] = "1"
 
 
 class TinyNet(nn.Module):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 
 import pytest
@@ -81,3 +83,204 @@ def test_missing_and_corrupt_weights(tmp_path, monkeypatch):
 def test_unknown_zoo_name():
     with pytest.raises(cl.UnknownNameError, match="did you mean 'mobilenet_v2'"):
         zoo.load("mobilenetv2")
+
+
+# -- the catalogues: names from torchvision and timm, weights from the hub cache ----------------
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """An empty torch hub cache (TORCH_HOME) for one test; downloads stay off."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("CONVLENS_OFFLINE", "1")
+    from convlens.core.zoo.weights import hub_checkpoints
+
+    folder = hub_checkpoints()
+    folder.mkdir(parents=True)
+    return folder
+
+
+def _save_torchvision(hub, name: str, **options) -> dict[str, torch.Tensor]:
+    """A randomly initialised network saved under the file name the catalogue expects."""
+    import torchvision
+
+    torch.manual_seed(0)
+    module = torchvision.models.get_model(name, weights=None, **options)
+    state = module.state_dict()
+    torch.save(state, hub / zoo.catalogue.entry(name).weights.filename)
+    return state
+
+
+def _same_weights(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Every tensor of ``module`` is the saved one (frozen batch norm, which the detectors use
+    with their weights, drops the saved ``num_batches_tracked``)."""
+    loaded = module.state_dict()
+    assert (
+        {k for k in state if not k.endswith("num_batches_tracked")} <= loaded.keys() <= set(state)
+    )
+    for key, tensor in loaded.items():
+        assert torch.equal(tensor, state[key]), key
+
+
+def test_torchvision_classifier_from_the_hub_cache(hub):
+    state = _save_torchvision(hub, "resnet18")
+    model = cl.load("resnet18")
+    assert isinstance(model, cl.Model) and model.task == "classify"
+    _same_weights(model.module, state)
+    assert not model.module.training
+    assert model.preprocess == cl.Preprocessing(crop=224, resize=256, interpolation="bilinear")
+    assert model.label(285) == "Egyptian cat" and model.class_index("tabby cat") == 281
+    assert model.name == "resnet18"
+
+
+def test_weights_tags_and_strict_loading(hub):
+    import torchvision
+
+    state = torchvision.models.resnet18().state_dict()
+    state.pop("fc.bias")
+    torch.save(state, hub / zoo.catalogue.entry("resnet18.IMAGENET1K_V1").weights.filename)
+    with pytest.raises(RuntimeError, match="fc.bias"):
+        cl.load("resnet18.IMAGENET1K_V1")
+    with pytest.raises(cl.UnknownNameError, match="IMAGENET1K_V1"):
+        cl.load("resnet18.IMAGENET1K_V9")
+
+
+def test_inception_v3_gives_logits_at_299(hub):
+    state = _save_torchvision(hub, "inception_v3", aux_logits=True, init_weights=False)
+    model = cl.load("inception_v3")
+    _same_weights(model.module, state)
+    assert model.input_shape == (3, 299, 299)
+    assert model.preprocess.resize == 342
+    assert model.module.transform_input  # what torchvision sets for these weights
+    logits = model(torch.zeros(1, 3, 299, 299))
+    assert isinstance(logits, torch.Tensor) and logits.shape == (1, 1000)
+
+
+def test_torchvision_detector_from_the_hub_cache(hub):
+    state = _save_torchvision(
+        hub, "fasterrcnn_mobilenet_v3_large_320_fpn", weights_backbone=None, num_classes=91
+    )
+    detector = cl.load("fasterrcnn_mobilenet_v3_large_320_fpn")
+    assert isinstance(detector, cl.Detector) and detector.task == "detect"
+    _same_weights(detector.module, state)
+    assert detector.labels[1] == "person" and len(detector.labels) == 91
+
+
+def test_segmentation_names_give_parts_and_are_refused_by_load(hub):
+    state = _save_torchvision(
+        hub, "lraspp_mobilenet_v3_large", weights_backbone=None, num_classes=21
+    )
+    parts = zoo.catalogue.build("lraspp_mobilenet_v3_large")
+    assert parts.task == "segment"
+    _same_weights(parts.module, state)
+    assert parts.preprocessing == cl.Preprocessing(crop=None, resize=520)
+    assert parts.labels[:2] == ["__background__", "aeroplane"]
+    with pytest.raises(cl.ModelLoadError) as refused:
+        cl.load("lraspp_mobilenet_v3_large")
+    assert "segmentation handles: not in this build" in str(refused.value)
+    assert "\n" not in str(refused.value)
+
+
+def test_timm_model_from_the_hub_cache(hub):
+    timm = pytest.importorskip("timm")
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    state = timm.create_model("resnet10t").state_dict()
+    save_file(state, str(hub / zoo.catalogue.entry("timm:resnet10t").weights.filename))
+    model = cl.load("timm:resnet10t")
+    _same_weights(model.module, state)
+    config = timm.data.resolve_data_config({}, model=model.module)
+    assert model.input_shape == config["input_size"]
+    assert model.label(285) == "Egyptian cat"
+
+
+def test_timm_preprocessing_matches_timms_transform(chelsea):
+    timm = pytest.importorskip("timm")
+    from convlens.core.zoo import timm_models
+
+    module = timm.create_model("convnext_nano")
+    config = timm.data.resolve_data_config({}, model=module)
+    ours, notes = timm_models.preprocessing(config)
+    assert (ours.crop, ours.resize, ours.interpolation) == (224, 235, "bicubic") and not notes
+    expected = timm.data.create_transform(**config)(chelsea)
+    torch.testing.assert_close(ours([chelsea])[0], expected, atol=1e-6, rtol=0)
+
+
+def test_torchvision_preprocessing_matches_the_weights_transforms(chelsea):
+    from torchvision.models import EfficientNet_B0_Weights
+
+    from convlens.core.zoo import torchvision_models
+
+    weights = EfficientNet_B0_Weights.DEFAULT
+    ours = torchvision_models.preprocessing(weights)
+    assert (ours.crop, ours.resize, ours.interpolation) == (224, 256, "bicubic")
+    torch.testing.assert_close(ours([chelsea])[0], weights.transforms()(chelsea), atol=1e-6, rtol=0)
+
+
+def test_offline_refusal_is_one_line(hub):
+    with pytest.raises(zoo.OfflineError) as refused:
+        cl.load("resnet18")
+    message = str(refused.value)
+    assert "\n" not in message
+    assert "resnet18-f37072fd.pth" in message and "CONVLENS_OFFLINE=1" in message
+    assert not list(hub.iterdir())  # nothing was written
+
+
+def test_cli_offline_flag(hub, monkeypatch):
+    from typer.testing import CliRunner
+
+    from convlens.apps.cli import app
+
+    monkeypatch.setenv("CONVLENS_OFFLINE", "0")
+    picture = hub.parent / "x.png"
+    Image.new("RGB", (32, 32)).save(picture)
+    result = CliRunner().invoke(app, ["--offline", "predict", "resnet18", str(picture)])
+    assert result.exit_code == 2
+    assert "downloads are off" in result.output and "Traceback" not in result.output
+
+
+def test_download_into_the_hub_cache_with_progress(hub, tmp_path):
+    from convlens.core.zoo import weights
+
+    source = tmp_path / "served" / "tiny.pth"
+    source.parent.mkdir()
+    torch.save({"w": torch.arange(1000.0)}, source)
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    wanted = weights.WeightsFile(source.as_uri(), f"tiny-{digest[:8]}.pth", digest[:8])
+    with pytest.raises(zoo.OfflineError):
+        weights.fetch(wanted)
+    seen: list[tuple[int, int]] = []
+    path = weights.fetch(wanted, offline=False, progress=lambda d, t: seen.append((d, t)))
+    assert path == hub / wanted.filename and path.read_bytes() == source.read_bytes()
+    assert seen[0] == (0, source.stat().st_size) and seen[-1][0] == source.stat().st_size
+    assert weights.fetch(wanted) == path  # cached now: no download, offline is fine
+    bad = weights.WeightsFile(source.as_uri(), "other-00000000.pth", "00000000")
+    with pytest.raises(weights.DownloadError, match="nothing was kept"):
+        weights.fetch(bad, offline=False)
+    assert sorted(p.name for p in hub.iterdir()) == [wanted.filename]
+
+
+def test_search_and_listing(hub):
+    from typer.testing import CliRunner
+
+    from convlens.apps.cli import app
+
+    _save_torchvision(hub, "resnet18")
+    found = {e.name: e for e in zoo.catalogue.entries("convnext")}
+    assert {"convnext_tiny", "convnext_small"} <= found.keys()
+    assert all("convnext" in n for n in found)
+    if zoo.catalogue.timm_models.available():
+        assert "timm:convnext_nano.in12k_ft_in1k" in found
+    listed = {e.name: e for e in zoo.catalogue.entries()}
+    assert listed["fasterrcnn_resnet50_fpn"].task == "detect"
+    assert listed["deeplabv3_mobilenet_v3_large"].task == "segment"
+    assert listed["resnet18"].cached == hub / "resnet18-f37072fd.pth"
+    assert listed["resnet50"].cached is None
+    result = CliRunner().invoke(app, ["zoo", "--json"])
+    rows = {r["name"]: r for r in json.loads(result.output)}
+    assert rows["resnet18"]["weights"] == "cached" and rows["toon-detector"]["task"] == "detect"
+    assert rows["lraspp_mobilenet_v3_large"]["task"] == "segment"
+    assert rows["resnet50"]["weights"].startswith("download")
+    result = CliRunner().invoke(app, ["zoo", "--search", "convnext", "--json"])
+    assert {r["name"] for r in json.loads(result.output)} >= {"convnext_tiny"}
