@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import itertools
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
-from convlens.core.naming import get_layer
+from convlens.core.naming import get_layer, split_call
 
 T = TypeVar("T")
 OutputFn = Callable[[str, Any], Any]
@@ -29,13 +29,21 @@ def forward_hooks(
     on_output: OutputFn | None,
     *,
     on_start: StartFn | None = None,
+    channels_last: Collection[str] = (),
 ) -> Iterator[None]:
     """Call ``on_output(name, output)`` whenever a named layer returns, inside the block.
 
     ``on_output`` may return a replacement output (as a PyTorch forward hook may) or ``None``
     to keep it. ``on_start(name, inputs)`` runs when a layer is entered (a pre-hook), which
-    gives the true call order of nested modules. Every name is resolved before any hook is
-    added, so an unknown name leaves the model untouched.
+    gives the true call order of nested modules. A plain name sees every call of its module;
+    ``name#k`` (:func:`~convlens.core.naming.split_call`) only the ``k``-th call in each forward
+    pass of ``module`` (the count restarts whenever ``module`` itself is called). Every name is
+    resolved before any hook is added, so an unknown name leaves the model untouched.
+
+    The layers in ``channels_last`` compute in (N, H, W, C) (the layer table knows which:
+    :meth:`~convlens.core.layers.LayerTable.channels_last`); ``on_output`` gets their output
+    as an (N, C, H, W) view, and a replacement it returns is turned back before the network
+    goes on.
     """
     names = list(names)
     if not names:
@@ -48,27 +56,78 @@ def forward_hooks(
         )
     modules = dict(module.named_modules())
     layers = [
-        (name, modules[name] if name in modules else get_layer(module, name)) for name in names
+        (name, *split_call(name), modules[name] if name in modules else get_layer(module, name))
+        for name in names
     ]
+    counts: dict[str, int] = {}  # calls so far in this forward pass, per module name counted
     handles = []
+
+    def restart(_m: nn.Module, _inputs: Any) -> None:
+        counts.clear()
+
+    def count(base: str) -> Callable[..., None]:
+        def pre(_m: nn.Module, _inputs: Any) -> None:
+            counts[base] = counts.get(base, 0) + 1
+
+        return pre
+
     try:
-        for name, layer in layers:
+        if any(call is not None for _, _, call, _ in layers):
+            handles.append(module.register_forward_pre_hook(restart))
+            for base, layer in {b: m for _, b, c, m in layers if c is not None}.items():
+                handles.append(layer.register_forward_pre_hook(count(base)))
+        for name, base, call, layer in layers:
             if on_output is not None:
+                see = _as_nchw(on_output) if name in channels_last else on_output
                 handles.append(
-                    layer.register_forward_hook(
-                        lambda _m, _inp, out, name=name: on_output(name, out)
-                    )
+                    layer.register_forward_hook(_output_hook(name, base, call, counts, see))
                 )
             if on_start is not None:
                 handles.append(
-                    layer.register_forward_pre_hook(
-                        lambda _m, inp, name=name: on_start(name, inp)  # type: ignore[misc]
-                    )
+                    layer.register_forward_pre_hook(_start_hook(name, base, call, counts, on_start))
                 )
         yield
     finally:
         for handle in handles:
             handle.remove()
+
+
+def _as_nchw(on_output: OutputFn) -> OutputFn:
+    """``on_output`` seeing a channels-last (N, H, W, C) output as (N, C, H, W)."""
+
+    def see(name: str, output: Any) -> Any:
+        if not isinstance(output, torch.Tensor) or output.dim() != 4:
+            return on_output(name, output)
+        replaced = on_output(name, output.permute(0, 3, 1, 2))
+        if isinstance(replaced, torch.Tensor) and replaced.dim() == 4:
+            return replaced.permute(0, 2, 3, 1)
+        return replaced
+
+    return see
+
+
+def _output_hook(
+    name: str, base: str, call: int | None, counts: dict[str, int], on_output: OutputFn
+) -> Callable[..., Any]:
+    if call is None:
+        return lambda _m, _inp, out: on_output(name, out)
+
+    def hook(_m: nn.Module, _inp: Any, out: Any) -> Any:
+        return on_output(name, out) if counts.get(base) == call else None
+
+    return hook
+
+
+def _start_hook(
+    name: str, base: str, call: int | None, counts: dict[str, int], on_start: StartFn
+) -> Callable[..., Any]:
+    if call is None:
+        return lambda _m, inp: on_start(name, inp)
+
+    def hook(_m: nn.Module, inp: Any) -> Any:
+        return on_start(name, inp) if counts.get(base) == call else None
+
+    return hook
 
 
 @contextmanager
@@ -126,7 +185,7 @@ def folded_batchnorm(module: nn.Module, keep: Iterable[str] = ()) -> Iterator[in
     to the weights are wanted (a parameter with ``requires_grad``). The model's modules and
     parameters are not changed; the overrides are removed on every exit path.
     """
-    kept = set(keep)
+    kept = {split_call(name)[0] for name in keep}
     uses: dict[int, int] = {}
     for _, m in module.named_modules(remove_duplicate=False):
         uses[id(m)] = uses.get(id(m), 0) + 1  # a module used in two places is left alone

@@ -419,6 +419,15 @@ class Model:
             probs = self.postprocess(logits).float().cpu()
         return Prediction(self, batch.names, probs, min(top, probs.shape[1]))
 
+    def channels_last(self) -> set[str]:
+        """The layers that compute in (N, H, W, C) (from the layer table, built only when the
+        network has layers that can make such a region)."""
+        from convlens.core.layers import may_run_channels_last
+
+        if self._layer_table is None and not may_run_channels_last(self.module):
+            return set()
+        return set(self.layers().channels_last())
+
     def layers(self, kinds: str | Sequence[str] | None = None) -> Any:
         """The :class:`~convlens.layers.LayerTable` (built once per handle), optionally filtered."""
         from convlens.core.layers import layer_table

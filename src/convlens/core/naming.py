@@ -1,7 +1,11 @@
 """One way to name things everywhere, and helpful errors for names that do not exist.
 
 Layers are named by the dotted path of ``named_modules()`` (``features.14.conv.0``), and one
-channel of a layer by ``layer:channel`` (``features.14:17``).
+channel of a layer by ``layer:channel`` (``features.14:17``). A module that runs more than once
+in one forward pass (EfficientNet-Lite's ReLU6 ``_swish``, used by the stem and by the head;
+ResNet's ``relu`` in every block) is one module but several layer outputs: ``name#k`` is its
+``k``-th call (from 1) in each forward pass (``_swish#2``, ``_swish#2:17``), while the plain
+name still names the module (hooks on it see every call).
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ def unknown(kind: str, name: str, candidates: Iterable[str]) -> UnknownNameError
 
 @dataclass(frozen=True)
 class LayerRef:
-    """A parsed layer name: ``features.14`` or ``features.14:17`` (channel 17)."""
+    """A parsed layer name: ``features.14``, ``features.14:17`` (channel 17) or ``_swish#2``
+    (the module's second call in a forward pass; ``name`` keeps the ``#2``)."""
 
     name: str
     channel: int | None = None
@@ -46,32 +51,64 @@ class LayerRef:
     def __str__(self) -> str:
         return self.name if self.channel is None else f"{self.name}:{self.channel}"
 
+    @property
+    def module_name(self) -> str:
+        """The module's dotted path (without ``#k``)."""
+        return split_call(self.name)[0]
+
+    @property
+    def call(self) -> int | None:
+        """Which call of the module (from 1), or ``None`` for the module itself."""
+        return split_call(self.name)[1]
+
+
+def split_call(name: str) -> tuple[str, int | None]:
+    """``"_swish#2"`` -> ``("_swish", 2)``; ``"features.14"`` -> ``("features.14", None)``."""
+    base, sep, call = name.rpartition("#")
+    if not sep or not base or not call.isdigit():
+        return name, None
+    if int(call) < 1:
+        raise ValueError(
+            f"expected 'layer#k' with k the call number (1, 2, ...) of a module that runs "
+            f"several times, got {name!r}"
+        )
+    return base, int(call)
+
+
+def call_name(name: str, call: int) -> str:
+    """The name of call ``call`` (from 1) of module ``name``: ``_swish#2``."""
+    return f"{name}#{call}"
+
 
 def parse_layer(spec: str) -> LayerRef:
-    """Split ``"layer"`` / ``"layer:channel"`` into a :class:`LayerRef`."""
+    """Split ``"layer"`` / ``"layer:channel"`` / ``"layer#k[:channel]"`` into a
+    :class:`LayerRef`."""
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(f"expected a layer name such as 'features.14' or 'conv1:7', got {spec!r}")
     name, sep, channel = spec.strip().rpartition(":")
     if not sep:
-        return LayerRef(spec.strip())
-    if not channel.isdigit():
+        name, channel = spec.strip(), ""
+    elif not channel.isdigit():
         raise ValueError(f"expected 'layer:channel' with a whole channel number, got {spec!r}")
-    return LayerRef(name, int(channel))
+    split_call(name)  # a malformed '#k' is refused here
+    return LayerRef(name, int(channel) if channel else None)
 
 
 def get_layer(module: nn.Module, name: str) -> nn.Module:
-    """The submodule called ``name`` (dotted path); unknown names list close matches.
+    """The submodule called ``name`` (dotted path; ``name#k``, one call of it, gives the
+    module too); unknown names list close matches.
 
     The empty string and ``"output"`` name the whole network.
     """
     if name in ("", "output"):
         return module
-    try:
-        return module.get_submodule(name)
-    except AttributeError:
-        pass
-    except RuntimeError:  # TorchScript modules have no get_submodule
-        found = dict(module.named_modules()).get(name)
-        if found is not None:
-            return found
+    for candidate in dict.fromkeys((name, split_call(name)[0])):
+        try:
+            return module.get_submodule(candidate)
+        except AttributeError:
+            continue
+        except RuntimeError:  # TorchScript modules have no get_submodule
+            found = dict(module.named_modules()).get(candidate)
+            if found is not None:
+                return found
     raise unknown("layer", name, (n for n, _ in module.named_modules() if n))

@@ -602,8 +602,28 @@ def method_options(name: str, task: str = "classify") -> list[str] | None:
 
 
 def default_layer(model: Model) -> str:
-    """The last layer with a spatial output (called once), from the layer table."""
-    return str(model.layers().last_spatial().name)
+    """The last layer with a spatial output, from the layer table: a layer called once, or
+    one call of a reused module (``_swish#2``); see :func:`default_layer_choice`."""
+    return default_layer_choice(model)[0]
+
+
+def default_layer_choice(model: Model) -> tuple[str, str]:
+    """The default layer of the layer-map methods and why it was chosen (a sentence, kept in
+    ``Attribution.extras["layer_choice"]``)."""
+    table = model.layers()
+    row = table.last_spatial()
+    shape = "x".join(map(str, row.output_shape[1:])) if row.output_shape else "?"
+    why = f"default: {row.name}, the last layer with a spatial output ({shape})"
+    if row.call is not None:
+        module = row.name.rpartition("#")[0]
+        runs = table.get(module).calls
+        why += (
+            f"; {module} is one module that runs {runs} times in a forward pass, and its call "
+            f"{row.call} is the last map (the module itself names every call)"
+        )
+    if row.channels_last:
+        why += "; computed channels-last, captured as (N, C, H, W)"
+    return str(row.name), why
 
 
 def bytes_per_image(model: Model) -> int:

@@ -20,7 +20,10 @@ size and :meth:`~convlens.attribution.Attribution.normalized` to [0, 1] for disp
 Layers
 ------
 ``layer=None`` takes :func:`~convlens.attribution.default_layer` (the last layer with a
-spatial output; reported in ``Attribution.layer``). Any dotted ``named_modules()`` name works;
+spatial output; reported in ``Attribution.layer``, and why in ``extras["layer_choice"]``). A
+module that runs several times in a forward pass (EfficientNet-Lite's shared ReLU6) offers
+each call as a layer, ``name#k``; the default may be one (``_swish#2``, the head's
+activation). Any dotted ``named_modules()`` name works;
 unknown names raise :class:`~convlens.naming.UnknownNameError` with close matches. Several
 layers (a list, or one comma-separated string ``"features.14,features.18"``) are captured in
 the same passes; each layer's map is divided by its own peak ``max|map|`` (per image; an all-zero
@@ -61,31 +64,26 @@ Differences from the peers (shown by tests/test_cam.py)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from convlens.core.hooks import forward_hooks, preserved
+from convlens.core.hooks import preserved
 from convlens.core.model import Batch, Model
-from convlens.core.naming import get_layer, parse_layer
 from convlens.core.registry import spec
 from convlens.techniques.attribution.base import (
     Attribution,
-    Target,
     TargetSpec,
     batch_size_for,
     chunks,
-    default_layer,
     make_attribution,
     register,
-    resolve_target,
 )
+from convlens.techniques.attribution.capture import Captured, LayerSpec, capture, layer_names
 
-LayerSpec = str | Sequence[str] | None
 Progress = Callable[[int, int], None]
 Weights = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -158,123 +156,6 @@ def eigencam_weights(activations: torch.Tensor, sign: str = "activation") -> tor
     return v.to(activations.dtype)
 
 
-# -- capturing activations and their gradients ---------------------------------------------
-
-
-@dataclass
-class _Captured:
-    layers: list[str]
-    activations: list[torch.Tensor]
-    gradients: list[torch.Tensor] | None
-    target: Target
-    scores: torch.Tensor
-
-
-def _layer_names(model: Model, layer: LayerSpec) -> list[str]:
-    """The layers to explain, resolved before anything runs (unknown names list close ones)."""
-    if layer is None:
-        return [default_layer(model)]
-    if isinstance(layer, str):
-        specs = [s.strip() for s in layer.split(",") if s.strip()]
-    elif isinstance(layer, Sequence) and all(isinstance(s, str) for s in layer):
-        specs = [s.strip() for s in layer]
-    else:
-        raise ValueError(f"expected a layer name or a list of layer names, got {layer!r}")
-    if not specs:
-        raise ValueError(f"expected at least one layer name, got {layer!r}")
-    names: list[str] = []
-    for text in specs:
-        ref = parse_layer(text)
-        if ref.channel is not None:
-            raise ValueError(
-                f"CAM methods explain a whole layer; expected a layer name such as "
-                f"{ref.name!r}, got the channel {text!r}"
-            )
-        get_layer(model.module, ref.name)
-        if ref.name not in names:
-            names.append(ref.name)
-    return names
-
-
-def _target_from_outputs(
-    model: Model, batch: Batch, target: TargetSpec, outputs: torch.Tensor
-) -> Target:
-    """:func:`resolve_target`, reading top-1 from outputs already computed (no extra pass)."""
-    if target is not None:
-        return resolve_target(model, batch.inputs, target)
-    if outputs.dim() != 2:
-        raise ValueError(
-            f"top-1 needs (N, K) outputs, got {tuple(outputs.shape)}; pass a callable target"
-        )
-    return Target(outputs.detach().argmax(1).cpu(), description="top-1")
-
-
-def _capture(
-    model: Model, batch: Batch, target: TargetSpec, layers: list[str], *, gradients: bool
-) -> _Captured:
-    """One forward pass: the activations (N, C, h, w) of ``layers`` and, with ``gradients``,
-    ``d score.sum() / d activations`` (one ``autograd.grad``; no parameter gradients).
-
-    The hook hands the rest of the network a copy of each captured output, so in-place
-    operations downstream (``ReLU(inplace=True)``, ``out += identity``) never change what
-    was captured. The pass runs without recording a graph up to the first captured layer and
-    records only from there, so the cost before the layer is that of an inference pass.
-    """
-    found: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
-
-    def keep(name: str, output: Any) -> Any:
-        if not isinstance(output, torch.Tensor) or output.dim() != 4:
-            got = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output)
-            raise ValueError(
-                f"CAM methods need a layer with a spatial (N, C, h, w) output; {name!r} "
-                f"returned {got}"
-            )
-        if gradients and output.requires_grad:  # a later layer, already on the graph
-            captured = output
-        elif gradients:
-            # The first captured layer: the graph starts here. Everything before it ran
-            # without recording (as fast as an inference pass); from here on it records.
-            captured = output.detach().requires_grad_(True)
-            torch.set_grad_enabled(True)
-        else:
-            captured = output.detach()
-        found[name].append(captured)
-        return captured.clone()
-
-    with preserved(model.module), torch.inference_mode(False):
-        inputs = batch.inputs.clone() if batch.inputs.is_inference() else batch.inputs
-        # no_grad's exit restores the caller's grad mode, also after the hook turned it on
-        with torch.no_grad(), forward_hooks(model.module, layers, keep):
-            outputs = model.forward(inputs.detach())
-        for name, outs in found.items():
-            if len(outs) != 1:
-                how = "did not run" if not outs else f"ran {len(outs)} times"
-                raise ValueError(
-                    f"layer {name!r} {how} in one forward pass; CAM methods need a layer "
-                    "that runs once"
-                )
-        activations = [found[name][0] for name in layers]
-        resolved = _target_from_outputs(model, batch, target, outputs)
-        with torch.set_grad_enabled(gradients):
-            score = resolved.score(outputs)
-        grads = None
-        if gradients:
-            found_grads: Sequence[torch.Tensor | None] = [None] * len(activations)
-            if score.requires_grad:  # else no layer reaches the score: zero gradients
-                found_grads = torch.autograd.grad(score.sum(), activations, allow_unused=True)
-            grads = [
-                g if g is not None else torch.zeros_like(a)
-                for g, a in zip(found_grads, activations, strict=True)
-            ]
-    return _Captured(
-        layers,
-        [a.detach() for a in activations],
-        [g.detach() for g in grads] if grads is not None else None,
-        resolved,
-        score.detach(),
-    )
-
-
 # -- assembling the result ------------------------------------------------------------------
 
 
@@ -301,11 +182,13 @@ def _result(
     settings: dict[str, Any],
     model: Model,
     batch: Batch,
-    captured: _Captured,
+    captured: Captured,
     extras: dict[str, Any] | None = None,
 ) -> Attribution:
     layers = captured.layers
     extras = dict(extras or {})
+    if captured.note:
+        extras["layer_choice"] = captured.note
     if len(layers) == 1:
         attribution_map = maps[0]
         settings = {"layer": layers[0], **settings}
@@ -344,8 +227,9 @@ def _gradient_maps(
     weights: Weights,
     *,
     relu: bool,
-) -> tuple[list[torch.Tensor], _Captured]:
-    captured = _capture(model, batch, target, layers, gradients=True)
+    note: str | None = None,
+) -> tuple[list[torch.Tensor], Captured]:
+    captured = capture(model, batch, target, layers, gradients=True, note=note)
     assert captured.gradients is not None
     maps = [
         class_activation_map(a, weights(a, g), relu=relu)
@@ -365,8 +249,8 @@ def _gradient_cam(
 ) -> Attribution:
     relu = _check_bool("relu", relu)
     batch = model.prepare(images)
-    layers = _layer_names(model, layer)
-    maps, captured = _gradient_maps(model, batch, target, layers, weights, relu=relu)
+    layers, note = layer_names(model, layer)
+    maps, captured = _gradient_maps(model, batch, target, layers, weights, relu=relu, note=note)
     settings = {"relu": relu, "signed": not relu}
     return _result(
         maps, method=method, settings=settings, model=model, batch=batch, captured=captured
@@ -513,8 +397,8 @@ def eigencam(
     if sign not in ("activation", "numpy"):
         raise ValueError(f"expected sign 'activation' or 'numpy', got {sign!r}")
     batch = model.prepare(images)
-    layers = _layer_names(model, layer)
-    captured = _capture(model, batch, target, layers, gradients=False)
+    layers, note = layer_names(model, layer)
+    captured = capture(model, batch, target, layers, gradients=False, note=note)
     maps = []
     for a in captured.activations:
         centred = a - a.mean(dim=(2, 3), keepdim=True)
@@ -568,8 +452,8 @@ def scorecam(
     ):
         raise ValueError(f"expected batch_size a whole number >= 1, got {batch_size!r}")
     batch = model.prepare(images)
-    layers = _layer_names(model, layer)
-    captured = _capture(model, batch, target, layers, gradients=False)
+    layers, note = layer_names(model, layer)
+    captured = capture(model, batch, target, layers, gradients=False, note=note)
     size = batch_size or batch_size_for(model, memory_budget_mb)
     height, width = batch.inputs.shape[-2:]
     total = sum(a.shape[0] * a.shape[1] for a in captured.activations)
@@ -647,8 +531,10 @@ def guided_gradcam(
     if interpolation not in ("bilinear", "nearest"):
         raise ValueError(f"expected interpolation 'bilinear' or 'nearest', got {interpolation!r}")
     batch = model.prepare(images)
-    layers = _layer_names(model, layer)
-    maps, captured = _gradient_maps(model, batch, target, layers, gradcam_weights, relu=True)
+    layers, note = layer_names(model, layer)
+    maps, captured = _gradient_maps(
+        model, batch, target, layers, gradcam_weights, relu=True, note=note
+    )
     grad_cam = maps[0] if len(maps) == 1 else _combine(maps)
     resolved = captured.target
     spec: TargetSpec = resolved.indices if resolved.indices is not None else resolved.fn
@@ -677,5 +563,6 @@ def guided_gradcam(
         target=resolved,
         scores=captured.scores,
         layer="+".join(layers),
-        extras={"gradcam": grad_cam.detach().float().cpu()},
+        extras={"gradcam": grad_cam.detach().float().cpu()}
+        | ({"layer_choice": note} if note else {}),
     )
