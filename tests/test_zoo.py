@@ -284,3 +284,21 @@ def test_search_and_listing(hub):
     assert rows["resnet50"]["weights"].startswith("download")
     result = CliRunner().invoke(app, ["zoo", "--search", "convnext", "--json"])
     assert {r["name"] for r in json.loads(result.output)} >= {"convnext_tiny"}
+
+
+def test_mobilenet_takes_448_px(mobilenet):
+    """torchvision pools with a function (no AdaptiveAvgPool2d module): any-size support is
+    decided by a trial pass, not by module types (issue 16)."""
+    big = torch.zeros(1, 3, 448, 448)
+    assert mobilenet.accepts_size((448, 448))
+    assert mobilenet.probabilities(big).shape == (1, 1000)
+    cam = cl.explain(mobilenet, big, "gradcam", target=285)
+    assert cam.map.shape == (1, 14, 14) and cam.input_size == (448, 448)
+    dense = cl.Model(
+        torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3), torch.nn.Flatten(), torch.nn.LazyLinear(5)),
+        preprocess=cl.Preprocessing(crop=8, resize=8),
+    )
+    dense(torch.zeros(1, 3, 8, 8))  # materialise the lazy layer: 2 x 6 x 6 inputs
+    assert not dense.accepts_size((16, 16))
+    with pytest.raises(ValueError, match=r"expected input of shape \(N, 3, 8, 8\)"):
+        dense.prepare(torch.zeros(1, 3, 16, 16))

@@ -258,7 +258,8 @@ class Model:
         self.name = name or type(module).__name__
         self._input_size = tuple(input_size) if input_size is not None else None
         self._layer_table: Any = None
-        self._size_free: tuple[nn.Module, bool] | None = None
+        # per network: whether it was found to take an input size other than input_shape
+        self._sizes: tuple[nn.Module, dict[tuple[int, int], bool]] | None = None
 
     # -- what the network is -------------------------------------------------------------
     @property
@@ -378,16 +379,28 @@ class Model:
             expected = self.input_shape
         except ValueError:
             return
-        if self._size_free is None or self._size_free[0] is not self.module:
-            self._size_free = (self.module, _accepts_any_size(self.module))
-        size_free = self._size_free[1]
-        if inputs.shape[1] != expected[0] or (not size_free and inputs.shape[2:] != expected[1:]):
-            want = (
-                f"(N, {expected[0]}, H, W)"
-                if size_free
-                else f"(N, {', '.join(map(str, expected))})"
-            )
-            raise ValueError(f"expected input of shape {want}, got {tuple(inputs.shape)}")
+        size = (int(inputs.shape[2]), int(inputs.shape[3]))
+        same_size = size == tuple(expected[1:])
+        if inputs.shape[1] == expected[0] and same_size:
+            return
+        size_free = same_size or self.accepts_size(size)
+        if inputs.shape[1] == expected[0] and size_free:
+            return
+        want = f"(N, {expected[0]}, H, W)" if size_free else f"(N, {', '.join(map(str, expected))})"
+        raise ValueError(f"expected input of shape {want}, got {tuple(inputs.shape)}")
+
+    def accepts_size(self, size: tuple[int, int]) -> bool:
+        """Whether the network takes (H, W) inputs of ``size`` besides its own
+        :attr:`input_shape`: decided by what it does, not by its module types (torchvision
+        pools with a function, not a module): one trial forward pass of a zero picture at
+        ``size`` and one at the own size, in eval and inference mode; it does when both run
+        and give outputs of the same shape. Remembered per size."""
+        if self._sizes is None or self._sizes[0] is not self.module:
+            self._sizes = (self.module, {})
+        known = self._sizes[1]
+        if size not in known:
+            known[size] = _same_output_shape(self, size)
+        return known[size]
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """Raw network output (logits) for an input tensor."""
@@ -462,11 +475,25 @@ def count_pictures(images: Any) -> int:
     return total
 
 
-def _accepts_any_size(module: nn.Module) -> bool:
-    """Networks that end in a global pool accept any input size; we still check when unsure."""
-    return any(
-        isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)) for m in module.modules()
-    )
+def _same_output_shape(model: Model, size: tuple[int, int]) -> bool:
+    """Whether ``model``'s network gives outputs of one shape at its own input size and at
+    ``size`` (a refusal to run at ``size`` is a no)."""
+    from convlens.core.hooks import first_tensor, preserved
+
+    channels, *own = model.input_shape
+    device, dtype = _device_dtype(model.module)
+    shapes = []
+    for hw in (tuple(own), size):
+        x = torch.zeros((1, channels, *hw), device=device, dtype=dtype)
+        try:
+            with preserved(model.module), torch.inference_mode():
+                out = first_tensor(model.forward(x))
+        except (RuntimeError, ValueError):
+            return False
+        if out is None:
+            return False
+        shapes.append(tuple(out.shape))
+    return shapes[0] == shapes[1]
 
 
 @dataclass
