@@ -98,6 +98,7 @@ class LayerInfo:
     call: int | None = None  # for the row of one call (``name#k``) of a reused module: k
     channels_last: bool = False  # computed in (N, H, W, C); shape and captures are (N, C, H, W)
     own: tuple[str, ...] = ()  # parameters a container holds itself (ConvNeXt's layer_scale)
+    norm_act: bool = False  # a norm that applies its activation too (timm's BatchNormAct2d)
 
     @property
     def note(self) -> str:
@@ -105,6 +106,8 @@ class LayerInfo:
         notes = []
         if self.channels_last:
             notes.append("channels-last inside (N, H, W, C); shown and captured as (N, C, H, W)")
+        if self.norm_act:
+            notes.append("norm and activation in one module: its output is after the activation")
         if self.own:
             notes.append(f"own parameters: {', '.join(self.own)}")
         if self.call is not None:
@@ -366,6 +369,7 @@ def layer_table(model: _Handle, input_size: Sequence[int] | None = None) -> Laye
             own=tuple(k for k, v in m._parameters.items() if v is not None)
             if any(True for _ in m.children())
             else (),
+            norm_act=layer_kind(m) == "norm" and isinstance(getattr(m, "act", None), nn.Module),
         )
         rows.append((entered_at.get((n, 1), len(entered_at)), row))
         reused = calls.get(n, 0) > 1  # one row per call too: name#1, name#2, ...
@@ -383,6 +387,7 @@ def layer_table(model: _Handle, input_size: Sequence[int] | None = None) -> Laye
                         call=k,
                         channels_last=(n, k) in channels_last,
                         own=(),
+                        norm_act=False,
                     ),
                 )
             )

@@ -403,8 +403,12 @@ class Model:
         return known[size]
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Raw network output (logits) for an input tensor."""
-        return self.module(inputs)
+        """Raw network output (logits) for an input tensor. A network that returns its
+        auxiliary heads beside the logits in training mode (torchvision's Inception-v3 and
+        GoogLeNet: a named tuple with ``logits``) gives the logits."""
+        out = self.module(inputs)
+        logits = getattr(out, "logits", None) if isinstance(out, tuple) else None
+        return logits if isinstance(logits, torch.Tensor) else out
 
     __call__ = forward
 

@@ -72,6 +72,8 @@ class Ascent:
 
     def __init__(self, handle: Model, plan: Plan) -> None:
         self.module = handle.module
+        # layers computed channels-last (ConvNeXt's norm and MLP) are read as (N, C, H, W)
+        self.channels_last = handle.channels_last()
         self.dtype, self.device = handle.dtype, handle.device
         self.plan = plan
         self.layers = sorted(plan.objective.layers - {IMAGE, OUTPUT})
@@ -89,7 +91,9 @@ class Ascent:
                 p.requires_grad_(False)
         on_output = recorder(self.acts, None if self.needs_output else self.layers)
         stack.enter_context(folded_batchnorm(self.module, keep=self.layers))
-        stack.enter_context(forward_hooks(self.module, self.layers, on_output))
+        stack.enter_context(
+            forward_hooks(self.module, self.layers, on_output, channels_last=self.channels_last)
+        )
         plan = self.plan
         if plan.input_hw is not None and (
             plan.resize or (plan.resize is None and not self._any_size())
