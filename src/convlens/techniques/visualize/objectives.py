@@ -432,12 +432,18 @@ def diversity(layer: str) -> Objective:
 def _class_objective(target: Any, probability: bool) -> Objective:
     kind = "p" if probability else "logit"
 
-    def make(indices: list[int], names: list[str]) -> Objective:
+    def make(
+        indices: list[int],
+        names: list[str],
+        postprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> Objective:
         def score(acts: Acts) -> torch.Tensor:
             out = acts[OUTPUT]
             if out.dim() != 2:
                 raise ValueError(f"class objectives need (B, K) outputs, got {tuple(out.shape)}")
-            values = out.softmax(1) if probability else out
+            values = out
+            if probability:  # the model's own (a sigmoid for multi-label), else a softmax
+                values = postprocess(out) if postprocess is not None else out.softmax(1)
             index = torch.as_tensor(indices, device=out.device)
             if len(indices) == 1:
                 return values[:, index[0]]
@@ -449,13 +455,13 @@ def _class_objective(target: Any, probability: bool) -> Objective:
         if isinstance(target, (list, tuple)):
             obj.batch = len(indices)
             obj.labels = list(names)
-            obj._select = lambda index: make(indices[index], names[index])
+            obj._select = lambda index: make(indices[index], names[index], postprocess)
         return obj
 
     def bind(model: Model) -> Objective:
         items = list(target) if isinstance(target, (list, tuple)) else [target]
         indices = [model.class_index(t) for t in items]
-        return make(indices, [model.label(i) for i in indices])
+        return make(indices, [model.label(i) for i in indices], model.postprocess)
 
     items = list(target) if isinstance(target, (list, tuple)) else [target]
     if not items:
@@ -484,8 +490,9 @@ def class_logit(target: int | str | Sequence[int | str]) -> Objective:
 
 
 def class_probability(target: int | str | Sequence[int | str]) -> Objective:
-    """The softmax probability of a class (a list: one image per class). Saturates quickly;
-    the logit is usually the better objective."""
+    """The probability of a class (a list: one image per class) as the model computes it (its
+    ``postprocess``: a softmax, or a sigmoid per label for a multi-label model; a softmax
+    until bound to a model). Saturates quickly; the logit is usually the better objective."""
     return _class_objective(target, probability=True)
 
 
