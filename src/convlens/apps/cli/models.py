@@ -48,12 +48,14 @@ def layers(
         typer.echo(json.dumps({"model": handle.name, "layers": table.to_dicts()}, indent=1))
         return
     out = Table(title=f"{handle.name} · input {table.input_shape}", title_justify="left")
-    for column in ("layer", "type", "output shape", "params"):
+    notes = any(row.note for row in table)
+    for column in ("layer", "type", "output shape", "params", *(("note",) if notes else ())):
         out.add_column(column, justify="right" if column == "params" else "left")
     for row in table:
         shape = "x".join(map(str, row.output_shape)) if row.output_shape else "-"
         indent = "" if kind else "  " * row.depth  # nesting shows only in the full table
-        out.add_row(indent + row.name, row.type, shape, f"{row.params:,}")
+        note = (row.note,) if notes else ()
+        out.add_row(indent + row.name, row.type, shape, f"{row.params:,}", *note)
     console.print(out)
     console.print(f"total parameters: {table.total_params:,}")
 
