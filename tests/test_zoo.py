@@ -58,6 +58,19 @@ def test_efficientnet_lite0_sees_a_cat(chelsea):
     assert {k for k, _, _ in top} == {281, 282, 285}
 
 
+def test_efficientnet_lite0_default_cam_layer_is_after_the_head_activation(chelsea):
+    """Its ReLU6 ``_swish`` serves the stem and the head (issue 17 item 6): the default layer
+    is the head's call, ``_swish#2``, not the batch norm before it, and the result says so."""
+    model = cl.load("efficientnet_lite0")
+    assert model.layers().get("_swish").calls == 2
+    cam = cl.explain(model, chelsea, "gradcam", target=285)
+    assert cam.layer == "_swish#2" and cam.map.shape == (1, 7, 7)
+    assert "_swish is one module that runs 2 times" in cam.extras["layer_choice"]
+    explicit = cl.explain(model, chelsea, "gradcam", target=285, layer="_swish#2")
+    torch.testing.assert_close(cam.map, explicit.map)
+    assert float(cam.map.min()) >= 0
+
+
 def test_missing_and_corrupt_weights(tmp_path, monkeypatch):
     hub = tmp_path / "hub"
     (hub / "checkpoints").mkdir(parents=True)
@@ -193,6 +206,8 @@ def test_timm_model_from_the_hub_cache(hub):
     config = timm.data.resolve_data_config({}, model=model.module)
     assert model.input_shape == config["input_size"]
     assert model.label(285) == "Egyptian cat"
+    listed = {e.name: e for e in zoo.catalogue.entries()}  # cached timm models are listed
+    assert any(name.startswith("timm:resnet10t.") and e.cached for name, e in listed.items())
 
 
 def test_timm_preprocessing_matches_timms_transform(chelsea):

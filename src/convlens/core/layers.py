@@ -17,9 +17,15 @@ class _Handle(Protocol):
     """What the table needs of a :class:`~convlens.core.model.Model`."""
 
     module: nn.Module
-    input_shape: tuple[int, ...]
-    device: torch.device
-    dtype: torch.dtype
+
+    @property
+    def input_shape(self) -> tuple[int, ...]: ...
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def dtype(self) -> torch.dtype: ...
 
     def forward(self, inputs: torch.Tensor) -> Any: ...
 

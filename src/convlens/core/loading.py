@@ -29,6 +29,7 @@ file. Checkpoints are read with ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,8 @@ def load(
         return _handle(zoo.load(text), options, task)
     if catalogue.knows(text):
         parts = catalogue.build(text, offline=offline, progress=progress)
+        for note in parts.notes:  # what the preprocessing could not reproduce exactly
+            warnings.warn(f"{text}: {note}", stacklevel=2)
         return _handle(_from_parts(parts), options, task)
     if looks_like_factory(text):
         return _from_factory(text, options, task)

@@ -75,7 +75,8 @@ def build(
 
 def entries(search: str | None = None, *, sources: Sequence[str] = SOURCES) -> list[CatalogueEntry]:
     """Catalogue entries whose name or description contains ``search`` (any case); without a
-    search, torchvision's only (timm offers more than a thousand: search them)."""
+    search, torchvision's and the timm models already in the hub cache (timm offers more than
+    a thousand: search them)."""
     wanted = search.lower() if search else None
     found: list[CatalogueEntry] = []
     if "torchvision" in sources:
@@ -84,6 +85,6 @@ def entries(search: str | None = None, *, sources: Sequence[str] = SOURCES) -> l
             for e in torchvision_models.entries()
             if wanted is None or wanted in f"{e.name} {e.description}".lower()
         ]
-    if "timm" in sources and wanted is not None and timm_models.available():
-        found += timm_models.entries(wanted)
+    if "timm" in sources and timm_models.available():
+        found += timm_models.entries(wanted) if wanted else timm_models.cached_entries()
     return found

@@ -35,7 +35,7 @@ from convlens.core.model import Preprocessing
 from convlens.core.naming import unknown
 from convlens.core.zoo.parts import CatalogueEntry, ModelParts
 from convlens.core.zoo.registry import imagenet_classes
-from convlens.core.zoo.weights import Progress, WeightsFile, fetch
+from convlens.core.zoo.weights import Progress, WeightsFile, fetch, hub_checkpoints
 
 INSTALL = "pip install 'convlens[timm]'"
 HF = "https://huggingface.co"
@@ -107,6 +107,20 @@ def entry(name: str) -> CatalogueEntry:
 def entries(search: str) -> list[CatalogueEntry]:
     timm = _timm()
     return [entry(n) for n in timm.list_models(pretrained=True) if search in n.lower()]
+
+
+def cached_entries() -> list[CatalogueEntry]:
+    """The timm models whose Hugging Face weights convlens keeps in the hub cache."""
+    if not available():
+        return []
+    found = []
+    for path in sorted(hub_checkpoints().glob("timm--*")):
+        name = path.name.removeprefix("timm--").rsplit(".", 1)[0]  # arch.tag
+        try:
+            found.append(entry(name))
+        except LookupError:  # a file of a model this timm no longer has
+            continue
+    return found
 
 
 def preprocessing(config: dict[str, Any]) -> tuple[Preprocessing, list[str]]:

@@ -21,7 +21,7 @@ import os
 import re
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -109,47 +109,29 @@ def fetch(
 
 
 def download(
-    url: str,
-    destination: Path,
-    *,
-    sha256: str | None = None,
-    progress: Progress | None = None,
-    alternatives: Sequence[str] = (),
+    url: str, destination: Path, *, sha256: str | None = None, progress: Progress | None = None
 ) -> Path:
-    """Download ``url`` (or, on a 404, the first of ``alternatives`` that exists) to
-    ``destination`` through a ``.partial`` file; the SHA-256 prefix is checked before the
-    rename."""
+    """Download ``url`` to ``destination`` through a ``.partial`` file beside it; the SHA-256
+    prefix is checked before the rename (a failed or wrong download leaves nothing)."""
     destination.parent.mkdir(parents=True, exist_ok=True)
     partial = destination.with_name(destination.name + ".partial")
     digest = hashlib.sha256()
-    last_error: Exception | None = None
-    for candidate in (url, *alternatives):
-        try:
-            request = urllib.request.Request(candidate, headers={"User-Agent": "convlens"})
-            with urllib.request.urlopen(request, timeout=60) as response, partial.open("wb") as out:
-                total = int(response.headers.get("Content-Length") or 0)
-                done = 0
+    try:
+        request = urllib.request.Request(url, headers={"User-Agent": "convlens"})
+        with urllib.request.urlopen(request, timeout=60) as response, partial.open("wb") as out:
+            total = int(response.headers.get("Content-Length") or 0)
+            done = 0
+            if progress is not None:
+                progress(0, total)
+            while chunk := response.read(_CHUNK):
+                out.write(chunk)
+                digest.update(chunk)
+                done += len(chunk)
                 if progress is not None:
-                    progress(0, total)
-                while chunk := response.read(_CHUNK):
-                    out.write(chunk)
-                    digest.update(chunk)
-                    done += len(chunk)
-                    if progress is not None:
-                        progress(done, total)
-            break
-        except urllib.error.HTTPError as err:
-            partial.unlink(missing_ok=True)
-            last_error = err
-            if err.code != 404:
-                break
-        except (OSError, urllib.error.URLError) as err:
-            partial.unlink(missing_ok=True)
-            raise DownloadError(f"could not download {candidate}: {err}") from err
-    else:
-        raise DownloadError(f"could not download {url}: {last_error}")
-    if not partial.is_file():
-        raise DownloadError(f"could not download {url}: {last_error}")
+                    progress(done, total)
+    except (OSError, urllib.error.URLError) as err:  # HTTPError is a URLError
+        partial.unlink(missing_ok=True)
+        raise DownloadError(f"could not download {url}: {err}") from err
     if sha256 is not None and not digest.hexdigest().startswith(sha256):
         partial.unlink(missing_ok=True)
         raise DownloadError(
