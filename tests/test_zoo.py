@@ -135,8 +135,16 @@ def _same_weights(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> No
         assert torch.equal(tensor, state[key]), key
 
 
-def test_torchvision_classifier_from_the_hub_cache(hub):
+def test_torchvision_classifier_from_the_hub_cache(hub, monkeypatch):
     state = _save_torchvision(hub, "resnet18")
+
+    def unpickle(*args, **kwargs):
+        raise AssertionError("torch.hub's loader (weights_only=False) must not read the file")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", unpickle)
+    import torchvision.models._api as api
+
+    monkeypatch.setattr(api, "load_state_dict_from_url", unpickle)
     model = cl.load("resnet18")
     assert isinstance(model, cl.Model) and model.task == "classify"
     _same_weights(model.module, state)

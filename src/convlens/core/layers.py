@@ -265,14 +265,14 @@ class _Layouts:
     (torchvision's ``Permute``) makes channels last and one to (0, 3, 1, 2) undoes it; a layer
     fed a channels-last tensor that returns the same shape (an activation, dropout, stochastic
     depth, a container of such) keeps it; a container returns its last child's tensor, which
-    is recognised by identity. The tensors seen are kept until the table is made, so no
-    identity is reused."""
+    is recognised by identity. The channels-last tensors are kept until the table is made, so
+    no other tensor can take over one's identity."""
 
     def __init__(self) -> None:
-        self.seen: dict[int, tuple[torch.Tensor, bool]] = {}
+        self.kept: dict[int, torch.Tensor] = {}
 
     def _is_last(self, tensor: torch.Tensor | None) -> bool:
-        return tensor is not None and self.seen.get(id(tensor), (None, False))[1]
+        return tensor is not None and self.kept.get(id(tensor)) is tensor
 
     def mark(self, module: nn.Module, given: torch.Tensor | None, out: torch.Tensor) -> bool:
         if out.dim() != 4:
@@ -282,21 +282,15 @@ class _Layouts:
             last = True
         elif isinstance(dims, (list, tuple)) and len(dims) == 4:
             last = list(dims) == [0, 2, 3, 1]
-        elif (
-            given is not None
-            and given.dim() == 4
-            and (
-                isinstance(module, nn.Linear)
-                or (
-                    isinstance(module, nn.LayerNorm)
-                    and type(module).forward is nn.LayerNorm.forward
-                )
-            )
+        elif given is not None and given.dim() == 4 and (
+            isinstance(module, nn.Linear)
+            or (isinstance(module, nn.LayerNorm) and type(module).forward is nn.LayerNorm.forward)
         ):
             last = True
         else:
             last = self._is_last(given) and given is not None and given.shape == out.shape
-        self.seen[id(out)] = (out, last)
+        if last:
+            self.kept[id(out)] = out
         return last
 
 
@@ -315,8 +309,8 @@ def layer_table(model: _Handle, input_size: Sequence[int] | None = None) -> Laye
     """The layer table of ``model`` from one dry forward pass of a zero image.
 
     ``input_size`` is ``(C, H, W)``; by default the model's preprocessing decides it.
-    Shapes are taken in ``inference_mode`` by hooks that only record ``.shape`` (no tensors
-    are kept), so the cost is about one forward pass.
+    Shapes are taken in eval and ``inference_mode`` by hooks that record ``.shape`` (only
+    channels-last outputs are kept, to recognise them), so the cost is about one forward pass.
     """
     module = model.module
     shape = tuple(input_size) if input_size is not None else model.input_shape

@@ -443,7 +443,10 @@ class Model:
 
         if self._layer_table is None and not may_run_channels_last(self.module):
             return set()
-        return set(self.layers().channels_last())
+        try:
+            return set(self.layers().channels_last())
+        except ValueError:  # no input size to make the table with: layers as they come
+            return set()
 
     def layers(self, kinds: str | Sequence[str] | None = None) -> Any:
         """The :class:`~convlens.layers.LayerTable` (built once per handle), optionally filtered."""
