@@ -282,9 +282,16 @@ class _Layouts:
             last = True
         elif isinstance(dims, (list, tuple)) and len(dims) == 4:
             last = list(dims) == [0, 2, 3, 1]
-        elif given is not None and given.dim() == 4 and (
-            isinstance(module, nn.Linear)
-            or (isinstance(module, nn.LayerNorm) and type(module).forward is nn.LayerNorm.forward)
+        elif (
+            given is not None
+            and given.dim() == 4
+            and (
+                isinstance(module, nn.Linear)
+                or (
+                    isinstance(module, nn.LayerNorm)
+                    and type(module).forward is nn.LayerNorm.forward
+                )
+            )
         ):
             last = True
         else:

@@ -91,7 +91,7 @@ def load(
         parts = catalogue.build(text, offline=offline, progress=progress)
         for note in parts.notes:  # what the preprocessing could not reproduce exactly
             warnings.warn(f"{text}: {note}", stacklevel=2)
-        return _handle(_from_parts(parts), options, task)
+        return _from_parts(parts, options, task)
     if looks_like_factory(text):
         return _from_factory(text, options, task)
     if path.suffix.lower() in formats.suffixes():
@@ -103,20 +103,25 @@ def load(
     )
 
 
-def _from_parts(parts: ModelParts) -> Model | Detector:
-    """The handle of a catalogue model's task."""
+def _from_parts(parts: ModelParts, options: dict[str, Any], task: str | None) -> Any:
+    """The handle of a catalogue model's task, with ``options`` applied."""
     if parts.task == "segment":
-        return _segmenter(parts)
+        return _segmenter(parts, options, task)
     if parts.task == "detect":
         labels = [str(n) for n in parts.labels] if parts.labels is not None else None
-        return Detector(parts.module, labels, name=parts.name)
-    return Model(parts.module, preprocess=parts.preprocessing, labels=parts.labels, name=parts.name)
+        found: Model | Detector = Detector(parts.module, labels, name=parts.name)
+    else:
+        found = Model(
+            parts.module, preprocess=parts.preprocessing, labels=parts.labels, name=parts.name
+        )
+    return _handle(found, options, task)
 
 
-def _segmenter(parts: ModelParts) -> Any:
-    """A segmentation network's handle (task ``segment``): the one place where
-    ``(module, preprocessing, labels)`` becomes it, e.g.
-    ``Segmenter(parts.module, parts.labels, preprocess=parts.preprocessing, name=parts.name)``.
+def _segmenter(parts: ModelParts, options: dict[str, Any], task: str | None) -> Any:
+    """A segmentation network's handle (task ``segment``): the one place where a catalogue's
+    ``(module, preprocessing, labels)`` becomes it, with the user's ``options`` (and ``task``,
+    should one be forced), e.g. ``Segmenter(parts.module, parts.labels,
+    preprocess=parts.preprocessing, name=parts.name, **options)``.
     """
     raise ModelLoadError(
         f"{parts.name} is a segmentation network (task 'segment'); segmentation handles: "
