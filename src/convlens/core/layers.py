@@ -199,6 +199,21 @@ class LayerTable(Sequence[LayerInfo]):
             raise ValueError("the model has no layer with a spatial (N, C, h, w) output")
         return max(rows, key=lambda r: r.returned)
 
+    def why_default(self, row: LayerInfo) -> str:
+        """Why ``row`` (from :meth:`last_spatial`) is the default layer, in a sentence."""
+        shape = "x".join(map(str, row.output_shape[1:])) if row.output_shape else "?"
+        why = f"default: {row.name}, the last layer with a spatial output ({shape})"
+        if row.call is not None:
+            module = row.name.rpartition("#")[0]
+            why += (
+                f"; {module} is one module that runs {self.get(module).calls} times in a "
+                f"forward pass, and its call {row.call} is the last map (the module itself "
+                "names every call)"
+            )
+        if row.channels_last:
+            why += "; computed channels-last, captured as (N, C, H, W)"
+        return why
+
     def to_dicts(self) -> list[dict[str, Any]]:
         return [
             {

@@ -612,18 +612,7 @@ def default_layer_choice(model: Model) -> tuple[str, str]:
     ``Attribution.extras["layer_choice"]``)."""
     table = model.layers()
     row = table.last_spatial()
-    shape = "x".join(map(str, row.output_shape[1:])) if row.output_shape else "?"
-    why = f"default: {row.name}, the last layer with a spatial output ({shape})"
-    if row.call is not None:
-        module = row.name.rpartition("#")[0]
-        runs = table.get(module).calls
-        why += (
-            f"; {module} is one module that runs {runs} times in a forward pass, and its call "
-            f"{row.call} is the last map (the module itself names every call)"
-        )
-    if row.channels_last:
-        why += "; computed channels-last, captured as (N, C, H, W)"
-    return str(row.name), why
+    return str(row.name), table.why_default(row)
 
 
 def bytes_per_image(model: Model) -> int:
