@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from convlens.core.model import Model
-from convlens.core.tasks import as_handle
+from convlens.core.tasks import as_detector, as_handle
 from convlens.techniques.attribution.base import Target, get_method
 from convlens.workflows import metrics as m
 from convlens.workflows.detection_eval import evaluate_detector
@@ -201,7 +201,7 @@ def evaluate(
                 "pointing; metrics=, parts= and target= are for classifiers"
             )
         return evaluate_detector(  # type: ignore[return-value]
-            handle,
+            as_detector(handle),
             data,
             methods,
             n=n,

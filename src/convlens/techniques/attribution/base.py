@@ -128,18 +128,13 @@ class Explanation:
     map: torch.Tensor
     method: str
     settings: dict[str, Any]
+    # each kind of result draws itself: overlay(index, ...) and heatmap(index, ...)
+    overlay: Callable[..., render.Figure]
+    heatmap: Callable[..., render.Figure]
+    summary: Callable[[], dict[str, Any]]
 
     def __len__(self) -> int:
         return int(self.map.shape[0])
-
-    def overlay(self, index: int = 0, **kwargs: Any) -> render.Figure:
-        raise NotImplementedError
-
-    def heatmap(self, index: int = 0, **kwargs: Any) -> render.Figure:
-        raise NotImplementedError
-
-    def summary(self) -> dict[str, Any]:
-        raise NotImplementedError
 
     def name(self, index: int) -> str:
         """The name of picture ``index`` (file names, captions)."""
