@@ -204,3 +204,24 @@ def test_result_table_json_and_plot(trained, tmp_path):
     assert figure.save(tmp_path / "sanity.png").read_bytes()[:4] == b"\x89PNG"
     assert check.figure(0).size[0] > 4 * 96
     assert check._repr_png_()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_mobilenet_verdicts_follow_the_paper():
+    """On MobileNetV2, the default cascading verdict flags guided backpropagation (its maps
+    ignore the randomised top of the network) and passes Grad-CAM, saliency and IG."""
+    model = cl.load("mobilenet_v2")
+    photo = [cl.sample("chelsea")]
+    scores = {}
+    for method, options in [
+        ("guided_backprop", {}),
+        ("gradcam", {}),
+        ("saliency", {}),
+        ("integrated_gradients", {"steps": 2}),
+    ]:
+        check = cl.sanity_check(model, photo, method, **options)
+        assert check.top == len(check.stages) - 1 > 100  # every parametrised layer, top first
+        scores[method] = (check.score, check.flagged)
+    assert scores["guided_backprop"][1] and scores["guided_backprop"][0] > 0.6, scores
+    for method in ("gradcam", "saliency", "integrated_gradients"):
+        assert not scores[method][1] and scores[method][0] < 0.45, scores

@@ -15,9 +15,19 @@ correlation of the absolute maps and of the signed maps, and SSIM (Wang et al. 2
 ``skimage.metrics.structural_similarity`` with its defaults: 7 x 7 uniform window, K1 = 0.01,
 K2 = 0.03, sample covariance) of the absolute maps scaled to [0, 1] by their maximum.
 
-Flag: a method is flagged when the mean absolute-map rank correlation stays above
-``threshold`` (default 0.5) after randomisation: at the last cascading stage (every
-parametrised layer random), or on average over the layers in independent mode.
+Flag (the verdict). Cascading, the default: a method is flagged when the absolute-map rank
+correlation with the trained model's map, averaged over the cascade's stages (the area under
+the paper's Fig. 2 curve, per image, then over the images), stays above ``threshold`` (default
+0.5). ``top_share`` < 1 reads only the stages that randomise that share of the parametrised
+layers from the top (at least one). Comparing only after *every* layer is random, as convlens
+did before, passes guided backpropagation: randomising the first convolutions changes any
+input-gradient map, although the map ignored the top of the network all along (it stays
+unchanged while the layers that decide the class are random). Measured on MobileNetV2 (105
+parametrised layers, two photos; mean over the cascade / after all 105 are random): guided
+backpropagation 0.66 / 0.09 (flagged), Grad-CAM 0.02 / 0.11, saliency 0.18 / -0.03, gradient x
+input 0.33 / 0.02 (all pass); over the top 10 % of the layers guided backpropagation scores
+0.97. ``final_score`` keeps the similarity after the
+whole cascade. Independent mode: the mean over the single-layer randomisations.
 
 Re-initialisation draws from a CPU ``torch.Generator`` seeded with ``seed``: every parameter
 tensor of a layer with two or more dimensions (conv, linear weights) from
@@ -157,6 +167,8 @@ class SanityCheck:
     flagged: bool
     seed: int
     settings: dict[str, Any] = field(default_factory=dict)
+    top: int = 0  # cascading: the stages the verdict reads (the top of the network)
+    final_score: float = float("nan")  # cascading: after every layer is random
 
     def rows(self) -> list[dict[str, Any]]:
         """One row per stage: the stage and the mean of each measure over the images."""
@@ -171,11 +183,13 @@ class SanityCheck:
 
     @property
     def verdict(self) -> str:
-        what = (
-            "after randomising every layer"
-            if self.mode == "cascading"
-            else "on average over single-layer randomisations"
-        )
+        layers = len(self.stages) - 1
+        if self.mode != "cascading":
+            what = "on average over single-layer randomisations"
+        elif self.top < layers:
+            what = f"over the cascade through the top {self.top} of {layers} parametrised layers"
+        else:
+            what = "over the whole cascade"
         if self.flagged:
             return (
                 f"{self.method} FAILS the sanity check: its maps keep a rank correlation of "
@@ -193,6 +207,8 @@ class SanityCheck:
             "seed": self.seed,
             "threshold": self.threshold,
             "score": self.score,
+            "top": self.top,
+            "final_score": None if math.isnan(self.final_score) else self.final_score,
             "flagged": self.flagged,
             "verdict": self.verdict,
             "stages": self.rows(),
@@ -284,6 +300,37 @@ def _method(method: str | Method) -> tuple[str, Method, bool]:
     return info.name, info.fn, info.needs_layer
 
 
+def _cascade(
+    model: Model,
+    order: list[str],
+    maps_of: Callable[[Model], torch.Tensor],
+    mode: str,
+    seed: int,
+    progress: Progress | None,
+) -> tuple[list[torch.Tensor], list[str]]:
+    """The maps of the trained model and after each randomisation stage, on a copy."""
+    total = len(order) + 1
+    original = maps_of(model)
+    if progress is not None:
+        progress(1, total)
+    stages, all_maps = ["original"], [original]
+    clone = _model_copy(model)
+    modules = dict(clone.module.named_modules())
+    generator = torch.Generator().manual_seed(seed)
+    for k, layer in enumerate(order):
+        saved = {n: p.detach().clone() for n, p in modules[layer].named_parameters(recurse=False)}
+        randomize_layer(modules[layer], generator)
+        all_maps.append(maps_of(clone))
+        stages.append(layer)
+        if mode == "independent":
+            with torch.no_grad():
+                for n, p in modules[layer].named_parameters(recurse=False):
+                    p.copy_(saved[n])
+        if progress is not None:
+            progress(k + 2, total)
+    return all_maps, stages
+
+
 def sanity_check(
     model: Model,
     images: Any,
@@ -294,6 +341,7 @@ def sanity_check(
     layers: Sequence[str] | None = None,
     seed: int = 0,
     threshold: float = 0.5,
+    top_share: float = 1.0,
     progress: Progress | None = None,
     **options: Any,
 ) -> SanityCheck:
@@ -304,7 +352,8 @@ def sanity_check(
     are fixed on the trained model (``None``: its top-1) and kept for every stage. ``layers``
     limits (and orders, top first) the layers randomised; default: every parametrised layer,
     from the output down. ``progress(done, total)`` counts stages. See the module docstring
-    for the measures, the initialisation and the flag.
+    for the measures, the initialisation and the flag (``top_share``: the share of the
+    parametrised layers, from the top, whose cascade stages the cascading verdict reads).
     """
     from convlens.core.tasks import as_model
 
@@ -315,6 +364,12 @@ def sanity_check(
         raise ValueError(f"expected a threshold in [-1, 1], got {threshold!r}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"expected an int seed, got {seed!r}")
+    if (
+        isinstance(top_share, bool)
+        or not isinstance(top_share, (int, float))
+        or not 0 < top_share <= 1
+    ):
+        raise ValueError(f"expected top_share in (0, 1], got {top_share!r}")
     name, fn, needs_layer = _method(method)
     batch = model.prepare(images)
     if needs_layer and options.get("layer") is None:
@@ -342,34 +397,17 @@ def sanity_check(
             raise ValueError(f"expected the method to return an Attribution, got {type(result)}")
         return input_maps(result, tuple(batch.inputs.shape[-2:])).double()  # type: ignore[arg-type]
 
-    total = len(order) + 1
-    original = maps_of(model)
-    if progress is not None:
-        progress(1, total)
-    stages, all_maps = ["original"], [original]
-    clone = _model_copy(model)
-    modules = dict(clone.module.named_modules())
-    generator = torch.Generator().manual_seed(seed)
-    for k, layer in enumerate(order):
-        saved = {n: p.detach().clone() for n, p in modules[layer].named_parameters(recurse=False)}
-        randomize_layer(modules[layer], generator)
-        all_maps.append(maps_of(clone))
-        stages.append(layer)
-        if mode == "independent":
-            with torch.no_grad():
-                for n, p in modules[layer].named_parameters(recurse=False):
-                    p.copy_(saved[n])
-        if progress is not None:
-            progress(k + 2, total)
+    all_maps, stages = _cascade(model, order, maps_of, mode, seed, progress)
     stacked = torch.stack(all_maps)
     measures = {m: [] for m in MEASURES}  # type: dict[str, list[torch.Tensor]]
     for stage_maps in all_maps:
-        values = similarities(original, stage_maps)
+        values = similarities(all_maps[0], stage_maps)
         for m in MEASURES:
             measures[m].append(values[m])
     similarity = {m: torch.stack(v) for m, v in measures.items()}
     rank = similarity["spearman_abs"]
-    score = float(rank[-1].mean()) if mode == "cascading" else float(rank[1:].mean())
+    top = max(1, round(top_share * len(available))) if mode == "cascading" else 0
+    score = float(rank[1 : 1 + top].mean()) if mode == "cascading" else float(rank[1:].mean())
     return SanityCheck(
         method=name,
         mode=mode,
@@ -381,4 +419,6 @@ def sanity_check(
         flagged=bool(score > threshold),
         seed=seed,
         settings={k: v for k, v in options.items() if isinstance(v, (str, int, float, bool))},
+        top=min(top, len(order)),
+        final_score=float(rank[-1].mean()) if mode == "cascading" else math.nan,
     )
