@@ -97,7 +97,9 @@ def resolve_target(model: Model, inputs: torch.Tensor, target: TargetSpec) -> Ta
         name = getattr(target, "__name__", "callable")
         return Target(None, target, description=name)
     if target is None:
-        with torch.no_grad():
+        from convlens.core.hooks import preserved
+
+        with preserved(model.module), torch.inference_mode():  # eval mode, flags restored
             outputs = model.forward(inputs)
         if outputs.dim() != 2:
             raise ValueError(
