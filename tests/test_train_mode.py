@@ -14,13 +14,13 @@ import copy
 import numpy as np
 import pytest
 import torch
+from conftest import model_state
 from torch import nn
 
 import convlens as cl
 from convlens.core.model import Preprocessing
 from convlens.data import toons
 from convlens.techniques.attribution.base import methods
-from tests.conftest import model_state
 
 # small settings so that every method runs in well under a second on a 32 x 32 input
 FAST = {

@@ -19,6 +19,8 @@ from convlens.apps.cli.common import (
     load_model,
     parse_target,
     progress_bar,
+    readable_pictures,
+    skipped_exit,
     user_errors,
 )
 
@@ -70,6 +72,7 @@ def explain(
         chosen = [get_method(m.strip()) for m in method.split(",") if m.strip()]
         pictures, flags = _pictures_and_flags([*images, *ctx.args])
         given = _settings_given(flags, option or [], chosen)
+        pictures, skipped = readable_pictures(handle, pictures)
         batch = handle.prepare(pictures)
         prediction = handle.predict(batch, top=1)
         wanted = [parse_target(t) for t in target.split(",")] if target else [None]
@@ -99,6 +102,7 @@ def explain(
         page.save(out / "index.html")
     console.print(f"wrote {len(results)} method(s) x {len(batch)} image(s) to {out.resolve()}/")
     console.print(f"report: {(out / 'index.html').resolve()}")
+    skipped_exit(skipped, len(pictures) + len(skipped))
 
 
 def _pictures_and_flags(words: list[str]) -> tuple[list[str], list[str]]:

@@ -15,6 +15,8 @@ from convlens.apps.cli.common import (
     app,
     console,
     load_model,
+    readable_pictures,
+    skipped_exit,
     user_errors,
 )
 
@@ -72,9 +74,11 @@ def predict(
     """Top-k class probabilities for each image."""
     with user_errors():
         handle = load_model(model, factory, trust_pickle)
-        prediction = handle.predict(images, top=top)
+        pictures, skipped = readable_pictures(handle, images)
+        prediction = handle.predict(pictures, top=top)
     if as_json:
         typer.echo(json.dumps(prediction.to_dicts(), indent=1))
+        skipped_exit(skipped, len(pictures) + len(skipped))
         return
     for i, name in enumerate(prediction.names):
         table = Table(title=name, title_justify="left")
@@ -84,6 +88,7 @@ def predict(
         for index, label, p in prediction.topk(i):
             table.add_row(f"{p:.2%}", label, str(index))
         console.print(table)
+    skipped_exit(skipped, len(pictures) + len(skipped))
 
 
 @app.command()

@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from convlens.apps.server.state import ServerState
-from convlens.apps.server.web import work
+from convlens.apps.server.web import forward as forward_of
 
 
 def router(state: ServerState) -> APIRouter:
@@ -21,7 +21,7 @@ def router(state: ServerState) -> APIRouter:
         if not 1 <= top <= 100:
             raise ValueError(f"expected top in [1, 100], got {top}")
         start = time.perf_counter()
-        forward = await work(state, None, lambda: state.forward(model, image_id))
+        forward = await forward_of(state, model, image_id)
         probs = forward.probabilities
         values, indices = probs.topk(min(top, probs.numel()))
         return {
