@@ -37,6 +37,7 @@ from convlens.core.registry import (
     spec,
 )
 from convlens.core.util import jsonable, safe_filename
+from convlens.techniques.attribution import display
 
 # -- targets ----------------------------------------------------------------------------------
 
@@ -295,37 +296,36 @@ class Attribution(Explanation):
         cmap: str | None = None,
         sign: str | None = None,
         clip_percentile: float | None = None,
+        scale: str | tuple[float, float] | None = None,
     ) -> render.Figure:
-        """Map ``index`` (upsampled) over the picture the network saw: jet for unsigned
-        display, a diverging map centred on 0 for signed (see :meth:`_display` for ``sign``).
-        Pixel-level maps are clipped to their 1st..99th percentile by default (a few extreme
-        gradients would otherwise wash out the rest); layer maps are not clipped."""
-        if not self.pictures:
-            raise ValueError("this attribution has no pictures to overlay (input was a tensor?)")
-        if clip_percentile is None and not self.is_layer_map:
-            clip_percentile = 1.0
-        maps, signed = self._display(sign)
-        height, width = self.pictures[index].size[::-1]
-        up = replace(self, map=maps[index : index + 1]).upsampled((height, width)).map[0]
-        picture = render.overlay(
-            self.pictures[index],
-            up,
+        """Map ``index`` (upsampled) over the picture the network saw, with its colour bar
+        and the target's score: jet for unsigned display, a diverging map centred on 0 for
+        signed (``sign``: ``"signed"``, ``"absolute"`` or ``"positive"``). Pixel-level maps are
+        clipped to their 1st..99th percentile by default; layer maps are not clipped.
+        ``scale``: ``None`` the map's own range, ``"shared"`` one range over all maps of this
+        result, or ``(vmin, vmax)`` such as :func:`convlens.shared_scale` of several results
+        (see :mod:`.display`)."""
+        return display.draw_overlay(
+            self,
+            index,
             alpha=alpha,
-            cmap=cmap or ("coolwarm" if signed else "jet"),
-            signed=signed,
+            cmap=cmap,
+            sign=sign,
             clip_percentile=clip_percentile,
+            scale=scale,
         )
-        return render.Figure(picture, caption=self.caption(index))
 
     def heatmap(
-        self, index: int = 0, *, cmap: str | None = None, sign: str | None = None
+        self,
+        index: int = 0,
+        *,
+        cmap: str | None = None,
+        sign: str | None = None,
+        scale: str | tuple[float, float] | None = None,
     ) -> render.Figure:
-        """Map ``index`` alone, at its own resolution."""
-        maps, signed = self._display(sign)
-        picture = render.heatmap(
-            maps[index], cmap or ("coolwarm" if signed else "jet"), signed=signed
-        )
-        return render.Figure(picture, caption=self.caption(index))
+        """Map ``index`` alone, at its own resolution, with its colour bar (``scale`` as in
+        :meth:`overlay`)."""
+        return display.draw_heatmap(self, index, cmap=cmap, sign=sign, scale=scale)
 
     def caption(self, index: int = 0) -> str:
         name = self.names[index] if index < len(self.names) else f"image{index}"

@@ -9,6 +9,7 @@ new method shows up here with no change; ``/api/methods`` lists them for the pag
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any
 from urllib.parse import quote
 
@@ -82,7 +83,7 @@ def router(state: ServerState) -> APIRouter:
         info = get_method(method)  # unknown names: 404 with close matches
         target_raw = request.query_params.get("target")
         layer = request.query_params.get("layer")
-        settings = method_forms()[info.name].parse(options(request, "target", "layer"))
+        settings = method_forms()[info.name].parse(options(request, "target", "layer", "scale"))
         target: Any = None
         if target_raw is not None and target_raw not in ("", "top1", "top-1"):
             target = handle.class_index(int(target_raw) if target_raw.isdigit() else target_raw)
@@ -108,15 +109,19 @@ def router(state: ServerState) -> APIRouter:
 
     @api.get("/api/models/{model}/images/{image_id}/explain/{method}.png")
     async def explain(model: str, image_id: str, method: str, request: Request) -> Response:
-        """The explanation as an overlay on the picture (PNG). Headers: ``X-Ms`` the compute
-        time (not the wait for the model: ``X-Wait-Ms``), ``X-Cached``, ``X-Target`` /
-        ``X-Label`` and ``X-Score`` (the target's logit), and method diagnostics
-        (``X-Completeness-Error`` for Integrated Gradients)."""
+        """The explanation as an overlay on the picture, its colour bar below with the
+        target's score (PNG). ``scale=vmin,vmax`` draws it on a given range (to compare maps),
+        else on its own. Headers: ``X-Ms`` the compute time (not the wait for the model:
+        ``X-Wait-Ms``), ``X-Cached``, ``X-Target`` / ``X-Label`` and ``X-Score`` (the target's
+        logit), ``X-Scale-Min`` / ``X-Scale-Max`` / ``X-Colormap`` (the colour bar), and
+        method diagnostics (``X-Completeness-Error`` for Integrated Gradients)."""
         from convlens.core.render import png_bytes
 
+        scale = scale_of(request.query_params.get("scale"))
         attribution, run = await attribution_of(model, image_id, method, request)
-        data = await work(state, None, lambda: png_bytes(attribution.overlay().image))
-        headers = {**explanation_headers(attribution, run), **NO_STORE}
+        figure = await work(state, None, lambda: attribution.overlay(scale=scale))
+        data = await work(state, None, lambda: png_bytes(figure.framed()))
+        headers = {**explanation_headers(attribution, run, figure.scale), **NO_STORE}
         return Response(data, media_type=PNG, headers=headers)
 
     @api.get("/api/models/{model}/images/{image_id}/explain/{method}.json")
@@ -140,9 +145,29 @@ def router(state: ServerState) -> APIRouter:
     return api
 
 
-def explanation_headers(attribution: Any, run: Run | None) -> dict[str, str]:
-    """What the page shows beside a map: times, target, score and diagnostics."""
+def scale_of(text: str | None) -> tuple[float, float] | None:
+    """``(vmin, vmax)`` from a query's ``scale=vmin,vmax`` (``None`` when absent or empty)."""
+    if not text:
+        return None
+    parts = text.split(",")
+    try:
+        low, high = (float(p) for p in parts) if len(parts) == 2 else (math.nan, math.nan)
+    except ValueError:
+        low = high = math.nan
+    if not (math.isfinite(low) and math.isfinite(high) and high > low):
+        raise ValueError(
+            f"expected scale as two numbers vmin,vmax with vmax > vmin, got {text[:40]!r}"
+        )
+    return low, high
+
+
+def explanation_headers(attribution: Any, run: Run | None, scale: Any = None) -> dict[str, str]:
+    """What the page shows beside a map: times, target, score, colour scale and diagnostics."""
     headers = {"X-Cached": "0" if run is not None else "1"}
+    if scale is not None:
+        headers["X-Scale-Min"] = f"{scale.vmin:.4g}"
+        headers["X-Scale-Max"] = f"{scale.vmax:.4g}"
+        headers["X-Colormap"] = scale.cmap
     if run is not None:
         headers["X-Ms"] = f"{run.computed * 1000:.0f}"
         headers["X-Wait-Ms"] = f"{run.waited * 1000:.0f}"
