@@ -436,7 +436,8 @@ def grid(
     ``tiles`` are PIL images (or anything :func:`to_pil` accepts). With ``tile_size=(W,
     H)`` every tile is resized to it (``resample=None`` picks nearest when enlarging, so
     small maps stay crisp, and bilinear when shrinking). Each cell is as big as the
-    largest tile; smaller tiles are centred. ``ncols`` defaults to ``ceil(sqrt(n))``
+    largest tile (and at least as wide as the longest label, so no label is cut); smaller
+    tiles are centred. ``ncols`` defaults to ``ceil(sqrt(n))``
     and is kept as given (empty cells stay background).
 
     Layout (pixels): ``title_h = text height + 2 * pad`` when ``title`` is given, else 0;
@@ -479,6 +480,8 @@ def grid(
     cell_h = max(im.height for im in images)
     rows = math.ceil(n / cols)
     font = _font(font_size) if labels is not None else None
+    if labels is not None and font is not None:  # cells as wide as their labels: none is cut
+        cell_w = max(cell_w, *(math.ceil(font.getlength(str(t))) + 2 for t in labels))
     title_font = _font(round(font_size * 1.4)) if title else None
     label_h = _text_height(font) + 2 if font is not None else 0
     title_h = _text_height(title_font) + 2 * pad if title_font is not None else 0

@@ -227,7 +227,12 @@ def channel_spec(text: str) -> list[int]:
 
 
 DataArg = Annotated[
-    Path, typer.Argument(help="A toons folder (index.json; see `convlens.data.toons.write`).")
+    Path,
+    typer.Argument(
+        help="A toons folder (index.json; see `convlens.data.toons.write`), or your own: "
+        "images/<name>.png with masks/<name>.png (white = the object) and optionally "
+        'labels.json {"<name>": "<class>"}.'
+    ),
 ]
 SplitOpt = Annotated[str, typer.Option(help="Which split of the folder to read.")]
 PartsOpt = Annotated[

@@ -162,17 +162,20 @@ class Explanation:
         """Picture ``index``'s overlay (its heatmap where there is no picture) as a PIL image."""
         return self.figure(index).image
 
-    def figure(self, index: int = 0) -> render.Figure:
-        """The overlay where there is a picture, else the heatmap."""
-        return self.overlay(index) if self.has_pictures() else self.heatmap(index)
+    def figure(self, index: int = 0, **draw: Any) -> render.Figure:
+        """The overlay where there is a picture, else the heatmap (``draw``: their options)."""
+        return self.overlay(index, **draw) if self.has_pictures() else self.heatmap(index, **draw)
 
-    def save(self, folder: str | os.PathLike[str], *, stem: str | None = None) -> list[Path]:
-        """One PNG per picture and the raw map(s) in ``<stem>.npz`` (written atomically)."""
+    def save(
+        self, folder: str | os.PathLike[str], *, stem: str | None = None, **draw: Any
+    ) -> list[Path]:
+        """One PNG per picture (``figure(i, **draw)``, with its colour bar) and the raw map(s) in
+        ``<stem>.npz`` (written atomically)."""
         out = Path(folder)
         out.mkdir(parents=True, exist_ok=True)
         stem = safe_filename(stem or self.method)
         written = [
-            self.figure(i).save(out / f"{safe_filename(self.name(i))}__{stem}.png")
+            self.figure(i, **draw).save(out / f"{safe_filename(self.name(i))}__{stem}.png")
             for i in range(len(self))
         ]
         target = out / f"{stem}.npz"
