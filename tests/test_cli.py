@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -270,3 +271,28 @@ def test_one_unreadable_picture_in_a_folder_costs_only_itself(files, command):
         }
     else:
         assert (out / "activations.npz").exists()
+
+
+def test_demo_says_what_it_does_when_not_on_a_terminal(monkeypatch, tmp_path):
+    """`make demo` into a log: one line per step, not a silent progress bar (issue 18)."""
+    import convlens.apps.demo as demo
+
+    def fake_run(out, *, model, progress):
+        for i, step in enumerate(["predictions", "activations", "explanations"]):
+            progress(i, 3, step)
+        progress(3, 3, "done")
+        return Path(out) / "index.html"
+
+    monkeypatch.setattr(demo, "run", fake_run)
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("demo: step")]
+    assert [line.split(" (")[0] for line in lines] == [
+        "demo: step 1/3 predictions",
+        "demo: step 2/3 activations",
+        "demo: step 3/3 explanations",
+        "demo: step 3/3 done",
+    ]
+    help_text = " ".join(runner.invoke(app, ["demo", "--help"]).output.replace("│", " ").split())
+    for promised in ("Grad-CAM", "Integrated Gradients", "occlusion", "colour bar", "feature"):
+        assert promised in help_text

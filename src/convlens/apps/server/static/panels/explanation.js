@@ -183,7 +183,13 @@ function showScale(headers) {
   const parts = [];
   if (shownScale) parts.push(`scale ${low} … ${high}${heldScale ? " (kept)" : ""}`);
   if (score != null) parts.push(`target score ${score}`);
+  // Integrated Gradients: how far the map's sum is from the score's change (its completeness)
+  const error = headers.get("X-Completeness-Error");
+  if (error != null) parts.push(`completeness error ${error}`);
   $("explain-scale").textContent = parts.join(" · ");
+  $("explain-scale").title = error != null
+    ? "completeness error: |sum of the map - (score(picture) - score(baseline))|, in logits; small beside the score means the steps were enough"
+    : "";
 }
 
 function holdScale(event) {
