@@ -71,16 +71,25 @@ def predict(
     factory: FactoryOpt = None,
     trust_pickle: TrustOpt = False,
 ) -> None:
-    """Top-k class probabilities for each image."""
+    """Top-k class probabilities for each image; for the toon models also how far each picture
+    is from what they were trained on (an out-of-distribution score, above 1: far)."""
     with user_errors():
+        from convlens.workflows.ood import familiarity, far_message
+
         handle = load_model(model, factory, trust_pickle)
         pictures, skipped = readable_pictures(handle, images)
         prediction = handle.predict(pictures, top=top)
+        known = familiarity(handle, pictures)
     if as_json:
-        typer.echo(json.dumps(prediction.to_dicts(), indent=1))
+        rows = prediction.to_dicts()
+        for row, ood in zip(rows, known or [], strict=False):
+            row.update(ood)
+        typer.echo(json.dumps(rows, indent=1))
         skipped_exit(skipped, len(pictures) + len(skipped))
         return
     for i, name in enumerate(prediction.names):
+        if known is not None and known[i]["far"]:
+            console.print(f"{name}: {far_message(known[i]['ood_score'])}", highlight=False)
         table = Table(title=name, title_justify="left")
         table.add_column("probability", justify="right")
         table.add_column("class")
