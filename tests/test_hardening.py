@@ -14,6 +14,7 @@ import urllib.request
 
 import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -307,3 +308,26 @@ def test_an_upload_over_the_pixel_cap_costs_nothing(server):
     reply = client.post("/api/images", files={"file": ("b.png", bomb.getvalue(), "image/png")})
     assert reply.status_code == 415 and "pixels" in reply.json()["detail"]
     assert state.images.used == used
+
+
+def test_rise_reports_progress_after_every_batch(tiny, image4):
+    """A cancelled RISE stops at its next progress report: one after every forward pass of
+    ``batch_size`` copies, not only after each block of 128 masks (issue 18, finding 5)."""
+    import convlens as cl
+
+    seen: list[tuple[int, int]] = []
+    cl.explain(
+        tiny,
+        image4[:1],
+        "rise",
+        masks=256,
+        cell=2,
+        batch_size=32,
+        seed=0,
+        progress=lambda done, total: seen.append((done, total)),
+    )
+    assert [done for done, _ in seen] == list(range(32, 257, 32))
+    assert {total for _, total in seen} == {256}
+    same = cl.explain(tiny, image4[:1], "rise", masks=256, cell=2, batch_size=256, seed=0)
+    again = cl.explain(tiny, image4[:1], "rise", masks=256, cell=2, batch_size=32, seed=0)
+    assert torch.allclose(same.map, again.map, atol=1e-6)  # batches change nothing else

@@ -23,6 +23,8 @@ from convlens.apps.server.web import NO_STORE, PNG, Run, cancellable, layer_dict
 from convlens.apps.server.web import forward as forward_of
 from convlens.core.util import jsonable
 
+EXPLORER_BATCH = 32  # copies per batch of the perturbation and sampling methods in the explorer
+
 
 def describe(state: ServerState, key: str) -> dict[str, Any]:
     """The model's entry in ``/api/models``: the layers a CAM can read (blocks too, every layer
@@ -97,10 +99,9 @@ def router(state: ServerState) -> APIRouter:
         if found is not None:
             return found[0], None
         forward = await forward_of(state, model, image_id)
-        progress = "progress" in inspect.signature(info.fn).parameters
 
         def compute(run: Run) -> Any:
-            extra: dict[str, Any] = {"progress": run.progress} if progress else {}
+            extra = run_extras(info.fn, settings, run)
             result = run_method(handle, forward.inputs, info.name, target, **settings, **extra)
             state.explained.put(key, (result, 0.0))
             return result
@@ -143,6 +144,17 @@ def router(state: ServerState) -> APIRouter:
         }
 
     return api
+
+
+def run_extras(fn: Any, settings: dict[str, Any], run: Run) -> dict[str, Any]:
+    """What the explorer adds to a method's call: its progress (read at ``/api/runs/{id}``,
+    and where a cancelled run stops), and small batches when the request sets none, so that a
+    run whose client has gone stops within a moment."""
+    accepted = inspect.signature(fn).parameters
+    extra: dict[str, Any] = {"progress": run.progress} if "progress" in accepted else {}
+    if "batch_size" in accepted and "batch_size" not in settings:
+        extra["batch_size"] = EXPLORER_BATCH
+    return extra
 
 
 def scale_of(text: str | None) -> tuple[float, float] | None:
