@@ -123,7 +123,10 @@ def test_upload_predict_slide_explain_and_run_a_job(page, tmp_path):
 
 
 def _api(url: str, path: str, method: str = "GET") -> object:
-    request = urllib.request.Request(url.rstrip("/") + path, method=method)
+    body, headers = (
+        (b"{}", {"Content-Type": "application/json"}) if method == "POST" else (None, {})
+    )
+    request = urllib.request.Request(url.rstrip("/") + path, body, headers, method=method)
     with urllib.request.urlopen(request, timeout=60) as reply:
         return json.loads(reply.read())
 

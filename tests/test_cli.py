@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -224,3 +225,74 @@ def test_methods_lists_the_registry():
     assert result.exit_code == 0
     for name in cl.methods():
         assert name in result.output
+
+
+def test_an_extreme_aspect_ratio_is_refused_in_one_line(tmp_path):
+    """85 bytes of PNG that preprocessing would blow up to a gigabyte: exit 2, one line, no
+    MemoryError (issue 18, finding 1)."""
+    Image.new("RGB", (8000, 1), (200, 10, 10)).save(tmp_path / "strip.png", optimize=True)
+    for command in (["predict"], ["explain", "--out", str(tmp_path / "x")]):
+        result = runner.invoke(
+            app, [command[0], "toon-cnn", str(tmp_path / "strip.png"), *command[1:]]
+        )
+        assert result.exit_code == 2, result.output
+        (line,) = result.output.strip().splitlines()
+        assert line.startswith("error: strip: ") and "8000x1" in line and "aspect ratio" in line
+
+
+@pytest.mark.parametrize(
+    "command", [["predict"], ["activations", "--layer", "conv"], ["explain", "-m", "saliency"]]
+)
+def test_one_unreadable_picture_in_a_folder_costs_only_itself(files, command):
+    """The bad picture is named, the good ones are done, the exit status is 2 at the end
+    (issue 18)."""
+    folder = files / "pictures"
+    folder.mkdir()
+    for name in ("white.png", "black.png"):
+        (folder / name).write_bytes((files / name).read_bytes())
+    (folder / "broken.png").write_text("not a picture")
+    out = files / "out"
+    result = runner.invoke(
+        app,
+        [command[0], str(files / "tiny_plugin.py"), str(folder), *command[1:], "--out", str(out)]
+        if command[0] != "predict"
+        else [command[0], str(files / "tiny_plugin.py"), str(folder), "--json"],
+    )
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 2 and "broken.png" in errors[0] and "1 of 3" in errors[1]
+    assert "Traceback" not in result.output
+    if command[0] == "predict":
+        assert '"image": "black"' in result.output and '"image": "white"' in result.output
+    elif command[0] == "explain":
+        assert {p.name for p in out.glob("*__saliency.png")} == {
+            "black__saliency.png",
+            "white__saliency.png",
+        }
+    else:
+        assert (out / "activations.npz").exists()
+
+
+def test_demo_says_what_it_does_when_not_on_a_terminal(monkeypatch, tmp_path):
+    """`make demo` into a log: one line per step, not a silent progress bar (issue 18)."""
+    import convlens.apps.demo as demo
+
+    def fake_run(out, *, model, progress):
+        for i, step in enumerate(["predictions", "activations", "explanations"]):
+            progress(i, 3, step)
+        progress(3, 3, "done")
+        return Path(out) / "index.html"
+
+    monkeypatch.setattr(demo, "run", fake_run)
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("demo: step")]
+    assert [line.split(" (")[0] for line in lines] == [
+        "demo: step 1/3 predictions",
+        "demo: step 2/3 activations",
+        "demo: step 3/3 explanations",
+        "demo: step 3/3 done",
+    ]
+    help_text = " ".join(runner.invoke(app, ["demo", "--help"]).output.replace("│", " ").split())
+    for promised in ("Grad-CAM", "Integrated Gradients", "occlusion", "colour bar", "feature"):
+        assert promised in help_text

@@ -171,6 +171,11 @@ def test_drise_explains_each_box_on_its_own_square(finder):
     torch.testing.assert_close(again.map, result.map)  # the masks do not depend on the batch
     assert result.overlay().size == (384, 384)  # enlarged 6x: the tag stays small
     assert result.overlay(min_side=0).size == (64, 64)
+    shown = result.overlay().scale  # its colour bar: the positive map's range, the box's score
+    positive = result.map.clamp_min(0)
+    assert (shown.vmin, shown.vmax) == (float(positive.min()), float(positive.max()))
+    assert shown.note == f"score {result.target.score:.3g}"
+    assert result.overlay().framed().height > 384 + 20
     assert result._repr_png_().startswith(b"\x89PNG") and "energy in box" in repr(result)
     with pytest.raises(ValueError, match="below 2"):
         DM.drise(finder, scene, 5, masks=10)

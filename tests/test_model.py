@@ -124,3 +124,21 @@ def test_device_and_dtype_come_from_the_module():
     model = cl.Model(module, input_size=(3, 4, 4))
     assert model.dtype == torch.float64 and model.device == torch.device("cpu")
     assert model.prepare(torch.zeros(1, 3, 4, 4)).inputs.dtype == torch.float64
+
+
+def test_preprocessing_bounds_what_it_makes_not_only_the_pixels_read(tmp_path):
+    """An 8000 x 1 strip (85 bytes as a PNG) would become 256 x 2,048,000 pixels (1.5 GB) once
+    its short side is resized: refused before any resize, naming the picture (issue 18)."""
+    from convlens.core.model import MAX_RESIZED_PIXELS
+
+    strip = Image.new("RGB", (8000, 1), (200, 10, 10))
+    strip.save(tmp_path / "strip.png", optimize=True)
+    assert (tmp_path / "strip.png").stat().st_size < 120
+    model = cl.Model(torch.nn.Conv2d(3, 1, 1))  # ImageNet preprocessing: resize 256, crop 224
+    with pytest.raises(cl.ImageError, match=r"strip: .*aspect ratio is at most 256:1.*8000x1"):
+        model.prepare(tmp_path / "strip.png")
+    with pytest.raises(cl.ImageError, match="2048000x256"):
+        Preprocessing().picture(strip)
+    tall = Image.new("RGB", (1, 200))  # 256 x 51,200 pixels: allowed, then cropped
+    assert Preprocessing().picture(tall).size == (224, 224)
+    assert MAX_RESIZED_PIXELS >= 256 * 51_200

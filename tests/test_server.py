@@ -22,7 +22,9 @@ def server(tmp_path_factory):
     state = ServerState.start(
         ServerConfig(models=["toon-cnn"], data_dir=tmp_path_factory.mktemp("data"), max_upload_mb=1)
     )
-    client = TestClient(create_app(state), raise_server_exceptions=False)
+    client = TestClient(
+        create_app(state), base_url="http://127.0.0.1", raise_server_exceptions=False
+    )
     yield state, client
     state.close()
 
@@ -159,7 +161,7 @@ def test_bad_uploads(server):
     assert replies["corrupt"].status_code == 415
     assert replies["text"].status_code == 415
     assert replies["empty"].status_code == 422
-    assert replies["no file"].status_code == 422
+    assert replies["no file"].status_code == 415  # not multipart: refused before it is read
     # a decompression bomb: a tiny file that decodes to 100 megapixels
     bomb = io.BytesIO()
     Image.new("1", (10_000, 10_000)).save(bomb, format="PNG")
@@ -173,7 +175,9 @@ def test_a_token_guards_a_public_server(tmp_path):
     assert config.token  # generated
     state = ServerState.start(config)
     try:
-        client = TestClient(create_app(state), raise_server_exceptions=False)
+        client = TestClient(
+            create_app(state), base_url="http://127.0.0.1", raise_server_exceptions=False
+        )
         assert client.get("/api/models").status_code == 401
         assert client.get("/health").json() == {"status": "ok"}  # liveness only, no token
         assert client.get("/static/app.js").status_code == 401
@@ -199,7 +203,9 @@ def _wait(client, job_id, seconds=120):
 
 def test_jobs_run_persist_and_survive_a_restart(tmp_path):
     state = ServerState.start(ServerConfig(models=["toon-cnn"], data_dir=tmp_path))
-    client = TestClient(create_app(state), raise_server_exceptions=False)
+    client = TestClient(
+        create_app(state), base_url="http://127.0.0.1", raise_server_exceptions=False
+    )
     body = {
         "kind": "featurevis",
         "model": "toon-cnn",
@@ -223,7 +229,9 @@ def test_jobs_run_persist_and_survive_a_restart(tmp_path):
     ]
     for wrong in bad:
         assert client.post("/api/jobs", json=wrong).status_code in (404, 422), wrong
-    assert client.post("/api/jobs", content=b"not json").status_code == 422
+    assert client.post("/api/jobs", content=b"not json").status_code == 415  # no JSON type
+    not_json = {"Content-Type": "application/json"}
+    assert client.post("/api/jobs", content=b"not json", headers=not_json).status_code == 422
     # a long job, cancelled while it runs
     slow = {
         "kind": "featurevis",
@@ -240,7 +248,9 @@ def test_jobs_run_persist_and_survive_a_restart(tmp_path):
     state.close()
     again = ServerState.start(ServerConfig(models=["toon-cnn"], data_dir=tmp_path))
     try:
-        client = TestClient(create_app(again), raise_server_exceptions=False)
+        client = TestClient(
+            create_app(again), base_url="http://127.0.0.1", raise_server_exceptions=False
+        )
         records = {r["id"]: r for r in client.get("/api/jobs").json()}
         assert records[done["id"]]["status"] == "done"
         assert client.get(records[done["id"]]["results"][0]["url"]).status_code == 200
@@ -252,7 +262,9 @@ def test_jobs_run_persist_and_survive_a_restart(tmp_path):
 def test_tcav_job_on_the_toon_model(tmp_path):
     state = ServerState.start(ServerConfig(models=["toon-cnn"], data_dir=tmp_path))
     try:
-        client = TestClient(create_app(state), raise_server_exceptions=False)
+        client = TestClient(
+            create_app(state), base_url="http://127.0.0.1", raise_server_exceptions=False
+        )
         body = {
             "kind": "tcav",
             "model": "toon-cnn",
@@ -276,7 +288,9 @@ def test_job_store_marks_interrupted_on_open(tmp_path):
 def test_explain_and_evaluate_jobs(tmp_path):
     state = ServerState.start(ServerConfig(models=["toon-cnn"], data_dir=tmp_path))
     try:
-        client = TestClient(create_app(state), raise_server_exceptions=False)
+        client = TestClient(
+            create_app(state), base_url="http://127.0.0.1", raise_server_exceptions=False
+        )
         data = toons.generate(3, split="test", seed=4)
         ids = [
             client.post(

@@ -26,7 +26,9 @@ def server(tmp_path_factory):
     state = ServerState.start(
         ServerConfig(models=["toon-detector", "toon-cnn"], data_dir=tmp_path_factory.mktemp("d"))
     )
-    client = TestClient(create_app(state), raise_server_exceptions=False)
+    client = TestClient(
+        create_app(state), base_url="http://127.0.0.1", raise_server_exceptions=False
+    )
     yield state, client
     state.close()
 
@@ -76,7 +78,7 @@ def test_models_say_their_task(server):
     picture = client.get(samples["crowd-1"]["url"])
     assert picture.headers["content-type"] == "image/png"
     assert Image.open(io.BytesIO(picture.content)).size == (128, 128)
-    chosen = client.post("/api/images/sample/crowd-1").json()
+    chosen = client.post("/api/images/sample/crowd-1", json={}).json()
     dets = client.get(f"/api/models/toon-detector/images/{chosen['id']}/detections").json()
     assert len(dets["detections"]) >= 2  # the sample shows the panel something
 
@@ -239,7 +241,9 @@ def test_a_picture_too_large_for_a_detector(tmp_path):
         ServerConfig(models=["toon-detector"], data_dir=tmp_path, max_detect_pixels=64 * 64)
     )
     try:
-        client = TestClient(create_app(state), raise_server_exceptions=False)
+        client = TestClient(
+            create_app(state), base_url="http://127.0.0.1", raise_server_exceptions=False
+        )
         big = np.zeros((80, 80, 3), np.uint8)
         image_id = client.post(
             "/api/images", files={"file": ("big.png", png_bytes(big), "image/png")}
@@ -274,10 +278,16 @@ def test_a_dropped_drise_request_frees_the_model(tmp_path):
         end = time.monotonic() + 30
         while not server.started and time.monotonic() < end:
             time.sleep(0.05)
-        image_id = TestClient(create_app(state)).post("/api/images/sample/crowd-1").json()["id"]
+        image_id = (
+            TestClient(create_app(state), base_url="http://127.0.0.1")
+            .post("/api/images/sample/crowd-1", json={})
+            .json()["id"]
+        )
         path = f"/api/models/toon-detector/images/{image_id}/detections/0/explain"
         with socket.create_connection(("127.0.0.1", port)) as dropped:
-            dropped.sendall(f"GET {path}/drise.png?masks=4000 HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            dropped.sendall(
+                f"GET {path}/drise.png?masks=4000 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+            )
             time.sleep(0.5)  # D-RISE is running
         start = time.perf_counter()
         url = f"http://127.0.0.1:{port}{path}/layercam.json"
@@ -295,11 +305,13 @@ def test_a_detector_without_gradients_offers_drise_only(tmp_path):
     pytest.importorskip("facenet_pytorch")
     state = ServerState.start(ServerConfig(models=["mtcnn-faces"], data_dir=tmp_path))
     try:
-        client = TestClient(create_app(state), raise_server_exceptions=False)
+        client = TestClient(
+            create_app(state), base_url="http://127.0.0.1", raise_server_exceptions=False
+        )
         (model,) = client.get("/api/models").json()
         assert model["task"] == "detect" and model["labels"] == ["face"]
         assert [m["name"] for m in model["box_methods"]] == ["drise"]
-        image_id = client.post("/api/images/sample/astronaut").json()["id"]
+        image_id = client.post("/api/images/sample/astronaut", json={}).json()["id"]
         base = f"/api/models/mtcnn-faces/images/{image_id}/detections"
         faces = client.get(base).json()["detections"]
         assert [d["name"] for d in faces] == ["face"]

@@ -16,7 +16,9 @@ def server(tmp_path_factory):
     state = ServerState.start(
         ServerConfig(models=["toon-cnn", "toon-detector"], data_dir=tmp_path_factory.mktemp("d"))
     )
-    client = TestClient(create_app(state), raise_server_exceptions=False)
+    client = TestClient(
+        create_app(state), base_url="http://127.0.0.1", raise_server_exceptions=False
+    )
     yield state, client
     state.close()
 
@@ -121,6 +123,8 @@ OPERATIONS = {
     ("delete", "/api/jobs/{job_id}"),
     ("get", "/api/jobs/{job_id}/files/{name}"),
     ("get", "/api/models/{model}/layers"),  # the layer table panel
+    ("get", "/api/runs/{run_id}"),  # a long request's progress (issue 18)
+    ("delete", "/api/runs/{run_id}"),  # ... and its cancel
 }
 
 

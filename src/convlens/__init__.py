@@ -21,6 +21,7 @@ _WHERE = {
     "Attribution": "techniques.attribution",
     "explain": "techniques.attribution",
     "methods": "techniques.attribution",
+    "shared_scale": "techniques.attribution",
     "evaluate": "workflows.evaluation",
     "audit": "workflows.audit",
     "sanity_check": "workflows.sanity",
@@ -115,6 +116,7 @@ __all__ = [
     "sample",
     "samples",
     "sanity_check",
+    "shared_scale",
     "tcav",
     "train",
 ]

@@ -83,7 +83,7 @@ DEMO_METHODS: dict[str, dict[str, object]] = {
 
 
 def explanations_panel(report: Report, model: Model, out: Path, pictures: dict[str, Path]) -> None:
-    from convlens.apps.reports import add_explanations
+    from convlens.apps.reports import LEGEND, SCALE_TEXT, add_explanations
     from convlens.techniques.attribution.base import get_method
 
     batch = model.prepare(list(pictures.values()))
@@ -95,8 +95,9 @@ def explanations_panel(report: Report, model: Model, out: Path, pictures: dict[s
         results.append(result)
     section = report.add_section(
         "Why this decision",
-        text="Where the evidence for each photo's top-1 class lies, by several methods "
-        "(jet: each map scaled to its own range; signed maps blue = against, red = for).",
+        text="Where the evidence for each photo's top-1 class lies, by several methods: one "
+        "row per photo (the photo, then one map per method), one column per method.\n\n"
+        + LEGEND.format(scale=SCALE_TEXT[None]),
     )
     add_explanations(section, results, prediction)
 

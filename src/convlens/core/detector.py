@@ -15,6 +15,7 @@ x1 > x0 and y1 > y0; a box of zero width or height is degenerate and is dropped.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -159,14 +160,21 @@ class Detections(Sequence[Detection]):
         highlight: int | None = None,
         width: int | None = None,
         font_size: int | None = None,
+        min_side: int = 0,
     ) -> Image.Image:
         """The boxes on the picture: one colour per class, the label and score on a filled tag,
         line width and text scaled to the picture (readable at small sizes); ``highlight``
-        draws that box thicker and dims the others."""
+        draws that box thicker and dims the others. Boxes are clipped to the picture, tags kept
+        inside it. A picture shorter than ``min_side`` is first enlarged by a whole factor
+        (each pixel a block), so that the tags fit beside what they mark."""
         source = picture if picture is not None else self.picture
         if source is None:
             raise ValueError("expected a picture to draw on")
         base = to_pil(source).convert("RGB")
+        factor = max(1, math.ceil(min_side / min(base.size))) if min_side else 1
+        if factor > 1:
+            size = (base.width * factor, base.height * factor)
+            base = base.resize(size, Image.Resampling.NEAREST)
         img = base.copy()
         side = min(img.size)
         line = width or max(2, round(side / 160))
@@ -181,12 +189,16 @@ class Detections(Sequence[Detection]):
             colour = PALETTE[d.label % len(PALETTE)]
             dim = highlight is not None and i != highlight
             rgba = (*colour, 110 if dim else 255)
-            x0, y0, x1, y1 = d.box
+            x0, y0, x1, y1 = (
+                min(max(v * factor, 0.0), float(limit - 1))
+                for v, limit in zip(d.box, (img.width, img.height) * 2, strict=True)
+            )
             thick = line * 2 if highlight == i else line
-            draw.rectangle([x0, y0, x1, y1], outline=rgba, width=thick)
+            draw.rectangle([x0, y0, max(x1, x0), max(y1, y0)], outline=rgba, width=thick)
             text = f"{d.name} {d.score:.2f}"
             tw = font.getlength(text)
             ty = y0 - th - 4 if y0 - th - 4 >= 0 else y0
+            x0 = max(0.0, min(x0, img.width - tw - 6))  # the tag stays inside the picture
             draw.rectangle([x0, ty, x0 + tw + 6, ty + th + 4], fill=rgba)
             light = sum(colour) / 3 > 150
             draw.text(
@@ -194,15 +206,18 @@ class Detections(Sequence[Detection]):
             )
         return img
 
-    def save(self, out_dir: str | os.PathLike[str], stem: str = "detections") -> list[Path]:
-        """``<stem>.png`` (the boxes drawn) and ``<stem>.json`` in ``out_dir``."""
+    def save(
+        self, out_dir: str | os.PathLike[str], stem: str = "detections", *, min_side: int = 384
+    ) -> list[Path]:
+        """``<stem>.png`` (the boxes drawn, the picture enlarged to at least ``min_side`` pixels
+        so the tags are readable) and ``<stem>.json`` in ``out_dir``."""
         from convlens.core.render import save_png, write_atomic
 
         folder = Path(os.fspath(out_dir))
         folder.mkdir(parents=True, exist_ok=True)
         paths = [write_atomic(folder / f"{stem}.json", self.to_json().encode())]
         if self.picture is not None:
-            paths.insert(0, save_png(self.draw(), folder / f"{stem}.png"))
+            paths.insert(0, save_png(self.draw(min_side=min_side), folder / f"{stem}.png"))
         return paths
 
     def _repr_png_(self) -> bytes:

@@ -21,8 +21,13 @@ import torch
 from PIL import Image
 from torch import nn
 
-from convlens.core.images import list_images, load_images, to_tensor
+from convlens.core.images import ImageError, list_images, load_images, to_tensor
 from convlens.core.naming import UnknownNameError, close_matches
+
+MAX_RESIZED_PIXELS = 4096 * 4096
+"""Cap on the pixels of a resized picture (before the crop): resizing the short side of a
+picture with an extreme aspect ratio (an 8000 x 1 strip) to 256 would make hundreds of
+megapixels from a few bytes, so :meth:`Preprocessing.picture` refuses it instead."""
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -78,12 +83,22 @@ class Preprocessing:
         return (self.channels, *hw)
 
     def picture(self, image: Image.Image) -> Image.Image:
-        """The RGB picture the network sees (resized and cropped, not normalised)."""
+        """The RGB picture the network sees (resized and cropped, not normalised).
+
+        A resize that would make more than :data:`MAX_RESIZED_PIXELS` pixels (a picture whose
+        aspect ratio is extreme) raises :class:`~convlens.core.images.ImageError`."""
         if self.resize is not None:
             w, h = image.size
             short, long = (w, h) if w <= h else (h, w)
             new_long = int(self.resize * long / short)
             size = (self.resize, new_long) if w <= h else (new_long, self.resize)
+            if size[0] * size[1] > MAX_RESIZED_PIXELS:
+                raise ImageError(
+                    f"expected a picture whose aspect ratio is at most "
+                    f"{MAX_RESIZED_PIXELS // self.resize**2}:1, got {w}x{h}: resizing its "
+                    f"short side to {self.resize} would make {size[0]}x{size[1]} pixels; "
+                    "crop it first"
+                )
             if size != image.size:
                 image = image.resize(size, _RESAMPLE[self.interpolation])
         hw = self.crop_hw
@@ -349,7 +364,12 @@ class Model:
         names = [n for n, _ in named]
         raw = [im for _, im in named]
         if isinstance(self.preprocess, Preprocessing):
-            pictures = [self.preprocess.picture(im) for im in raw]
+            pictures = []
+            for name, im in named:
+                try:
+                    pictures.append(self.preprocess.picture(im))
+                except ImageError as err:
+                    raise ImageError(f"{name}: {err}") from None
             inputs = self.preprocess.inputs(pictures)
         else:
             pictures = raw

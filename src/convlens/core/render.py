@@ -25,6 +25,7 @@ import math
 import os
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -45,6 +46,7 @@ __all__ = [
     "COLORMAP_ALIASES",
     "NORMALIZE_MODES",
     "Figure",
+    "Scale",
     "available_colormaps",
     "colorbar",
     "colormap",
@@ -260,7 +262,8 @@ def normalize(
 def to_pil(image: ImageLike) -> Image.Image:
     """Convert an image to PIL.
 
-    Accepts a PIL image (returned unchanged), a :class:`Figure` (its image), or an
+    Accepts a PIL image (returned unchanged), a :class:`Figure` (its picture with its colour
+    bar, :meth:`Figure.framed`), or an
     array/tensor shaped ``(3, H, W)`` / ``(1, H, W)`` (channels first), ``(H, W, 3)`` /
     ``(H, W, 1)`` (channels last) or ``(H, W)`` (grey). Values are floats in ``[0, 1]``
     or integers in ``[0, 255]``. When both layouts fit (e.g. ``(3, 5, 3)``), tensors are
@@ -269,7 +272,7 @@ def to_pil(image: ImageLike) -> Image.Image:
     if isinstance(image, Image.Image):
         return image
     if isinstance(image, Figure):
-        return image.image
+        return image.framed()
     from_torch = not isinstance(image, np.ndarray) and hasattr(image, "detach")
     x = _to_numpy(image)
     shape = tuple(x.shape)
@@ -433,7 +436,8 @@ def grid(
     ``tiles`` are PIL images (or anything :func:`to_pil` accepts). With ``tile_size=(W,
     H)`` every tile is resized to it (``resample=None`` picks nearest when enlarging, so
     small maps stay crisp, and bilinear when shrinking). Each cell is as big as the
-    largest tile; smaller tiles are centred. ``ncols`` defaults to ``ceil(sqrt(n))``
+    largest tile (and at least as wide as the longest label, so no label is cut); smaller
+    tiles are centred. ``ncols`` defaults to ``ceil(sqrt(n))``
     and is kept as given (empty cells stay background).
 
     Layout (pixels): ``title_h = text height + 2 * pad`` when ``title`` is given, else 0;
@@ -476,6 +480,8 @@ def grid(
     cell_h = max(im.height for im in images)
     rows = math.ceil(n / cols)
     font = _font(font_size) if labels is not None else None
+    if labels is not None and font is not None:  # cells as wide as their labels: none is cut
+        cell_w = max(cell_w, *(math.ceil(font.getlength(str(t))) + 2 for t in labels))
     title_font = _font(round(font_size * 1.4)) if title else None
     label_h = _text_height(font) + 2 if font is not None else 0
     title_h = _text_height(title_font) + 2 * pad if title_font is not None else 0
@@ -599,17 +605,49 @@ def save_png(img: ImageLike, path: str | os.PathLike[str]) -> Path:
     return write_atomic(path, png_bytes(img))
 
 
-class Figure:
-    """A rendered picture with an optional caption; displays inline in notebooks.
+@dataclass(frozen=True)
+class Scale:
+    """How a map's values became colours: ``cmap`` runs from ``vmin`` to ``vmax`` (the map's
+    own units; values outside are clipped); ``note`` says what else to read beside it, such as
+    the target's score."""
 
-    ``image`` is an RGB or grey PIL image. ``save(path)`` writes a PNG, ``to_numpy()``
-    returns ``(H, W, 3)`` (or ``(H, W)``) uint8, and Jupyter shows it through
-    ``_repr_png_`` / ``_repr_html_`` (an ``<img>`` with a data URI plus the caption).
+    cmap: str
+    vmin: float
+    vmax: float
+    note: str = ""
+
+    def bar(self, width: int) -> Image.Image:
+        """The colour bar (:func:`colorbar`), at least 160 pixels wide so the numbers fit."""
+        return colorbar(self.cmap, self.vmin, self.vmax, width=max(width, 160), label=self.note)
+
+
+class Figure:
+    """A rendered picture with an optional caption and colour scale; displays inline in
+    notebooks.
+
+    ``image`` is an RGB or grey PIL image, the picture alone; ``framed()`` adds the colour bar
+    of ``scale`` below it (what ``save``, the notebook display and the reports show).
+    ``to_numpy()`` returns ``image`` as ``(H, W, 3)`` (or ``(H, W)``) uint8.
     """
 
-    def __init__(self, image: ImageLike, caption: str | None = None) -> None:
+    def __init__(
+        self, image: ImageLike, caption: str | None = None, scale: Scale | None = None
+    ) -> None:
         self.image: Image.Image = to_pil(image)
         self.caption = caption
+        self.scale = scale
+
+    def framed(self) -> Image.Image:
+        """The picture with its colour bar centred below it (the picture alone without a
+        scale)."""
+        if self.scale is None:
+            return self.image
+        bar = self.scale.bar(self.image.width)
+        (w, h), width = self.image.size, max(self.image.width, bar.width)
+        canvas = Image.new("RGB", (width, h + 4 + bar.height), (255, 255, 255))
+        canvas.paste(self.image.convert("RGB"), ((width - w) // 2, 0))
+        canvas.paste(bar, ((width - bar.width) // 2, h + 4))
+        return canvas
 
     def __repr__(self) -> str:
         w, h = self.image.size
@@ -622,8 +660,9 @@ class Figure:
         return self.image.size
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Save as PNG (atomic write, parent folders created); returns the path."""
-        return save_png(self.image, path)
+        """Save as PNG, with the colour bar (atomic write, parent folders created); returns
+        the path."""
+        return save_png(self.framed(), path)
 
     def to_numpy(self) -> np.ndarray:
         """Pixels as a new uint8 array ``(H, W, 3)`` (``(H, W)`` for grey images)."""
@@ -634,11 +673,11 @@ class Figure:
         return self.image
 
     def _repr_png_(self) -> bytes:
-        return png_bytes(self.image)
+        return png_bytes(self.framed())
 
     def _repr_html_(self) -> str:
         cap = html.escape(self.caption or "")
-        img = f'<img src="{data_uri(self.image)}" alt="{cap}" style="max-width:100%">'
+        img = f'<img src="{data_uri(self.framed())}" alt="{cap}" style="max-width:100%">'
         if not self.caption:
             return img
         return f"<figure>{img}<figcaption>{cap}</figcaption></figure>"

@@ -47,6 +47,8 @@ figure img { display: block; max-width: 100%; height: auto; border: 1px solid #e
 figcaption { font-size: 0.88em; color: #5a6272; margin-top: 4px; }
 .grid { display: grid; gap: 12px; margin: 0 0 1em;
   grid-template-columns: repeat(auto-fill, minmax(180px, 1fr)); }
+.grid.row { grid-template-columns: none; grid-auto-flow: column;
+  grid-auto-columns: minmax(150px, 1fr); overflow-x: auto; }
 .grid figure { margin: 0; }
 .grid img { width: 100%; }
 table { border-collapse: collapse; margin: 0 0 1em; font-size: 0.92em; }
@@ -110,15 +112,22 @@ class Section:
         return self
 
     def add_grid(
-        self, images: Sequence[ImageLike], captions: Sequence[str] | None = None
+        self,
+        images: Sequence[ImageLike],
+        captions: Sequence[str] | None = None,
+        *,
+        columns: int | None = None,
     ) -> Section:
-        """Several images side by side in a responsive grid, each with its caption."""
+        """Several images side by side in a responsive grid, each with its caption; with
+        ``columns``, one row that never wraps (a picture and its maps stay together; it
+        scrolls sideways when the page is narrow)."""
         if captions is not None and len(captions) != len(images):
             raise ValueError(f"expected {len(images)} captions, got {len(captions)}")
         figs = [
             _figure(img, None if captions is None else captions[i]) for i, img in enumerate(images)
         ]
-        self._blocks.append(f'<div class="grid">{"".join(figs)}</div>')
+        kind = "grid row" if columns is not None and len(figs) <= columns else "grid"
+        self._blocks.append(f'<div class="{kind}">{"".join(figs)}</div>')
         return self
 
     def add_table(

@@ -26,6 +26,7 @@ from convlens.workflows.masked import (
     _object_name,
     _targets,
     as_masked,
+    describe_data,
     network_input,
 )
 
@@ -54,6 +55,8 @@ class Audit:
     object_name: str
     examples: dict[str, list[tuple[Any, str]]] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
+    model_name: str = ""  # the model audited, and the data it was shown
+    data_name: str = ""
 
     @property
     def share_inside(self) -> float:
@@ -110,6 +113,8 @@ class Audit:
     def to_dict(self) -> dict[str, Any]:
         low, high = self.inside.interval()
         return {
+            "model": self.model_name,
+            "data": self.data_name,
             "method": self.method,
             "verdict": self.verdict,
             "relies_on_background": self.relies_on_background,
@@ -128,12 +133,13 @@ class Audit:
         return json.dumps(self.to_dict(), **({"indent": 1} | kwargs))
 
     def report(self, title: str | None = None) -> Report:
-        page = Report(title or f"convlens audit · {self.method}")
+        page = Report(title or f"convlens audit · {self.model_name or 'model'} · {self.method}")
         low, high = self.inside.interval()
         verdict = page.add_section(
             "Verdict",
             text=(
-                f"{self.method}: {self.verdict}.\n\n"
+                f"Model {self.model_name or '(unnamed)'} on {self.data_name or 'the data'}, "
+                f"explained with {self.method}: {self.verdict}.\n\n"
                 f"Share of positive attribution on the {self.object_name}: "
                 f"{self.share_inside:.1%} (95 % CI {low:.1%} … {high:.1%}, Student t) over "
                 f"{len(self.inside) - self.inside.invalid} images; the {self.object_name} cover "
@@ -150,9 +156,11 @@ class Audit:
         ):
             items = self.examples.get(key, [])
             if items:
-                page.add_section(title_).add_grid(
-                    [fig for fig, _ in items], [cap for _, cap in items]
-                )
+                section = page.add_section(title_)
+                per = 2 if items[1][1] == "mask" else 3  # picture, map, mask (or map, mask)
+                for start in range(0, len(items), per):  # one row each: a triplet never wraps
+                    row = items[start : start + per]
+                    section.add_grid([f for f, _ in row], [c for _, c in row], columns=per)
         return page
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -200,6 +208,7 @@ def audit(
     from convlens.core.tasks import as_model
 
     handle = as_model(model)
+    source = os.fspath(data) if isinstance(data, (str, os.PathLike)) else None
     data = as_masked(data)
     info = get_method(method)
     _check_count(batch_size, "batch_size")
@@ -251,6 +260,8 @@ def audit(
             else str(target or "top-1"),
             "options": {k: v for k, v in opts.items() if isinstance(v, (str, int, float, bool))},
         },
+        model_name=handle.name,
+        data_name=describe_data(data, source),
     )
     if examples > 0:
         result.examples = _examples(handle, data, info.name, result, parts, target, examples, opts)

@@ -2,7 +2,8 @@
 mean and 95 % confidence interval); the clever-Hans audit is :mod:`.audit`.
 
 Data come with object masks (:mod:`.masked`): a :class:`~.masked.MaskedImages` (images, masks,
-labels), anything shaped like ``convlens.data.toons``'s ``ToonSet``, a toons folder, or a tuple
+labels), anything shaped like ``convlens.data.toons``'s ``ToonSet``, a toons folder, a folder of
+your own pictures with their masks (:func:`~.masked.read_mask_folder`), or a tuple
 ``(images, masks)`` / ``(images, masks, labels)`` of tensors. A detector is scored by
 :func:`convlens.workflows.detection_eval.evaluate_detector` instead.
 

@@ -39,6 +39,7 @@ class MaskedImages:
     classes: Sequence[str] | None = None
     is_input: bool = False
     object_name: str = "objects"
+    name: str = ""  # where the data came from, for reports
 
     def __post_init__(self) -> None:
         if not isinstance(self.images, torch.Tensor) or self.images.dim() != 4:
@@ -97,6 +98,7 @@ class MaskedImages:
             self.classes,
             self.is_input,
             self.object_name,
+            self.name,
         )
 
 
@@ -105,8 +107,13 @@ def as_masked(data: Any, *, split: str = "test") -> Any:
     with ``convlens.data.toons.read(folder, split=split)``."""
     if isinstance(data, (str, os.PathLike)):
         folder = Path(data)
+        if (folder / "images").is_dir() and (folder / "masks").is_dir():
+            return read_mask_folder(folder)
         if not (folder / "index.json").is_file():
-            raise FileNotFoundError(f"expected a toons folder with index.json, got {folder}")
+            raise FileNotFoundError(
+                f"expected a toons folder with index.json, or a folder with images/ and masks/ "
+                f"subfolders, got {folder}"
+            )
         from convlens.data import toons  # type: ignore[attr-defined]
 
         return toons.read(folder, split=split)
@@ -119,6 +126,69 @@ def as_masked(data: Any, *, split: str = "test") -> Any:
         "expected data with masks: a MaskedImages, a ToonSet, a toons folder, or a tuple "
         f"(images, masks[, labels]); got {type(data).__name__}"
     )
+
+
+MAX_SIDE = 512  # a folder's pictures are resized to one size, at most this on its long side
+
+
+def read_mask_folder(folder: str | os.PathLike[str]) -> MaskedImages:
+    """Your own pictures with their masks: ``folder/images/<name>.<png|jpg|...>`` and
+    ``folder/masks/<name>.png`` (the same name; a pixel brighter than mid-grey is the object),
+    optionally ``folder/labels.json`` ``{"<name>": "<class name>", ...}`` giving each picture's
+    class (otherwise the model's top-1 class is explained).
+
+    Every picture and mask is resized to the first picture's size, at most :data:`MAX_SIDE`
+    pixels on its long side (pictures bilinear, masks nearest), as the evaluation resizes them
+    to the network input anyway (no crop, so the mask keeps covering the object)."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from convlens.core.images import list_images, load_image
+
+    root = Path(folder)
+    pictures = list_images(root / "images", recursive=False)
+    masks_dir = root / "masks"
+    labels_file = root / "labels.json"
+    named = json.loads(labels_file.read_text()) if labels_file.is_file() else None
+    if named is not None and not isinstance(named, dict):
+        raise ValueError(f"expected {labels_file} to map picture names to class names")
+    size: tuple[int, int] | None = None
+    images, masks, labels = [], [], []
+    for path in pictures:
+        found = sorted(p for p in masks_dir.glob(f"{path.stem}.*") if p.is_file())
+        if not found:
+            raise FileNotFoundError(f"no mask for {path.name}: expected masks/{path.stem}.png")
+        picture = load_image(path)
+        if size is None:
+            scale = min(1.0, MAX_SIDE / max(picture.size))
+            size = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
+        mask = Image.open(found[0]).convert("L").resize(size, Image.Resampling.NEAREST)
+        images.append(np.asarray(picture.resize(size, Image.Resampling.BILINEAR)))
+        masks.append(np.asarray(mask) > 127)
+        if named is not None:
+            if path.stem not in named:
+                raise ValueError(f"expected a class for {path.stem} in {labels_file}")
+            labels.append(str(named[path.stem]))
+    pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
+    classes = sorted(set(labels)) if labels else None
+    return MaskedImages(
+        pixels,
+        torch.from_numpy(np.stack(masks)),
+        torch.tensor([classes.index(c) for c in labels]) if classes else None,
+        classes,
+        name=str(root),
+    )
+
+
+def describe_data(data: Any, source: str | None = None) -> str:
+    """A line naming the data for reports: where it came from, the split, how many images."""
+    kind = type(data).__name__
+    where = getattr(data, "name", "") or source or ("toons" if kind == "ToonSet" else kind)
+    split = getattr(data, "split", None)
+    parts = [str(where), f"{split} split" if isinstance(split, str) else "", f"{len(data)} images"]
+    return ", ".join(p for p in parts if p)
 
 
 def _object_name(data: Any) -> str:

@@ -16,6 +16,8 @@ from convlens.apps.cli.common import (
     load_model,
     progress_bar,
     progress_callback,
+    readable_pictures,
+    skipped_exit,
     user_errors,
 )
 
@@ -50,6 +52,7 @@ def activations(
         from convlens.techniques.activations import activations as capture
 
         handle = load_model(model, factory, trust_pickle)
+        pictures, skipped = readable_pictures(handle, images)
         specs = [s.strip() for item in (layer or []) for s in item.split(",") if s.strip()]
         if not specs:
             specs = handle.layers().filter(["conv", "pool"], leaves_only=True).spatial().names
@@ -58,7 +61,7 @@ def activations(
             task = bar.add_task("forward passes", total=None)
             acts = capture(
                 handle,
-                images,
+                pictures,
                 specs,
                 batch_size=batch_size,
                 dtype=torch.float16 if half else None,
@@ -70,6 +73,7 @@ def activations(
             written = acts.save(out, npz=not stream)
     pngs = [p for p in written if p.suffix == ".png"]
     console.print(f"wrote {len(pngs)} PNG file(s) and activations.npz to {out}/")
+    skipped_exit(skipped, len(pictures) + len(skipped))
 
 
 @app.command()

@@ -19,7 +19,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console()
-errors = Console(stderr=True)
+errors = Console(stderr=True, soft_wrap=True)  # one line per message, never wrapped
 
 
 @app.callback()
@@ -78,6 +78,46 @@ def user_errors() -> Iterator[None]:
     ) as err:
         errors.print(f"[bold red]error:[/] {err}", highlight=False, markup=True)
         raise typer.Exit(2) from None
+
+
+def readable_pictures(handle: Any, images: list[str]) -> tuple[list[str], list[str]]:
+    """The picture files among ``images`` (folders expanded) that ``handle`` can read and
+    prepare, and one line for each one it cannot (printed here), so that one bad picture in a
+    folder does not cost the others; see :func:`skipped_exit`. Nothing readable is an error
+    (the one bad picture's own, when there is one)."""
+    from convlens.core.images import ImageError, list_images
+
+    good: list[str] = []
+    bad: list[str] = []
+    for source in images:
+        path = Path(source).expanduser()
+        files = list_images(path) if path.is_dir() else [path]
+        for file in files:
+            try:
+                handle.prepare([str(file)])
+            except (ImageError, FileNotFoundError, ValueError) as err:
+                bad.append(str(err))
+            else:
+                good.append(str(file))
+    if not good and len(bad) == 1:
+        raise ValueError(bad[0])
+    for message in bad:
+        errors.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    if not good:
+        raise ValueError(f"none of the {len(bad)} pictures could be read (named above)")
+    return good, bad
+
+
+def skipped_exit(skipped: list[str], total: int) -> None:
+    """After a command wrote what it could: exit status 2 when pictures were skipped."""
+    if skipped:
+        errors.print(
+            f"[bold red]error:[/] {len(skipped)} of {total} picture(s) could not be read "
+            "(named above); the others were done",
+            highlight=False,
+            markup=True,
+        )
+        raise typer.Exit(2)
 
 
 def load_model(
@@ -187,7 +227,12 @@ def channel_spec(text: str) -> list[int]:
 
 
 DataArg = Annotated[
-    Path, typer.Argument(help="A toons folder (index.json; see `convlens.data.toons.write`).")
+    Path,
+    typer.Argument(
+        help="A toons folder (index.json; see `convlens.data.toons.write`), or your own: "
+        "images/<name>.png with masks/<name>.png (white = the object) and optionally "
+        'labels.json {"<name>": "<class>"}.'
+    ),
 ]
 SplitOpt = Annotated[str, typer.Option(help="Which split of the folder to read.")]
 PartsOpt = Annotated[

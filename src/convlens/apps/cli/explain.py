@@ -19,6 +19,8 @@ from convlens.apps.cli.common import (
     load_model,
     parse_target,
     progress_bar,
+    readable_pictures,
+    skipped_exit,
     user_errors,
 )
 
@@ -58,18 +60,31 @@ def explain(
         list[str] | None,
         typer.Option("--option", "-O", help="A method setting as key=value (repeatable)."),
     ] = None,
+    scale: Annotated[
+        str,
+        typer.Option(
+            "--scale",
+            help="Colour scale of the maps: 'own' (each map its own range), 'pictures' (one "
+            "range per method over all pictures) or 'targets' (one range per method over all "
+            "pictures and --target classes, to compare classes).",
+        ),
+    ] = "own",
     factory: FactoryOpt = None,
     trust_pickle: TrustOpt = False,
 ) -> None:
-    """Explain the model's decisions: PNG overlays, raw maps (.npz), summary.json, index.html."""
+    """Explain the model's decisions: PNG overlays with colour bars, raw maps (.npz),
+    summary.json, index.html."""
     with user_errors():
         from convlens.apps.reports import explanation_report
         from convlens.techniques.attribution.base import get_method
 
+        if scale not in SCALES:
+            raise ValueError(f"expected --scale own, pictures or targets, got {scale!r}")
         handle = load_model(model, factory, trust_pickle)
         chosen = [get_method(m.strip()) for m in method.split(",") if m.strip()]
         pictures, flags = _pictures_and_flags([*images, *ctx.args])
         given = _settings_given(flags, option or [], chosen)
+        pictures, skipped = readable_pictures(handle, pictures)
         batch = handle.prepare(pictures)
         prediction = handle.predict(batch, top=1)
         wanted = [parse_target(t) for t in target.split(",")] if target else [None]
@@ -84,10 +99,14 @@ def explain(
                     options["layer"] = layer
                 for one in wanted:
                     bar.update(task, description=info.name)
-                    result = info.fn(handle, batch, one, **options)
-                    result.save(out, stem=info.name if one is None else f"{info.name}__{one}")
-                    results.append(result)
+                    results.append(info.fn(handle, batch, one, **options))
                     bar.advance(task)
+        scales = _scales(results, scale)
+        targets = [one for _ in chosen for one in wanted]
+        for result, one, shown in zip(results, targets, scales, strict=True):
+            result.save(
+                out, stem=result.method if one is None else f"{result.method}__{one}", scale=shown
+            )
         summary = {
             "model": handle.name,
             "images": batch.names,
@@ -95,10 +114,41 @@ def explain(
             "explanations": [r.summary() for r in results],
         }
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
-        page = explanation_report(results, prediction, title=f"convlens explain · {handle.name}")
+        page = explanation_report(
+            results,
+            prediction,
+            title=f"convlens explain · {handle.name}",
+            scales=scales,
+            scale_text=SCALES[scale],
+        )
         page.save(out / "index.html")
     console.print(f"wrote {len(results)} method(s) x {len(batch)} image(s) to {out.resolve()}/")
     console.print(f"report: {(out / 'index.html').resolve()}")
+    skipped_exit(skipped, len(pictures) + len(skipped))
+
+
+SCALES = {
+    "own": None,
+    "pictures": "Each method's maps share one range over all pictures, so equal values get "
+    "equal colours within a column.",
+    "targets": "Each method's maps share one range over all pictures and target classes, so a "
+    "class the model does not see glows weakly.",
+}
+
+
+def _scales(results: list[Any], kind: str) -> list[Any]:
+    """Each result's ``scale`` for drawing (see ``Attribution.overlay``)."""
+    if kind == "own":
+        return [None] * len(results)
+    if kind == "pictures":
+        return ["shared"] * len(results)
+    from convlens.techniques.attribution.display import shared_scale
+
+    by_method: dict[str, list[Any]] = {}
+    for result in results:
+        by_method.setdefault(result.method, []).append(result)
+    ranges = {name: shared_scale(*group) for name, group in by_method.items()}
+    return [ranges[result.method] for result in results]
 
 
 def _pictures_and_flags(words: list[str]) -> tuple[list[str], list[str]]:

@@ -15,6 +15,8 @@ from convlens.apps.cli.common import (
     app,
     console,
     load_model,
+    readable_pictures,
+    skipped_exit,
     user_errors,
 )
 
@@ -69,14 +71,25 @@ def predict(
     factory: FactoryOpt = None,
     trust_pickle: TrustOpt = False,
 ) -> None:
-    """Top-k class probabilities for each image."""
+    """Top-k class probabilities for each image; for the toon models also how far each picture
+    is from what they were trained on (an out-of-distribution score, above 1: far)."""
     with user_errors():
+        from convlens.workflows.ood import familiarity, far_message
+
         handle = load_model(model, factory, trust_pickle)
-        prediction = handle.predict(images, top=top)
+        pictures, skipped = readable_pictures(handle, images)
+        prediction = handle.predict(pictures, top=top)
+        known = familiarity(handle, pictures)
     if as_json:
-        typer.echo(json.dumps(prediction.to_dicts(), indent=1))
+        rows = prediction.to_dicts()
+        for row, ood in zip(rows, known or [], strict=False):
+            row.update(ood)
+        typer.echo(json.dumps(rows, indent=1))
+        skipped_exit(skipped, len(pictures) + len(skipped))
         return
     for i, name in enumerate(prediction.names):
+        if known is not None and known[i]["far"]:
+            console.print(f"{name}: {far_message(known[i]['ood_score'])}", highlight=False)
         table = Table(title=name, title_justify="left")
         table.add_column("probability", justify="right")
         table.add_column("class")
@@ -84,6 +97,7 @@ def predict(
         for index, label, p in prediction.topk(i):
             table.add_row(f"{p:.2%}", label, str(index))
         console.print(table)
+    skipped_exit(skipped, len(pictures) + len(skipped))
 
 
 @app.command()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -11,6 +12,7 @@ from convlens.apps.cli.common import (
     FactoryOpt,
     app,
     console,
+    errors,
     progress_bar,
     user_errors,
 )
@@ -21,10 +23,26 @@ def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("out/demo"),
     model: Annotated[str, typer.Option(help="The model to run.")] = "mobilenet_v2",
 ) -> None:
-    """The main job on the bundled photos: predictions and activation grids, as one HTML page."""
+    """The main job: the bundled photos through a zoo model (MobileNetV2 by default), as one
+    self-contained HTML page (OUT/index.html, with its PNGs beside it): top-5 predictions,
+    activation grids of five layers, why each decision (Grad-CAM, Grad-CAM++, LayerCAM,
+    Integrated Gradients, SmoothGrad and occlusion, each map with its colour bar), first-layer
+    filters and feature visualizations, and the toon model's classes. Minutes on a CPU; each
+    step is printed as it starts when the output is not a terminal."""
     with user_errors():
         from convlens.apps.demo import run
 
+        if not errors.is_terminal:  # a log or a pipe: one line per step, not a silent bar
+            start = time.perf_counter()
+
+            def say(done: int, total: int, what: str = "") -> None:
+                took = f"{time.perf_counter() - start:.0f} s"
+                step = min(done + 1, total)
+                errors.print(f"demo: step {step}/{total} {what} ({took})", highlight=False)
+
+            page = run(out, model=model, progress=say)
+            console.print(f"report: {page.resolve()}")
+            return
         with progress_bar("demo") as bar:
             task = bar.add_task("demo", total=None)
 

@@ -18,15 +18,18 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from convlens.apps.server import catalog, panels
-from convlens.apps.server.jobs import Cancelled
+from convlens.apps.server.guard import Guard, allowed_hosts
+from convlens.apps.server.jobs import Cancelled, QueueFull
 from convlens.apps.server.state import ServerState
 
 STATIC = Path(__file__).resolve().parent / "static"
 TOKEN_COOKIE = "convlens_token"
+UPLOAD_FRAMING = 64 * 1024  # an upload's multipart framing around the file
 CSP = "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'"
 
 
@@ -43,6 +46,12 @@ def create_app(state: ServerState) -> FastAPI:
     app.state.convlens = state
     _map_errors(app)
     _guard(app, state.config.token)
+    config = state.config
+    app.add_middleware(
+        Guard,
+        hosts=allowed_hosts(config.host, config.allowed_hosts),
+        upload_limit=config.max_upload_bytes + UPLOAD_FRAMING,
+    )
     _page(app, state.config.token)
     app.include_router(catalog.router(state))
     for router in panels.routers(state):
@@ -57,10 +66,21 @@ def _map_errors(app: FastAPI) -> None:
 
     def answer(status: int, detail: Callable[[Exception], str] = str) -> Any:
         async def handler(_request: Request, err: Exception) -> JSONResponse:
-            return JSONResponse({"detail": detail(err)}, status_code=status)
+            return JSONResponse({"detail": shortened(detail(err))}, status_code=status)
 
         return handler
 
+    async def invalid(_request: Request, err: Exception) -> JSONResponse:
+        # FastAPI's own 422 echoes every input it refused: only their place and the reason
+        assert isinstance(err, RequestValidationError)
+        problems = [
+            f"{'.'.join(str(p) for p in e.get('loc', ())[1:]) or 'request'}: {e.get('msg', '')}"
+            for e in err.errors()[:5]
+        ]
+        return JSONResponse({"detail": shortened("; ".join(problems))}, status_code=422)
+
+    app.add_exception_handler(RequestValidationError, invalid)
+    app.add_exception_handler(QueueFull, answer(429))
     app.add_exception_handler(UnknownNameError, answer(404))
     app.add_exception_handler(LookupError, answer(404, lambda err: str(err).strip("'\"")))
     app.add_exception_handler(ImageError, answer(415))
@@ -71,6 +91,12 @@ def _map_errors(app: FastAPI) -> None:
     app.add_exception_handler(
         RuntimeError, answer(422, lambda err: f"the model could not run this request: {err}")
     )
+
+
+def shortened(detail: str, most: int = 500) -> str:
+    """An error's text, cut to ``most`` characters (a request's own huge values are never
+    sent back whole)."""
+    return detail if len(detail) <= most else detail[: most - 12] + " ... (cut)"
 
 
 def _guard(app: FastAPI, token: str | None) -> None:

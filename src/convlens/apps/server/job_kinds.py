@@ -148,7 +148,9 @@ def names(name: str, help: str, most: int, *, default: Any = None, required: boo
             or not 1 <= len(value) <= most
             or not all(isinstance(v, str) for v in value)
         ):
-            raise ValueError(f"expected params.{name} as a list of 1-{most} names, got {value!r}")
+            raise ValueError(
+                f"expected params.{name} as a list of 1-{most} names, got {_short(value)}"
+            )
         return list(value)
 
     return Param(name, help, read, default, required)
@@ -159,7 +161,7 @@ def _class(value: Any) -> int | str | None:
     if value in (None, "", "top-1"):
         return None
     if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise ValueError(f"expected a class name or index, got {value!r}")
+        raise ValueError(f"expected a class name or index, got {_short(value)}")
     return value
 
 
@@ -167,35 +169,52 @@ def _layers(value: Any) -> list[str]:
     """Layer names, as a list or comma-separated text."""
     items = value.split(",") if isinstance(value, str) else value
     if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
-        raise ValueError(f"expected params.layers as a list or comma-separated text, got {value!r}")
+        raise ValueError(
+            f"expected params.layers as a list or comma-separated text, got {_short(value)}"
+        )
     found = [v.strip() for v in items if v.strip()]
     if not found:
         raise ValueError("expected at least one layer name in params.layers")
     return found
 
 
+MAX_CHANNELS = 256
+
+
 def _channels(value: Any) -> list[int] | None:
-    """Channel indices as a list or text such as ``"0-7, 12"`` (``None``: the first 8)."""
+    """Channel indices as a list or text such as ``"0-7, 12"`` (``None``: the first 8); the
+    count is checked before any range is expanded."""
     if value is None:
         return None
     if isinstance(value, list):
         if not all(isinstance(c, int) and not isinstance(c, bool) for c in value):
-            raise ValueError(f"expected params.channels as whole numbers, got {value!r}")
-        items = list(value)
+            raise ValueError(f"expected params.channels as whole numbers, got {_short(value)}")
+        ranges = [(c, c) for c in value]
     elif isinstance(value, str):
-        items = []
-        for part in value.split(","):
+        ranges = []
+        for part in value.split(",")[: MAX_CHANNELS + 1]:
             low, _, high = part.strip().partition("-")
             if not low.strip().isdigit() or (high and not high.strip().isdigit()):
                 if part.strip():
-                    raise ValueError(f"expected params.channels such as '0-7, 12', got {value!r}")
+                    raise ValueError(
+                        f"expected params.channels such as '0-7, 12', got {_short(value)}"
+                    )
                 continue
-            items += list(range(int(low), int(high or low) + 1))
+            ranges.append((int(low), int(high or low)))
     else:
-        raise ValueError(f"expected params.channels as a list or text such as '0-7', got {value!r}")
-    if not 1 <= len(items) <= 256:
-        raise ValueError(f"expected 1-256 channels, got {len(items)} from {value!r}")
-    return items
+        raise ValueError(
+            f"expected params.channels as a list or text such as '0-7', got {_short(value)}"
+        )
+    count = sum(max(0, high - low + 1) for low, high in ranges)
+    if not 1 <= count <= MAX_CHANNELS:
+        raise ValueError(f"expected 1-{MAX_CHANNELS} channels, got {count} from {_short(value)}")
+    return [c for low, high in ranges for c in range(low, high + 1)]
+
+
+def _short(value: Any) -> str:
+    """A request's value for a message, never more than 60 characters."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _in_layer(channels: list[int] | None, width: int) -> list[int]:
@@ -203,8 +222,20 @@ def _in_layer(channels: list[int] | None, width: int) -> list[int]:
         return list(range(min(8, width)))
     bad = [c for c in channels if not 0 <= c < width]
     if bad:
-        raise ValueError(f"expected 1-256 channels in [0, {width}), got {bad}")
+        raise ValueError(f"expected 1-{MAX_CHANNELS} channels in [0, {width}), got {bad[:8]}")
     return channels
+
+
+def _layer_width(model: Model, layer: str) -> int | None:
+    """The channels of ``layer``'s output, from the layer table (``None``: not known)."""
+    try:
+        table = model.layers()
+    except ValueError:  # no input size to build the table with
+        return None
+    if layer not in table.names:
+        return None
+    shape = table.get(layer).output_shape
+    return int(shape[1]) if shape is not None and len(shape) > 1 else None
 
 
 def _check_methods(methods: list[str]) -> None:
@@ -230,6 +261,9 @@ def _check_featurevis(model: Model, params: dict[str, Any]) -> None:
     from convlens.core.naming import get_layer
 
     get_layer(model.module, params["layer"])
+    width = _layer_width(model, params["layer"])
+    if width is not None:
+        _in_layer(params["channels"], width)
 
 
 @job_kind(
@@ -316,10 +350,19 @@ def tcav_job(model: Model, params: dict[str, Any], job: Job) -> list[Path]:
     return list(tested.save(job.folder))
 
 
+MAX_EXPLAIN_MAPS = 128  # pictures x methods of one explain job
+
+
 def _check_explain(model: Model, params: dict[str, Any]) -> None:
     _check_methods(params["methods"])
     if params["target"] is not None:
         model.class_index(params["target"])
+    maps = len(params["images"]) * len(params["methods"])
+    if maps > MAX_EXPLAIN_MAPS:
+        raise ValueError(
+            f"expected at most {MAX_EXPLAIN_MAPS} maps (pictures x methods) in one explain job, "
+            f"got {len(params['images'])} x {len(params['methods'])}"
+        )
 
 
 @job_kind(

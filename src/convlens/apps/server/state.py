@@ -39,14 +39,26 @@ T = TypeVar("T")
 DEFAULT_MODELS = ("mobilenet_v2", "toon-cnn", "toon-detector")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 PANEL_KINDS = ("conv", "pool")
+MB = 1024 * 1024
+
+
+MIN_TOKEN = 16
 
 
 @dataclass
 class ServerConfig:
-    """How the explorer runs. ``token`` is required when ``host`` is not a loopback address
-    (one is generated when none is given); ``max_upload_mb`` bounds every upload, and
-    ``max_pixels`` every decoded picture (decompression bombs are refused before decoding).
-    Detectors see the upload itself, unresized: ``max_detect_pixels`` bounds what they take."""
+    """How the explorer runs, and every bound on what it holds.
+
+    ``token`` is required when ``host`` is not a loopback address (one is generated when none
+    is given; one given must have at least 16 characters); only the names of ``host`` (and
+    ``allowed_hosts``) are answered. ``max_upload_mb`` bounds every upload, and ``max_pixels``
+    every decoded picture (decompression bombs are refused before decoding; a decoded picture
+    holds 3 bytes a pixel). Detectors see the upload itself, unresized: ``max_detect_pixels``
+    bounds what they take. Memory: decoded pictures are kept up to ``images_mb``, forward
+    passes (the input and every panel layer's activation) up to ``cache_mb``, explanations up
+    to ``explain_cache_mb``; at most ``max_queued_jobs`` jobs wait or run, and finished jobs'
+    results are kept up to ``jobs_mb`` on disk and ``jobs_kept`` records (oldest removed
+    first)."""
 
     models: Sequence[str] = DEFAULT_MODELS
     host: str = "127.0.0.1"
@@ -57,21 +69,52 @@ class ServerConfig:
     max_pixels: int = 40_000_000
     max_detect_pixels: int = 2048 * 2048
     workers: int = 2
+    images_mb: float = 256.0
     cache_mb: float = 512.0
-    images_kept: int = 256
+    explain_cache_mb: float = 64.0
+    max_queued_jobs: int = 8
+    jobs_mb: float = 1024.0
+    jobs_kept: int = 200
+    allowed_hosts: Sequence[str] = ()
     factory: str | None = None
 
     def __post_init__(self) -> None:
+        if self.token is not None and len(self.token) < MIN_TOKEN:
+            raise ValueError(
+                f"expected a token of at least {MIN_TOKEN} characters, got {len(self.token)} "
+                "(leave it out to have one generated)"
+            )
         if self.host not in LOOPBACK and not self.token:
             self.token = secrets.token_urlsafe(18)
-        if self.max_upload_mb <= 0:
-            raise ValueError(f"expected max_upload_mb > 0, got {self.max_upload_mb}")
-        if self.workers < 1:
-            raise ValueError(f"expected workers >= 1, got {self.workers}")
+        for name in ("max_upload_mb", "images_mb", "cache_mb", "explain_cache_mb", "jobs_mb"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"expected {name} > 0, got {getattr(self, name)}")
+        for name in ("workers", "max_queued_jobs", "jobs_kept", "max_pixels"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"expected {name} >= 1, got {getattr(self, name)}")
+        if self.max_pixels * 3 > self.images_mb * MB:
+            raise ValueError(
+                f"images_mb={self.images_mb:g} cannot hold one picture of max_pixels="
+                f"{self.max_pixels} (3 bytes a pixel): raise images_mb or lower max_pixels"
+            )
 
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+
+def picture_bytes(image: Image.Image) -> int:
+    """What a decoded picture holds in memory (PIL keeps 3 or 4 bytes a pixel)."""
+    return image.width * image.height * len(image.getbands()) + 1024
+
+
+def explanation_bytes(result: Any) -> int:
+    """What an explanation holds: its map, and the pictures it keeps for overlays."""
+    size = result.map.numel() * result.map.element_size() + 4096
+    pictures = getattr(result, "pictures", None)
+    if isinstance(pictures, list):
+        size += sum(picture_bytes(p) for p in pictures if isinstance(p, Image.Image))
+    return int(size)
 
 
 def model_key(spec: str) -> str:
@@ -128,15 +171,16 @@ class Forward:
 
     @property
     def nbytes(self) -> int:
-        total = self.inputs.numel() * self.inputs.element_size()
+        total = self.inputs.numel() * self.inputs.element_size() + picture_bytes(self.picture)
         return total + sum(a.numel() * a.element_size() for a in self.activations.values())
 
 
 class _LRU:
-    """An LRU map bounded by a total size (``size_of`` each value) and by count."""
+    """An LRU map bounded by a total size in bytes (``size_of`` each value): the least recently
+    used entries go first, and a value larger than the whole budget is not kept at all."""
 
-    def __init__(self, budget: float, size_of: Callable[[Any], float], count: int = 10**9):
-        self.budget, self.size_of, self.count = budget, size_of, count
+    def __init__(self, budget: float, size_of: Callable[[Any], float]):
+        self.budget, self.size_of = budget, size_of
         self.items: OrderedDict[Any, Any] = OrderedDict()
         self.used = 0.0
         self.lock = threading.Lock()
@@ -149,12 +193,15 @@ class _LRU:
             return self.items[key]
 
     def put(self, key: Any, value: Any) -> None:
+        size = self.size_of(value)
         with self.lock:
             if key in self.items:
                 self.used -= self.size_of(self.items.pop(key))
+            if size > self.budget:
+                return
             self.items[key] = value
-            self.used += self.size_of(value)
-            while len(self.items) > 1 and (self.used > self.budget or len(self.items) > self.count):
+            self.used += size
+            while self.used > self.budget:
                 _, old = self.items.popitem(last=False)
                 self.used -= self.size_of(old)
 
@@ -169,18 +216,21 @@ class ServerState:
 
     def __post_init__(self) -> None:
         self.jobs: JobRunner | None = None
-        self.executor = ThreadPoolExecutor(self.config.workers, thread_name_prefix="convlens")
+        # model work, and a few threads more for what waits inside (a detector's lock)
+        self.executor = ThreadPoolExecutor(self.config.workers + 4, thread_name_prefix="convlens")
+        self.runs: dict[str, Any] = {}  # the requests' model work in progress, by run id
         self.model_locks: dict[str, threading.Lock] = {}
-        self.images = _LRU(self.config.images_kept, lambda _v: 1)
-        self.forwards = _LRU(self.config.cache_mb * 1024 * 1024, lambda f: f.nbytes)
+        config = self.config
+        self.images = _LRU(config.images_mb * MB, picture_bytes)
+        self.forwards = _LRU(config.cache_mb * MB, lambda f: f.nbytes)
         self.forward_locks: dict[tuple[str, str], threading.Lock] = {}
         self._locks_lock = threading.Lock()
-        # detections per (model, picture, thresholds): (Detections, seconds)
-        self.found = _LRU(float("inf"), lambda _v: 1, count=512)
-        # box explanations per (model, picture, box, method, options): (BoxExplanation, seconds)
-        self.box_maps = _LRU(
-            self.config.cache_mb * 1024 * 1024 / 4, lambda v: v[0].map.numel() * 4, count=64
-        )
+        # detections per (model, picture, thresholds): (Detections, seconds); about 100 bytes
+        # a box, at most MAX_DETECTIONS boxes
+        self.found = _LRU(16 * MB, lambda v: 4096 + 128 * len(v[0]))
+        # explanations: box explanations per (model, picture, box, method, options) and a
+        # classifier's per (model, picture, method, target, layer, options): (result, seconds)
+        self.explained = _LRU(config.explain_cache_mb * MB, lambda v: explanation_bytes(v[0]))
         self.box_layers: dict[str, list[str]] = {}  # detector -> layers a box CAM can read
         self.samples: dict[str, bytes] = {}  # generated sample pictures by name (PNG)
 
@@ -218,7 +268,13 @@ class ServerState:
         if not state.models:
             raise ValueError("expected at least one model to serve")
         state.samples = crowd_samples()
-        state.jobs = JobRunner(JobStore(config.data_dir), state._run_job)
+        state.jobs = JobRunner(
+            JobStore(config.data_dir),
+            state._run_job,
+            max_queued=config.max_queued_jobs,
+            max_bytes=config.jobs_mb * MB,
+            max_kept=config.jobs_kept,
+        )
         return state
 
     def _run_job(
@@ -292,18 +348,23 @@ class ServerState:
         """The box explanations ``key`` supports: gradient CAMs need a layer to read."""
         return [m for m in box_methods() if m == "drise" or key in self.box_layers]
 
+    def model_lock(self, key: str) -> threading.Lock:
+        """The lock of model ``key`` (one call per model at a time); unknown models: 404."""
+        self.model(key)
+        return self.model_locks[key]
+
     def run_locked(self, key: str, fn: Callable[[], T]) -> T:
         """``fn()`` with the model's lock held (one call per model at a time)."""
-        with self.model_locks[key]:
+        with self.model_lock(key):
             return fn()
 
     def panel_layers(self, key: str) -> list[Any]:
         table = self.classifier(key).layers()
         return [row for row in table if row.kind in PANEL_KINDS and row.spatial]
 
-    def forward(self, key: str, image_id: str) -> Forward:
+    def forward(self, key: str, image_id: str, *, locked: bool = False) -> Forward:
         """The cached forward pass of a picture, computed once (one pass for predictions and
-        every panel layer's activation)."""
+        every panel layer's activation); ``locked``: the caller holds the model's lock."""
         cache_key = (key, image_id)
         found = self.forwards.get(cache_key)
         if found is not None:
@@ -335,7 +396,7 @@ class ServerState:
                 maps = {name: t[0].float().cpu() for name, t in kept.items()}
                 return Forward(batch.inputs.cpu(), picture, probs[0], maps)
 
-            result = self.run_locked(key, compute)
+            result = compute() if locked else self.run_locked(key, compute)
             self.forwards.put(cache_key, result)
         with self._locks_lock:
             self.forward_locks.pop(cache_key, None)
@@ -452,7 +513,7 @@ class ServerState:
         )
 
         def fetch() -> tuple[BoxExplanation, float, bool] | None:
-            found = self.box_maps.get(cache_key)
+            found = self.explained.get(cache_key)
             if found is None:
                 return None
             return dataclasses.replace(found[0], target=target), found[1], True
@@ -476,7 +537,7 @@ class ServerState:
             if "batch_size" in options:
                 result.settings["batch_size"] = options["batch_size"]
             seconds = time.perf_counter() - start
-            self.box_maps.put(cache_key, (result, seconds))
+            self.explained.put(cache_key, (result, seconds))
             return result, seconds, False
 
         return self.run_locked(key, compute)

@@ -1,32 +1,149 @@
-"""What the panels' routers share: model work off the event loop, PNG answers, and the query
-options of a request.
+"""What the panels' routers share: model work off the event loop (cancelled when its client
+leaves), PNG answers, and the query options of a request.
 
-Model work runs in the state's bounded worker pool, never on the event loop; with a model's
-key it holds that model's lock (a model's hooks and flags change while convlens runs it).
+Model work runs in the state's worker pool, never on the event loop. Work on a model waits
+for that model's lock on the event loop, not in a worker (a model's hooks and flags change
+while convlens runs it, so one call at a time), so a request queued behind a long explanation
+holds no thread. Long work is a :class:`Run`: its progress can be read at ``/api/runs/{id}``
+while it goes, and once its client has gone (the page chose another method, the tab closed)
+or someone cancels it, it stops at its next progress report, or before it starts.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
+import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi import Request
 from fastapi.responses import Response
 
+from convlens.apps.server.jobs import Cancelled
+
 if TYPE_CHECKING:
-    from convlens.apps.server.state import ServerState
+    from convlens.apps.server.state import Forward, ServerState
 
 T = TypeVar("T")
 PNG = "image/png"
 NO_STORE = {"Cache-Control": "no-store"}
+RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+POLL_S = 0.01  # how often a request waiting for a model's lock looks again
 
 
-async def work(state: ServerState, key: str | None, fn: Callable[[], T]) -> T:
-    """``fn()`` in the worker pool (holding the model's lock when ``key`` is a model)."""
+@dataclass
+class Run:
+    """One request's model work: its progress (``done`` of ``total``), whether it is waiting
+    for the model or running, how long it waited and computed (seconds), and ``cancelled``,
+    which stops it at its next :meth:`progress` call."""
+
+    what: str
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    done: int = 0
+    total: int = 0
+    status: str = "waiting"
+    waited: float = 0.0
+    computed: float = 0.0
+
+    def progress(self, done: int, total: int) -> None:
+        """The methods' ``progress`` callback: records it, and raises :class:`Cancelled` once
+        the run is cancelled."""
+        self.done, self.total = int(done), int(total)
+        self.check()
+
+    def check(self) -> None:
+        if self.cancelled.is_set():
+            raise Cancelled(f"{self.what} was cancelled (its request was given up)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "what": self.what,
+            "status": self.status,
+            "done": self.done,
+            "total": self.total,
+            "waited_ms": round(self.waited * 1000),
+        }
+
+
+async def work(
+    state: ServerState, key: str | None, fn: Callable[[], T], run: Run | None = None
+) -> T:
+    """``fn()`` in the worker pool; with a model ``key``, holding that model's lock (waited for
+    here, on the event loop). With a ``run``, nothing starts once it is cancelled, and its
+    waiting and computing times are recorded."""
     loop = asyncio.get_running_loop()
-    call = (lambda: state.run_locked(key, fn)) if key is not None else fn
-    return await loop.run_in_executor(state.executor, call)
+    if key is None:
+        return await loop.run_in_executor(state.executor, fn)
+    lock = state.model_lock(key)
+    start = time.perf_counter()
+    while not lock.acquire(blocking=False):
+        if run is not None:
+            run.check()
+        await asyncio.sleep(POLL_S)
+
+    def locked() -> T:
+        try:
+            began = time.perf_counter()
+            if run is not None:
+                run.waited = began - start
+                run.check()
+                run.status = "running"
+            try:
+                return fn()
+            finally:
+                if run is not None:
+                    run.computed = time.perf_counter() - began
+        finally:
+            lock.release()
+
+    try:
+        future = loop.run_in_executor(state.executor, locked)
+    except BaseException:
+        lock.release()
+        raise
+    return await future
+
+
+async def cancellable(
+    state: ServerState, request: Request, key: str, what: str, fn: Callable[[Run], T]
+) -> tuple[T, Run]:
+    """``fn(run)`` on model ``key`` as a :class:`Run` (``fn`` passes ``run.progress`` to the
+    method): listed under the request's ``run`` query parameter while it goes, and cancelled
+    once the client disconnects."""
+    run = Run(what)
+    run_id = request.query_params.get("run", "")
+    if run_id and not RUN_ID.fullmatch(run_id):
+        raise ValueError("expected run as 1-64 letters, digits, '-' or '_'")
+    if run_id:
+        state.runs[run_id] = run
+    watcher = asyncio.ensure_future(_watch(request, run.cancelled))
+    try:
+        return await work(state, key, lambda: fn(run), run), run
+    finally:
+        watcher.cancel()
+        if run_id and state.runs.get(run_id) is run:
+            del state.runs[run_id]
+
+
+async def _watch(request: Request, cancelled: threading.Event) -> None:
+    """Set ``cancelled`` once the client has gone (``Request.is_disconnected`` misses it behind
+    a middleware, so the messages are read here)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    cancelled.set()
+
+
+async def forward(state: ServerState, key: str, image_id: str, run: Run | None = None) -> Forward:
+    """The cached forward pass of a picture (computed once, under the model's lock)."""
+    found = state.forwards.get((key, image_id))
+    if found is not None:
+        return found
+    state.classifier(key)
+    state.image(image_id)  # unknown pictures: 404 before any waiting
+    return await work(state, key, lambda: state.forward(key, image_id, locked=True), run)
 
 
 def png(image: Any) -> Response:
@@ -37,8 +154,8 @@ def png(image: Any) -> Response:
 
 
 def options(request: Request, *skip: str) -> dict[str, str]:
-    """The request's query parameters but the access token and the names in ``skip``."""
-    return {k: v for k, v in request.query_params.items() if k not in (*skip, "token")}
+    """The request's query parameters but the access token, the run id and ``skip``."""
+    return {k: v for k, v in request.query_params.items() if k not in (*skip, "token", "run")}
 
 
 def layer_dict(row: Any) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from convlens.techniques.attribution.base import (
     register,
     resolve_target,
 )
+from convlens.techniques.attribution.display import shared_scale
 from convlens.techniques.attribution.explain import explain
 
 __all__ = [
@@ -35,4 +36,5 @@ __all__ = [
     "methods",
     "register",
     "resolve_target",
+    "shared_scale",
 ]

@@ -37,6 +37,7 @@ from convlens.core.registry import (
     spec,
 )
 from convlens.core.util import jsonable, safe_filename
+from convlens.techniques.attribution import display
 
 # -- targets ----------------------------------------------------------------------------------
 
@@ -97,7 +98,9 @@ def resolve_target(model: Model, inputs: torch.Tensor, target: TargetSpec) -> Ta
         name = getattr(target, "__name__", "callable")
         return Target(None, target, description=name)
     if target is None:
-        with torch.no_grad():
+        from convlens.core.hooks import preserved
+
+        with preserved(model.module), torch.inference_mode():  # eval mode, flags restored
             outputs = model.forward(inputs)
         if outputs.dim() != 2:
             raise ValueError(
@@ -159,17 +162,20 @@ class Explanation:
         """Picture ``index``'s overlay (its heatmap where there is no picture) as a PIL image."""
         return self.figure(index).image
 
-    def figure(self, index: int = 0) -> render.Figure:
-        """The overlay where there is a picture, else the heatmap."""
-        return self.overlay(index) if self.has_pictures() else self.heatmap(index)
+    def figure(self, index: int = 0, **draw: Any) -> render.Figure:
+        """The overlay where there is a picture, else the heatmap (``draw``: their options)."""
+        return self.overlay(index, **draw) if self.has_pictures() else self.heatmap(index, **draw)
 
-    def save(self, folder: str | os.PathLike[str], *, stem: str | None = None) -> list[Path]:
-        """One PNG per picture and the raw map(s) in ``<stem>.npz`` (written atomically)."""
+    def save(
+        self, folder: str | os.PathLike[str], *, stem: str | None = None, **draw: Any
+    ) -> list[Path]:
+        """One PNG per picture (``figure(i, **draw)``, with its colour bar) and the raw map(s) in
+        ``<stem>.npz`` (written atomically)."""
         out = Path(folder)
         out.mkdir(parents=True, exist_ok=True)
         stem = safe_filename(stem or self.method)
         written = [
-            self.figure(i).save(out / f"{safe_filename(self.name(i))}__{stem}.png")
+            self.figure(i, **draw).save(out / f"{safe_filename(self.name(i))}__{stem}.png")
             for i in range(len(self))
         ]
         target = out / f"{stem}.npz"
@@ -293,37 +299,36 @@ class Attribution(Explanation):
         cmap: str | None = None,
         sign: str | None = None,
         clip_percentile: float | None = None,
+        scale: str | tuple[float, float] | None = None,
     ) -> render.Figure:
-        """Map ``index`` (upsampled) over the picture the network saw: jet for unsigned
-        display, a diverging map centred on 0 for signed (see :meth:`_display` for ``sign``).
-        Pixel-level maps are clipped to their 1st..99th percentile by default (a few extreme
-        gradients would otherwise wash out the rest); layer maps are not clipped."""
-        if not self.pictures:
-            raise ValueError("this attribution has no pictures to overlay (input was a tensor?)")
-        if clip_percentile is None and not self.is_layer_map:
-            clip_percentile = 1.0
-        maps, signed = self._display(sign)
-        height, width = self.pictures[index].size[::-1]
-        up = replace(self, map=maps[index : index + 1]).upsampled((height, width)).map[0]
-        picture = render.overlay(
-            self.pictures[index],
-            up,
+        """Map ``index`` (upsampled) over the picture the network saw, with its colour bar
+        and the target's score: jet for unsigned display, a diverging map centred on 0 for
+        signed (``sign``: ``"signed"``, ``"absolute"`` or ``"positive"``). Pixel-level maps are
+        clipped to their 1st..99th percentile by default; layer maps are not clipped.
+        ``scale``: ``None`` the map's own range, ``"shared"`` one range over all maps of this
+        result, or ``(vmin, vmax)`` such as :func:`convlens.shared_scale` of several results
+        (see :mod:`.display`)."""
+        return display.draw_overlay(
+            self,
+            index,
             alpha=alpha,
-            cmap=cmap or ("coolwarm" if signed else "jet"),
-            signed=signed,
+            cmap=cmap,
+            sign=sign,
             clip_percentile=clip_percentile,
+            scale=scale,
         )
-        return render.Figure(picture, caption=self.caption(index))
 
     def heatmap(
-        self, index: int = 0, *, cmap: str | None = None, sign: str | None = None
+        self,
+        index: int = 0,
+        *,
+        cmap: str | None = None,
+        sign: str | None = None,
+        scale: str | tuple[float, float] | None = None,
     ) -> render.Figure:
-        """Map ``index`` alone, at its own resolution."""
-        maps, signed = self._display(sign)
-        picture = render.heatmap(
-            maps[index], cmap or ("coolwarm" if signed else "jet"), signed=signed
-        )
-        return render.Figure(picture, caption=self.caption(index))
+        """Map ``index`` alone, at its own resolution, with its colour bar (``scale`` as in
+        :meth:`overlay`)."""
+        return display.draw_heatmap(self, index, cmap=cmap, sign=sign, scale=scale)
 
     def caption(self, index: int = 0) -> str:
         name = self.names[index] if index < len(self.names) else f"image{index}"

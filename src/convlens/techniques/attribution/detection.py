@@ -106,11 +106,20 @@ class BoxExplanation(Explanation):
             raise IndexError(f"a box explanation holds one map; got index {index}")
 
     def overlay(self, index: int = 0, *, alpha: float = 0.5, min_side: int = 384) -> render.Figure:
-        """The map (jet, positive part, scaled to its maximum) over the picture, with the
-        target box drawn on top. A picture shorter than ``min_side`` is enlarged by a whole
-        factor (each pixel a block) first, so the label stays small beside what it marks."""
+        """The map (jet, positive part, scaled to its range) over the picture, with the
+        target box drawn on top and the colour bar (with the box's score) below. A picture
+        shorter than ``min_side`` is enlarged by a whole factor (each pixel a block) first, so
+        the label stays small beside what it marks."""
         self._check(index)
-        heat = to_pil(render.overlay(self.picture, self.map.clamp_min(0).numpy(), alpha=alpha))
+        positive = self.map.clamp_min(0).numpy()
+        low, high = float(positive.min()), float(positive.max())
+        high = high if high > low else low + 1.0
+        scale = render.Scale("jet", low, high, f"score {self.target.score:.3g}")
+        heat = to_pil(
+            render.overlay(
+                self.picture, positive, alpha=alpha, norm="absolute", vmin=low, vmax=high
+            )
+        )
         factor = max(1, math.ceil(min_side / min(heat.size))) if min_side else 1
         if factor > 1:
             heat = heat.resize(
@@ -122,7 +131,7 @@ class BoxExplanation(Explanation):
             torch.tensor([self.target.score]),
             [self.target.name] * (self.target.label + 1),
         )
-        return render.Figure(one.draw(heat), self.caption())
+        return render.Figure(one.draw(heat), self.caption(), scale=scale)
 
     def __repr__(self) -> str:
         return (

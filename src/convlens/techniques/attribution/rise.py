@@ -4,7 +4,9 @@ D-RISE for detectors."""
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -125,7 +127,8 @@ def rise(
             shifts = torch.stack([shift_y, shift_x], 1)
             mask = _masks(grids.to(x.device), shifts.to(x.device), up_h, up_w, (height, width))
             mask = mask.to(x.dtype)
-            block_scores = _scores_of_block(model, x, mask, fill_full, chosen, score, size)
+            tick = None if progress is None else functools.partial(_tick, progress, done, total)
+            block_scores = _scores_of_block(model, x, mask, fill_full, chosen, score, size, tick)
             done += n * count
             if progress is not None:
                 progress(done, total)
@@ -161,9 +164,11 @@ def _scores_of_block(
     chosen: Target,
     score: str,
     size: int,
+    tick: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """(N * B,) the target's score of every picture (N) under every mask (B), ``size`` copies
-    per forward pass; ``fill`` is shared (1, C, H, W) or per picture (N, C, H, W)."""
+    per forward pass; ``fill`` is shared (1, C, H, W) or per picture (N, C, H, W); ``tick(k)``
+    after each pass but the last, ``k`` copies done (progress, and a cancelled run's stop)."""
     n, count = len(x), len(mask)
     shared = fill.dim() < 4 or fill.shape[0] == 1
     out = torch.empty(n * count, dtype=torch.float32, device=x.device)
@@ -175,7 +180,13 @@ def _scores_of_block(
         fills = fill if shared else fill[on_device]
         copies = x[on_device] * kept + fills * (1 - kept)
         out[part] = score_of(model, copies, chosen.select(image), score)
+        if tick is not None and part.stop < n * count:
+            tick(part.stop)
     return out
+
+
+def _tick(progress: Progress, before: int, total: int, done: int) -> None:
+    progress(before + done, total)
 
 
 def _check_rise(masks: Any, cell: Any, p: Any, side: int) -> None:

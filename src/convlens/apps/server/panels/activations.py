@@ -15,6 +15,7 @@ from fastapi.responses import Response
 
 from convlens.apps.server.state import Forward, ServerState
 from convlens.apps.server.web import NO_STORE, PNG, layer_dict, work
+from convlens.apps.server.web import forward as forward_of
 
 
 def describe(state: ServerState, key: str) -> dict[str, Any]:
@@ -63,7 +64,7 @@ def router(state: ServerState) -> APIRouter:
         model: str, image_id: str, layer: str, channel: int = 0, grid: bool = False
     ) -> Response:
         state.classifier(model, "activations")
-        forward = await work(state, None, lambda: state.forward(model, image_id))
+        forward = await forward_of(state, model, image_id)
         act = _layer(forward, layer)
         data = await work(state, None, lambda: _render(forward, act, channel, grid))
         headers = {"X-Channels": str(int(act.shape[0])), **NO_STORE}
@@ -75,7 +76,7 @@ def router(state: ServerState) -> APIRouter:
     ) -> dict[str, Any]:
         """One channel's activation (or the whole layer's, without ``channel``) as an array."""
         state.classifier(model, "activations")
-        forward = await work(state, None, lambda: state.forward(model, image_id))
+        forward = await forward_of(state, model, image_id)
         act = _layer(forward, layer)
         if channel is not None and not 0 <= channel < act.shape[0]:
             raise ValueError(f"expected a channel in [0, {act.shape[0]}), got {channel}")

@@ -217,17 +217,20 @@ def _box_explanations(api: APIRouter, state: ServerState) -> None:
         (drise, gradcam, layercam; its options as query parameters, see ``/api/models``): the
         map over the picture with the box drawn. Headers: ``X-Energy-In-Box`` (share of the
         positive attribution inside the box), ``X-Peak`` (x,y), ``X-Ms`` (compute time),
-        ``X-Cache`` (hit or miss)."""
+        ``X-Cache`` (hit or miss), ``X-Scale-Min`` / ``X-Scale-Max`` (the jet map's range)."""
         from convlens.core.render import png_bytes
 
         thresholds = (score_threshold, iou_threshold, max_detections)
         explanation, seconds, cached = await box_explanation_of(
             state, model, image_id, index, method, thresholds, request
         )
-        data = await work(state, None, lambda: png_bytes(explanation.overlay()))
+        figure = await work(state, None, explanation.overlay)
+        data = await work(state, None, lambda: png_bytes(figure.image))  # the bar: headers
         energy = explanation.energy_in_box()
         x, y = explanation.peak()
         headers = {
+            "X-Scale-Min": f"{figure.scale.vmin:.4g}" if figure.scale else "",
+            "X-Scale-Max": f"{figure.scale.vmax:.4g}" if figure.scale else "",
             "X-Energy-In-Box": "nan" if math.isnan(energy) else f"{energy:.6f}",
             "X-Peak": f"{x},{y}",
             "X-Ms": f"{seconds * 1000:.0f}",

@@ -8,16 +8,22 @@ new method shows up here with no change; ``/api/methods`` lists them for the pag
 
 from __future__ import annotations
 
-import time
+import inspect
+import math
 from typing import Any
+from urllib.parse import quote
 
+import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from convlens.apps.server.forms import method_forms
 from convlens.apps.server.state import ServerState
-from convlens.apps.server.web import NO_STORE, PNG, layer_dict, options, work
+from convlens.apps.server.web import NO_STORE, PNG, Run, cancellable, layer_dict, options, work
+from convlens.apps.server.web import forward as forward_of
 from convlens.core.util import jsonable
+
+EXPLORER_BATCH = 32  # copies per batch of the perturbation and sampling methods in the explorer
 
 
 def describe(state: ServerState, key: str) -> dict[str, Any]:
@@ -49,8 +55,27 @@ def router(state: ServerState) -> APIRouter:
     async def methods() -> list[dict[str, Any]]:
         return [form.to_dict() for form in method_forms().values()]
 
-    async def attribution_of(model: str, image_id: str, method: str, request: Request) -> Any:
-        """Run ``method`` on the cached picture with the query's target, layer and settings."""
+    @api.get("/api/runs/{run_id}")
+    async def run_progress(run_id: str) -> dict[str, Any]:
+        """A request's model work while it goes: waiting or running, ``done`` of ``total``."""
+        if run_id not in state.runs:
+            raise LookupError(f"no run {run_id[:64]!r} in progress")
+        return dict(state.runs[run_id].to_dict())
+
+    @api.delete("/api/runs/{run_id}")
+    async def cancel_run(run_id: str) -> dict[str, Any]:
+        """Stop a request's model work at its next progress report (its request gets 499)."""
+        if run_id not in state.runs:
+            raise LookupError(f"no run {run_id[:64]!r} in progress")
+        state.runs[run_id].cancelled.set()
+        return dict(state.runs[run_id].to_dict())
+
+    async def attribution_of(
+        model: str, image_id: str, method: str, request: Request
+    ) -> tuple[Any, Run | None]:
+        """Run ``method`` on the cached picture with the query's target, layer and settings
+        (cached per model, picture, method, target, layer and settings); ``None`` for the run
+        when the answer came from the cache."""
         from convlens.techniques.attribution.base import get_method
         from convlens.techniques.attribution.explain import explain as run_method
 
@@ -60,7 +85,7 @@ def router(state: ServerState) -> APIRouter:
         info = get_method(method)  # unknown names: 404 with close matches
         target_raw = request.query_params.get("target")
         layer = request.query_params.get("layer")
-        settings = method_forms()[info.name].parse(options(request, "target", "layer"))
+        settings = method_forms()[info.name].parse(options(request, "target", "layer", "scale"))
         target: Any = None
         if target_raw is not None and target_raw not in ("", "top1", "top-1"):
             target = handle.class_index(int(target_raw) if target_raw.isdigit() else target_raw)
@@ -69,20 +94,35 @@ def router(state: ServerState) -> APIRouter:
 
             get_layer(handle.module, layer)
             settings["layer"] = layer
-        forward = await work(state, None, lambda: state.forward(model, image_id))
-        return await work(
-            state, model, lambda: run_method(handle, forward.inputs, info.name, target, **settings)
-        )
+        key = (model, image_id, info.name, target, tuple(sorted(settings.items(), key=str)))
+        found = state.explained.get(key)
+        if found is not None:
+            return found[0], None
+        forward = await forward_of(state, model, image_id)
+
+        def compute(run: Run) -> Any:
+            extra = run_extras(info.fn, settings, run)
+            result = run_method(handle, forward.inputs, info.name, target, **settings, **extra)
+            state.explained.put(key, (result, 0.0))
+            return result
+
+        return await cancellable(state, request, model, f"{info.name} on {image_id}", compute)
 
     @api.get("/api/models/{model}/images/{image_id}/explain/{method}.png")
     async def explain(model: str, image_id: str, method: str, request: Request) -> Response:
-        """The explanation as an overlay on the picture (PNG); ``X-Ms``: compute time."""
+        """The explanation as an overlay on the picture, its colour bar below with the
+        target's score (PNG). ``scale=vmin,vmax`` draws it on a given range (to compare maps),
+        else on its own. Headers: ``X-Ms`` the compute time (not the wait for the model:
+        ``X-Wait-Ms``), ``X-Cached``, ``X-Target`` / ``X-Label`` and ``X-Score`` (the target's
+        logit), ``X-Scale-Min`` / ``X-Scale-Max`` / ``X-Colormap`` (the colour bar), and
+        method diagnostics (``X-Completeness-Error`` for Integrated Gradients)."""
         from convlens.core.render import png_bytes
 
-        start = time.perf_counter()
-        attribution = await attribution_of(model, image_id, method, request)
-        data = await work(state, None, lambda: png_bytes(attribution.overlay().image))
-        headers = {"X-Ms": f"{(time.perf_counter() - start) * 1000:.0f}", **NO_STORE}
+        scale = scale_of(request.query_params.get("scale"))
+        attribution, run = await attribution_of(model, image_id, method, request)
+        figure = await work(state, None, lambda: attribution.overlay(scale=scale))
+        data = await work(state, None, lambda: png_bytes(figure.framed()))
+        headers = {**explanation_headers(attribution, run, figure.scale), **NO_STORE}
         return Response(data, media_type=PNG, headers=headers)
 
     @api.get("/api/models/{model}/images/{image_id}/explain/{method}.json")
@@ -90,15 +130,66 @@ def router(state: ServerState) -> APIRouter:
         model: str, image_id: str, method: str, request: Request
     ) -> dict[str, Any]:
         """The raw explanation map (sign kept, at the method's own resolution) as an array."""
-        attribution = await attribution_of(model, image_id, method, request)
+        attribution, _ = await attribution_of(model, image_id, method, request)
         return {
             "method": attribution.method,
             "target": int(attribution.targets[0]) if attribution.targets is not None else None,
             "label": attribution.target_labels[0] if attribution.target_labels else None,
+            "score": float(attribution.scores[0]) if attribution.scores is not None else None,
             "layer": attribution.layer,
             "settings": {k: jsonable(v) for k, v in attribution.settings.items()},
+            "extras": {k: jsonable(v) for k, v in attribution.extras.items()},
             "shape": list(attribution.map.shape[1:]),
             "map": attribution.map[0].tolist(),
         }
 
     return api
+
+
+def run_extras(fn: Any, settings: dict[str, Any], run: Run) -> dict[str, Any]:
+    """What the explorer adds to a method's call: its progress (read at ``/api/runs/{id}``,
+    and where a cancelled run stops), and small batches when the request sets none, so that a
+    run whose client has gone stops within a moment."""
+    accepted = inspect.signature(fn).parameters
+    extra: dict[str, Any] = {"progress": run.progress} if "progress" in accepted else {}
+    if "batch_size" in accepted and "batch_size" not in settings:
+        extra["batch_size"] = EXPLORER_BATCH
+    return extra
+
+
+def scale_of(text: str | None) -> tuple[float, float] | None:
+    """``(vmin, vmax)`` from a query's ``scale=vmin,vmax`` (``None`` when absent or empty)."""
+    if not text:
+        return None
+    parts = text.split(",")
+    try:
+        low, high = (float(p) for p in parts) if len(parts) == 2 else (math.nan, math.nan)
+    except ValueError:
+        low = high = math.nan
+    if not (math.isfinite(low) and math.isfinite(high) and high > low):
+        raise ValueError(
+            f"expected scale as two numbers vmin,vmax with vmax > vmin, got {text[:40]!r}"
+        )
+    return low, high
+
+
+def explanation_headers(attribution: Any, run: Run | None, scale: Any = None) -> dict[str, str]:
+    """What the page shows beside a map: times, target, score, colour scale and diagnostics."""
+    headers = {"X-Cached": "0" if run is not None else "1"}
+    if scale is not None:
+        headers["X-Scale-Min"] = f"{scale.vmin:.4g}"
+        headers["X-Scale-Max"] = f"{scale.vmax:.4g}"
+        headers["X-Colormap"] = scale.cmap
+    if run is not None:
+        headers["X-Ms"] = f"{run.computed * 1000:.0f}"
+        headers["X-Wait-Ms"] = f"{run.waited * 1000:.0f}"
+    if attribution.targets is not None:
+        headers["X-Target"] = str(int(attribution.targets[0]))
+    if attribution.target_labels:
+        headers["X-Label"] = quote(str(attribution.target_labels[0]))
+    if attribution.scores is not None:
+        headers["X-Score"] = f"{float(attribution.scores[0]):.4g}"
+    error = attribution.extras.get("completeness_error")
+    if error is not None:
+        headers["X-Completeness-Error"] = f"{float(np.asarray(error).reshape(-1)[0]):.3g}"
+    return headers

@@ -16,6 +16,7 @@ from fastapi.responses import FileResponse, Response
 
 from convlens.apps.server.state import ServerState
 from convlens.apps.server.web import PNG, png, work
+from convlens.apps.server.web import forward as forward_of
 
 
 def router(state: ServerState) -> APIRouter:
@@ -79,6 +80,8 @@ def router(state: ServerState) -> APIRouter:
     async def picture(model: str, image_id: str) -> Response:
         """The picture as the model sees it: a classifier's resized, cropped input, or the
         upload itself for a detector."""
-        return png(await work(state, None, lambda: state.picture(model, image_id)))
+        if state.task(model) == "detect":
+            return png(await work(state, None, lambda: state.image(image_id)))
+        return png((await forward_of(state, model, image_id)).picture)
 
     return api

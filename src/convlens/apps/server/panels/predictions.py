@@ -1,5 +1,6 @@
 """The predictions panel: a classifier's top classes for a picture, from the cached forward
-pass (:meth:`ServerState.forward`, shared with the activations panel)."""
+pass (:meth:`ServerState.forward`, shared with the activations panel), and for the toon models
+how far the picture is from what they were trained on (:mod:`convlens.workflows.ood`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from typing import Any
 from fastapi import APIRouter
 
 from convlens.apps.server.state import ServerState
+from convlens.apps.server.web import forward as forward_of
 from convlens.apps.server.web import work
+from convlens.workflows.ood import familiarity, for_model
 
 
 def router(state: ServerState) -> APIRouter:
@@ -21,10 +24,16 @@ def router(state: ServerState) -> APIRouter:
         if not 1 <= top <= 100:
             raise ValueError(f"expected top in [1, 100], got {top}")
         start = time.perf_counter()
-        forward = await work(state, None, lambda: state.forward(model, image_id))
+        forward = await forward_of(state, model, image_id)
         probs = forward.probabilities
         values, indices = probs.topk(min(top, probs.numel()))
+        ood: dict[str, Any] | None = None
+        if for_model(handle) is not None:  # a toon model: how far the picture is from toons
+            inputs = forward.inputs
+            found = await work(state, model, lambda: familiarity(handle, inputs))
+            ood = found[0] if found else None
         return {
+            "ood": ood,
             "predictions": [
                 {
                     "index": int(i),

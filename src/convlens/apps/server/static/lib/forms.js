@@ -18,7 +18,10 @@ export function settingRow(spec, saved, prefix = "setting") {
     input.value = String(value ?? choices[0] ?? "");
   } else if (spec.type === "int" || spec.type === "float") {
     const step = spec.step ?? (spec.type === "int" ? 1 : "any");
-    input = el("input", { type: "number", id, required: true, step, min: spec.min, max: spec.max });
+    // a setting whose default is none (a seed) may stay empty: it is then not sent
+    const optional = spec.default == null;
+    const placeholder = optional ? "none" : null;
+    input = el("input", { type: "number", id, required: !optional, step, min: spec.min, max: spec.max, placeholder });
     input.value = value == null ? "" : String(value);
   } else {
     input = el("input", { type: "text", id, value: value ?? "" });
@@ -54,6 +57,7 @@ export function readSettings(container) {
     input.classList.toggle("invalid", bad);
     const why = notInt ? "a whole number is needed" : input.validationMessage || "invalid value";
     if (bad && !error) error = `${humanize(name)}: ${why}`;
+    if (input.value === "" && !input.required) continue; // an optional setting left empty
     values[name] = input.value;
   }
   return { values, error };

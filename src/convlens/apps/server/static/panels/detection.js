@@ -361,9 +361,12 @@ function runBoxExplain() {
       clearInterval(shown.ticker);
       const compute = parseFloat(res.headers.get("X-Ms") || "");
       const cached = res.headers.get("X-Cache") === "hit";
-      $("box-time").textContent = cached
+      const low = res.headers.get("X-Scale-Min");
+      const high = res.headers.get("X-Scale-Max");
+      const scale = low && high ? ` · jet scale ${low} … ${high}` : ""; // the map's colour range
+      $("box-time").textContent = (cached
         ? `cached (${formatMs(compute)} when computed)`
-        : `${formatMs(compute)} (${formatMs(ms)} total)`;
+        : `${formatMs(compute)} (${formatMs(ms)} total)`) + scale;
       showEnergy(res, index, label);
     },
     onError: (message) => {

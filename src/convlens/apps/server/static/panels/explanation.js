@@ -39,6 +39,11 @@ const MARKUP = `
     <span id="explain-time" class="mono small"></span>
     <span id="explain-target" class="muted small ellipsis"></span>
   </div>
+  <div class="scale-row small">
+    <label title="Draw the next maps (other methods, classes or pictures) on the range of this one, so that equal values get equal colours">
+      <input id="hold-scale" type="checkbox"> Keep this scale</label>
+    <span id="explain-scale" class="mono"></span>
+  </div>
   <div id="overlay-frame" class="frame overlay-frame" data-state="empty">
     <img id="overlay" alt="Explanation overlay" title="Click to open at full size">
     <span class="frame-msg">No image yet</span>
@@ -49,6 +54,8 @@ let methods = [];
 let method = null; // the selected entry of /api/methods
 const chosen = {}; // method name -> {setting name: value chosen by the user}
 let timer = 0;
+let shownScale = null; // [vmin, vmax] of the map on show (its colour bar)
+let heldScale = null; // the range the next maps are drawn on, while "Keep this scale" is ticked
 
 function renderMethodOptions() {
   const groups = new Map();
@@ -146,6 +153,7 @@ function runExplain() {
   if (target.index != null) params.set("target", String(target.index));
   if (method.needs_layer && $("explain-layer-select").value) params.set("layer", $("explain-layer-select").value);
   for (const [name, value] of Object.entries(settings.values)) params.set(name, value);
+  if (heldScale) params.set("scale", heldScale.join(","));
   const query = params.toString();
   const url = `${imageBase()}/explain/${seg(method.name)}.png${query ? `?${query}` : ""}`;
   const name = method.name;
@@ -158,12 +166,35 @@ function runExplain() {
       const compute = parseFloat(res.headers.get("X-Ms") || ""); // the server's own compute time
       const total = formatMs(ms);
       $("explain-time").textContent = Number.isFinite(compute) ? `${formatMs(compute)} (${total} total)` : total;
+      showScale(res.headers);
     },
     onError: (message) => {
       $("explain-time").textContent = "failed";
       showError(`Explanation (${name}): ${message}`);
     },
   });
+}
+
+function showScale(headers) {
+  const low = parseFloat(headers.get("X-Scale-Min") || "");
+  const high = parseFloat(headers.get("X-Scale-Max") || "");
+  const score = headers.get("X-Score");
+  shownScale = Number.isFinite(low) && Number.isFinite(high) ? [low, high] : null;
+  const parts = [];
+  if (shownScale) parts.push(`scale ${low} … ${high}${heldScale ? " (kept)" : ""}`);
+  if (score != null) parts.push(`target score ${score}`);
+  // Integrated Gradients: how far the map's sum is from the score's change (its completeness)
+  const error = headers.get("X-Completeness-Error");
+  if (error != null) parts.push(`completeness error ${error}`);
+  $("explain-scale").textContent = parts.join(" · ");
+  $("explain-scale").title = error != null
+    ? "completeness error: |sum of the map - (score(picture) - score(baseline))|, in logits; small beside the score means the steps were enough"
+    : "";
+}
+
+function holdScale(event) {
+  heldScale = event.target.checked && shownScale ? shownScale : null;
+  scheduleExplain(0);
 }
 
 export function mount() {
@@ -177,6 +208,7 @@ export function mount() {
   classInput.addEventListener("input", () => checkClassInput().error || scheduleExplain());
   classInput.addEventListener("keydown", (e) => e.key === "Enter" && runExplain());
   $("run-button").addEventListener("click", runExplain);
+  $("hold-scale").addEventListener("change", holdScale);
   $("overlay").addEventListener("click", openFullSize);
   on("model", setModel);
   on("image", () => isDetector() || scheduleExplain(0));

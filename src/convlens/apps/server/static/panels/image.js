@@ -47,7 +47,7 @@ function markSample(name) {
 
 function useSample(name) {
   markSample(name);
-  chooseImage(() => getJSON(`/api/images/sample/${seg(name)}`, { method: "POST" }), `sample “${name}”`);
+  chooseImage(() => getJSON(`/api/images/sample/${seg(name)}`, { method: "POST", headers: { "Content-Type": "application/json" }, body: "{}" }), `sample “${name}”`);
 }
 
 function uploadFile(file) {

@@ -1,5 +1,6 @@
-// The jobs panel: start long work in the background (feature visualization of a layer, TCAV),
-// follow its progress, cancel it, open its results. Hidden when the server runs no jobs.
+// The jobs panel: start long work in the background (feature visualization of a layer, TCAV,
+// explanations of the picture by several methods, an evaluation on the toons), follow its
+// progress, cancel it, open its results. Hidden when the server runs no jobs.
 
 import { api, ApiError, errorDetail, getJSON, seg } from "../lib/api.js";
 import { $, clamp, el, fillSelect, formatPercent, mount as put, showError } from "../lib/dom.js";
@@ -13,6 +14,8 @@ const MARKUP = `
       <select id="job-kind">
         <option value="featurevis">Feature visualization</option>
         <option value="tcav">TCAV</option>
+        <option value="explain">Explanations of this picture</option>
+        <option value="evaluate">Evaluation on toons</option>
       </select>
     </label>
     <span class="job-fields" data-kind="featurevis">
@@ -25,14 +28,23 @@ const MARKUP = `
       <label>Layers <input id="job-layers" list="job-layer-names" size="16" placeholder="comma-separated"></label>
       <label>Concepts <input id="job-concepts" value="toons" size="10"></label>
     </span>
+    <span class="job-fields" data-kind="explain" hidden>
+      <label>Methods <input id="job-explain-methods" value="gradcam, integrated_gradients, occlusion" size="28"></label>
+      <label>Class <input id="job-explain-target" list="class-labels" autocomplete="off" placeholder="top-1"></label>
+    </span>
+    <span class="job-fields" data-kind="evaluate" hidden>
+      <label>Methods <input id="job-eval-methods" value="gradcam, saliency" size="20"></label>
+      <label>Pictures <input id="job-eval-n" type="number" min="2" max="1000" step="1" value="50"></label>
+      <label>Steps <input id="job-eval-steps" type="number" min="2" max="100" step="1" value="20"></label>
+    </span>
     <datalist id="job-layer-names"></datalist>
     <button id="job-start" type="submit" class="primary">Start</button>
   </form>
-  <p id="jobs-note" class="muted small detect-only">Jobs (feature visualization, TCAV) take a classifier: choose one in the Model menu to start one.</p>
+  <p id="jobs-note" class="muted small detect-only">Jobs (feature visualization, TCAV, explanations, evaluation) take a classifier: choose one in the Model menu to start one.</p>
   <div class="table-wrap">
     <table id="jobs-table" class="data-table">
       <thead>
-        <tr><th>Job</th><th>Kind</th><th>Status</th><th>Progress</th><th>Message</th><th>Results</th><th></th></tr>
+        <tr><th>Job</th><th>Kind</th><th>Model</th><th>Parameters</th><th>Status</th><th>Progress</th><th>Message</th><th>Results</th><th></th></tr>
       </thead>
       <tbody></tbody>
     </table>
@@ -87,7 +99,37 @@ function parseChannels(text, count) {
   return unique;
 }
 
+function methodList(id) {
+  const names = $(id).value.split(",").map((s) => s.trim()).filter(Boolean);
+  if (!names.length) throw new Error("Methods: give at least one, e.g. gradcam, saliency");
+  return names;
+}
+
+function wholeNumber(id, label) {
+  const value = Number($(id).value);
+  if (!Number.isInteger(value)) throw new Error(`${label}: a whole number is needed`);
+  return value;
+}
+
 function jobParams(kind) {
+  if (kind === "explain") {
+    if (!state.imageId) throw new Error("Explanations: choose or upload a picture first");
+    const params = { images: [state.imageId], methods: methodList("job-explain-methods") };
+    const text = $("job-explain-target").value.trim();
+    if (text && text !== "top-1") {
+      const target = resolveClass(text);
+      if (target.error) throw new Error(target.error);
+      params.target = target.index;
+    }
+    return params;
+  }
+  if (kind === "evaluate") {
+    return {
+      methods: methodList("job-eval-methods"),
+      n: wholeNumber("job-eval-n", "Pictures"),
+      steps: wholeNumber("job-eval-steps", "Steps"),
+    };
+  }
   if (kind === "featurevis") {
     const layer = $("job-layer").value;
     const steps = Number($("job-steps").value);
@@ -200,12 +242,27 @@ function jobRow(job) {
     { "data-job-id": job.id, "data-status": job.status },
     el("td", { class: "mono", title: job.id }, String(job.id).slice(0, 8)),
     el("td", {}, job.kind || ""),
+    el("td", {}, job.model || ""),
+    el("td", { class: "job-params mono small", title: JSON.stringify(job.params || {}) }, describeParams(job.params)),
     el("td", {}, el("span", { class: `status status-${job.status}` }, job.status)),
     el("td", { class: "progress-cell" }, bar, el("span", { class: "mono small" }, formatPercent(progress))),
     el("td", { class: "job-message", title: job.message || "" }, job.message || ""),
     el("td", {}, el("div", { class: "job-results" }, ...jobResults(job.results || []))),
     el("td", {}, action),
   );
+}
+
+// {layer: "conv2", channels: [0, 1, 2, 3]} -> "layer conv2 · channels 0-3"
+function describeParams(params) {
+  const parts = [];
+  for (const [name, value] of Object.entries(params || {})) {
+    let text = Array.isArray(value) ? value.join(", ") : String(value);
+    const numbers = Array.isArray(value) && value.length > 2 && value.every(Number.isInteger);
+    if (numbers && value.every((v, i) => i === 0 || v === value[i - 1] + 1)) text = `${value[0]}-${value[value.length - 1]}`;
+    if (name === "images") text = `${value.length} picture${value.length === 1 ? "" : "s"}`;
+    parts.push(`${name} ${text.length > 40 ? `${text.slice(0, 39)}…` : text}`);
+  }
+  return parts.join(" · ");
 }
 
 function jobResults(results) {

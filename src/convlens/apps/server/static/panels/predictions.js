@@ -20,7 +20,7 @@ async function loadPredictions() {
     const data = await latest("predictions", `${imageBase()}/predictions?top=5`);
     if (data === STALE) return;
     state.predictions = data.predictions || [];
-    renderPredictions(state.predictions, data.ms);
+    renderPredictions(state.predictions, data.ms, data.ood);
     box.dataset.state = "ready";
   } catch (err) {
     box.dataset.state = "error";
@@ -32,7 +32,17 @@ async function loadPredictions() {
   emit("predictions", state.predictions);
 }
 
-function renderPredictions(predictions, ms) {
+// A toon model shown a photo: say that the picture is far from what it was trained on.
+function oodNote(ood) {
+  if (!ood) return null;
+  const score = Number(ood.ood_score).toFixed(1);
+  const text = ood.far
+    ? `Far from what this model was trained on (out-of-distribution score ${score}; above 1 is farther than 99 % of its test pictures): these predictions mean little.`
+    : `Like the pictures this model was trained on (out-of-distribution score ${score}, below 1).`;
+  return el("p", { id: "ood-note", class: ood.far ? "warning-text small" : "muted small", "data-far": String(ood.far) }, text);
+}
+
+function renderPredictions(predictions, ms, ood) {
   const rows = predictions.map((p, i) => {
     const pct = clamp(p.probability * 100, 0, 100);
     const row = el(
@@ -57,7 +67,9 @@ function renderPredictions(predictions, ms) {
     });
     return row;
   });
-  $("predictions").replaceChildren(...(rows.length ? rows : [el("p", { class: "muted small" }, "No predictions.")]));
+  const shown = rows.length ? rows : [el("p", { class: "muted small" }, "No predictions.")];
+  const note = oodNote(ood);
+  $("predictions").replaceChildren(...(note ? [note, ...shown] : shown));
   $("predictions-time").textContent = ms != null ? formatMs(ms) : "";
 }
 

@@ -1,0 +1,110 @@
+"""The explorer's faces agree with the README (issue 18): each map's scale and the target's score
+beside it, Integrated Gradients' completeness error, a kept scale, and the README's explain and
+evaluate jobs started from the page, the jobs table naming model and parameters. Debian's
+chromium, headless, against a toon-cnn server on a free loopback port."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+CHROMIUM = Path("/usr/bin/chromium")
+
+import playwright.sync_api as playwright_api  # noqa: E402
+import uvicorn  # noqa: E402
+
+if not CHROMIUM.exists():
+    pytest.skip("Debian's chromium is not installed: make browser", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory):
+    import socket
+
+    from convlens.apps.server import ServerConfig, ServerState, create_app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    state = ServerState.start(
+        ServerConfig(models=["toon-cnn"], port=port, data_dir=tmp_path_factory.mktemp("d"))
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(state), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    end = time.monotonic() + 30
+    while not server.started and time.monotonic() < end:
+        time.sleep(0.05)
+    try:
+        with playwright_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+            context = browser.new_context(viewport={"width": 1280, "height": 860}, bypass_csp=True)
+            tab = context.new_page()
+            errors: list[str] = []
+            tab.on("pageerror", lambda err: errors.append(str(err)))
+            tab.goto(f"http://127.0.0.1:{port}/")
+            yield tab
+            browser.close()
+            assert errors == [], errors
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        state.close()
+
+
+def _scale_text(page, pattern: str) -> str:
+    page.wait_for_function(
+        f"/{pattern}/.test(document.querySelector('#explain-scale').innerText)", timeout=60_000
+    )
+    return str(page.locator("#explain-scale").inner_text())
+
+
+def test_scales_scores_completeness_and_jobs(page, tmp_path):
+    from PIL import Image
+
+    from convlens.data import toons
+
+    picture = tmp_path / "toon.png"
+    Image.fromarray(toons.generate(1, split="test", seed=3).pixels[0]).save(picture)
+    page.set_input_files("#file-input", str(picture))
+    page.wait_for_selector("#predictions .prediction", timeout=60_000)
+
+    page.select_option("#method-select", "gradcam")
+    page.click("#run-button")
+    text = _scale_text(page, "target score")
+    low, high = (float(v) for v in re.search(r"scale (\S+) … (\S+)", text).groups())
+    assert 0 <= low < high
+
+    page.select_option("#method-select", "integrated_gradients")  # its seed may stay empty
+    text = _scale_text(page, "completeness error")
+    assert float(re.search(r"completeness error (\S+)", text).group(1)) >= 0
+
+    page.check("#hold-scale")  # the next maps are drawn on this map's range
+    page.select_option("#method-select", "saliency")
+    text = _scale_text(page, "kept")
+
+    page.select_option("#job-kind", "explain")
+    page.fill("#job-explain-methods", "gradcam, saliency")
+    page.click("#job-start")
+    page.select_option("#job-kind", "evaluate")
+    page.fill("#job-eval-methods", "gradcam")
+    page.fill("#job-eval-n", "4")
+    page.fill("#job-eval-steps", "4")
+    page.click("#job-start")
+    page.wait_for_function(
+        "document.querySelectorAll('#jobs-table tr[data-status=\"done\"]').length === 2",
+        timeout=180_000,
+    )
+    rows = page.locator("#jobs-table tbody tr").all_inner_texts()
+    explain_row = next(r for r in rows if "explain" in r)
+    evaluate_row = next(r for r in rows if "evaluate" in r)
+    assert "toon-cnn" in explain_row and "methods gradcam, saliency" in explain_row
+    assert "1 picture" in explain_row
+    assert "n 4" in evaluate_row and "steps 4" in evaluate_row
