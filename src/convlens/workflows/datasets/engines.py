@@ -1,0 +1,141 @@
+"""The engines a data set run (or ``cl.activations(..., engine=)``) runs on.
+
+``local`` (:class:`LocalEngine`, the default)
+    pictures are read and decoded in worker processes while this process runs the model on
+    the batches already read: at most ``prefetch`` batches are in flight, so memory stays flat
+    however large the data set; the model is the caller's (on its device), never copied.
+``ray`` (:class:`~convlens.workflows.datasets.ray_engine.RayEngine`)
+    Ray actors, one copy of the model each (a GPU each when the cluster has GPUs), reading and
+    computing their batches; joins a running cluster with ``address``. Needs ``convlens[ray]``.
+``serial`` (:class:`~convlens.core.engine.SerialEngine`)
+    everything in this process, one batch after another (the reference).
+
+All three return the same outputs in the same order (the tests hold them to it).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from typing import Any
+
+from convlens.core.engine import (
+    Engine,
+    SerialEngine,
+    Work,
+    check_cancelled,
+    compute_loaded,
+    load_all,
+)
+
+ENGINES = ("local", "ray", "serial")
+
+_LOADER: Callable[[Any], Any] | None = None
+
+
+def _set_loader(loader: Callable[[Any], Any]) -> None:
+    global _LOADER
+    _LOADER = loader
+
+
+def _load_batch(items: Sequence[Any]) -> list[Any]:
+    assert _LOADER is not None, "the decoding worker was started without a loader"
+    return load_all(_LOADER, items)
+
+
+def default_workers() -> int:
+    """Decoding processes for the local engine: one per core the model does not need, at least
+    one, at most four (decoding a batch costs a fraction of running the model on it)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(4, (cores or 2) - 1))
+
+
+class LocalEngine:
+    """Decoding in ``workers`` processes (``0``: in this process), the model in this one.
+
+    ``prefetch`` batches (default ``2 * workers + 1``) are read ahead of the model. Worker
+    processes are started fresh (``spawn``), once per :meth:`map`, and stopped on every exit
+    path."""
+
+    name = "local"
+
+    def __init__(self, workers: int | None = None, *, prefetch: int | None = None) -> None:
+        if workers is not None and (
+            isinstance(workers, bool) or not isinstance(workers, int) or workers < 0
+        ):
+            raise ValueError(f"expected workers >= 0 (decoding processes), got {workers!r}")
+        if prefetch is not None and (
+            isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 1
+        ):
+            raise ValueError(f"expected prefetch >= 1 (batches read ahead), got {prefetch!r}")
+        self.workers = default_workers() if workers is None else workers
+        self.prefetch = prefetch if prefetch is not None else 2 * self.workers + 1
+
+    def map(
+        self,
+        model: Any,
+        work: Work,
+        batches: Iterable[Sequence[Any]],
+        *,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> Iterator[list[Any]]:
+        if self.workers == 0:
+            yield from SerialEngine().map(model, work, batches, cancelled=cancelled)
+            return
+        pool = ProcessPoolExecutor(
+            self.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_set_loader,
+            initargs=(work.loader,),
+        )
+        pending: deque[Future[list[Any]]] = deque()
+        todo = iter(batches)
+
+        def fill() -> None:
+            while len(pending) < self.prefetch:
+                items = next(todo, None)
+                if items is None:
+                    return
+                pending.append(pool.submit(_load_batch, list(items)))
+
+        try:
+            fill()
+            while pending:
+                check_cancelled(cancelled)
+                loaded = pending.popleft().result()
+                fill()  # the next batches are read while the model runs on this one
+                yield compute_loaded(model, work, loaded)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def describe(self) -> dict[str, Any]:
+        return {"engine": self.name, "workers": self.workers, "prefetch": self.prefetch}
+
+    def __repr__(self) -> str:
+        return f"LocalEngine(workers={self.workers}, prefetch={self.prefetch})"
+
+
+def engine(name: str | Engine = "local", **options: Any) -> Engine:
+    """An engine by name: ``"local"`` (options ``workers``, ``prefetch``), ``"ray"`` (options
+    ``workers``, ``address``, ``gpus_per_worker``, ``cpus_per_worker``, ``runtime_env``) or
+    ``"serial"``; an engine object is returned as it is."""
+    if not isinstance(name, str):
+        if options:
+            raise ValueError("engine options go with an engine name, not an engine object")
+        if not isinstance(name, Engine):
+            raise ValueError(f"expected an engine name {ENGINES} or an Engine, got {name!r}")
+        return name
+    if name == "local":
+        return LocalEngine(**options)
+    if name == "ray":
+        from convlens.workflows.datasets.ray_engine import RayEngine
+
+        return RayEngine(**options)
+    if name == "serial":
+        if options:
+            raise ValueError(f"the serial engine takes no options, got {sorted(options)}")
+        return SerialEngine()
+    raise ValueError(f"expected an engine among {', '.join(ENGINES)}, got {name!r}")
