@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -53,16 +54,30 @@ def default_workers() -> int:
     return max(1, min(4, (cores or 2) - 1))
 
 
+def default_start_method() -> str:
+    """``fork`` where there is one (Linux: instant, and scripts need no ``__main__`` guard; the
+    workers only read and decode pictures, never touch torch), else ``spawn``."""
+    methods = multiprocessing.get_all_start_methods()
+    return "fork" if sys.platform.startswith("linux") and "fork" in methods else "spawn"
+
+
 class LocalEngine:
     """Decoding in ``workers`` processes (``0``: in this process), the model in this one.
 
     ``prefetch`` batches (default ``2 * workers + 1``) are read ahead of the model. Worker
-    processes are started fresh (``spawn``), once per :meth:`map`, and stopped on every exit
-    path."""
+    processes are started once per :meth:`map` (``start_method``, see
+    :func:`default_start_method`; with ``spawn`` a script needs the usual
+    ``if __name__ == "__main__":`` guard) and stopped on every exit path."""
 
     name = "local"
 
-    def __init__(self, workers: int | None = None, *, prefetch: int | None = None) -> None:
+    def __init__(
+        self,
+        workers: int | None = None,
+        *,
+        prefetch: int | None = None,
+        start_method: str | None = None,
+    ) -> None:
         if workers is not None and (
             isinstance(workers, bool) or not isinstance(workers, int) or workers < 0
         ):
@@ -71,8 +86,12 @@ class LocalEngine:
             isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 1
         ):
             raise ValueError(f"expected prefetch >= 1 (batches read ahead), got {prefetch!r}")
+        methods = multiprocessing.get_all_start_methods()
+        if start_method is not None and start_method not in methods:
+            raise ValueError(f"expected start_method among {methods}, got {start_method!r}")
         self.workers = default_workers() if workers is None else workers
         self.prefetch = prefetch if prefetch is not None else 2 * self.workers + 1
+        self.start_method = start_method or default_start_method()
 
     def map(
         self,
@@ -87,7 +106,7 @@ class LocalEngine:
             return
         pool = ProcessPoolExecutor(
             self.workers,
-            mp_context=multiprocessing.get_context("spawn"),
+            mp_context=multiprocessing.get_context(self.start_method),
             initializer=_set_loader,
             initargs=(work.loader,),
         )
@@ -112,7 +131,12 @@ class LocalEngine:
             pool.shutdown(wait=True, cancel_futures=True)
 
     def describe(self) -> dict[str, Any]:
-        return {"engine": self.name, "workers": self.workers, "prefetch": self.prefetch}
+        return {
+            "engine": self.name,
+            "workers": self.workers,
+            "prefetch": self.prefetch,
+            "start_method": self.start_method,
+        }
 
     def __repr__(self) -> str:
         return f"LocalEngine(workers={self.workers}, prefetch={self.prefetch})"

@@ -125,18 +125,18 @@ def check_same_run(folder: Path, manifest: Mapping[str, Any], identity: Mapping[
 def owned_files(folder: Path) -> list[Path]:
     """The files a run writes in its folder (what overwriting removes; nothing else is)."""
     found = [folder / MANIFEST, folder / "listing.parquet", folder / "report.html"]
-    shards = folder / "shards"
-    if shards.is_dir():
-        found += [p for p in shards.iterdir() if p.is_file()]
+    for sub in ("shards", "maps"):
+        if (folder / sub).is_dir():
+            found += [p for p in (folder / sub).iterdir() if p.is_file()]
     return [p for p in found if p.exists()]
 
 
 def clear(folder: Path) -> None:
     for path in owned_files(folder):
         path.unlink()
-    shards = folder / "shards"
-    if shards.is_dir() and not any(shards.iterdir()):
-        shards.rmdir()
+    for sub in ("shards", "maps"):
+        if (folder / sub).is_dir() and not any((folder / sub).iterdir()):
+            (folder / sub).rmdir()
 
 
 def check_folder(folder: Path, overwrite: bool) -> dict[str, Any] | None:

@@ -137,9 +137,8 @@ def _plan(folder: Path, listing: Listing, run_hash: str, shard_size: int) -> Pla
             )
         if 0 <= index < len(shards) and meta == identity[index]:
             plan.done.add(index)
-        elif index >= len(shards):  # the listing shrank: this shard's pictures are gone
-            for stale in path.parent.glob(f"{path.stem}.*"):
-                stale.unlink()
+        else:  # its pictures changed (or are gone): redone, or dropped, never half-mixed
+            store.remove_shard(folder, index)
     return plan
 
 

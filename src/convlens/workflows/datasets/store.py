@@ -7,12 +7,14 @@ A run folder::
     manifest.json                  the run's identity, input summary, engine, shards, counts
     listing.parquet                every item: id, source, label, mask, boxes, stamp, shard
     shards/00000.parquet           rows; key-value metadata ``convlens``: run and shard identity
-    shards/00000.<method>.npy      that shard's maps of one method, float16, flat, in row order;
+    maps/00000.<method>.npy        that shard's maps of one method, float16, flat, in row order;
                                    a row's map is ``[map_offset : map_offset + prod(map_shape)]``
+                                   of the file ``map_file`` (relative to the run folder)
     report.html                    the data set report
 
-The rows read without convlens (``pandas.read_parquet("runs/val/shards")``, polars, DuckDB),
-the maps with numpy alone (``np.load(path, mmap_mode="r")``).
+The rows read without convlens (``pandas.read_parquet("runs/val/shards")``, polars,
+DuckDB's ``read_parquet('runs/val/shards/*.parquet')``), the maps with numpy alone
+(``np.load(path, mmap_mode="r")``). Temporary files start with a dot, which those readers skip.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from convlens.core.util import safe_filename
 from convlens.workflows.datasets.inputs import Item
 
 SHARDS = "shards"
+MAPS = "maps"
 LISTING = "listing.parquet"
 META_KEY = b"convlens"
 
@@ -98,7 +101,7 @@ def shard_path(folder: Path, index: int) -> Path:
 
 
 def map_path(folder: Path, index: int, method: str) -> Path:
-    return folder / SHARDS / f"{index:05d}.{safe_filename(method)}.npy"
+    return folder / MAPS / f"{index:05d}.{safe_filename(method)}.npy"
 
 
 def _temporary(path: Path) -> Path:
@@ -113,11 +116,19 @@ def _commit(tmp: Path, path: Path) -> None:
 
 def remove_stale(folder: Path) -> None:
     """Temporary files a killed run left behind (never a finished file)."""
-    shards = folder / SHARDS
-    if shards.is_dir():
-        for p in shards.iterdir():
-            if p.name.startswith(".") and p.name.endswith(".tmp"):
-                p.unlink(missing_ok=True)
+    for sub in (SHARDS, MAPS):
+        if (folder / sub).is_dir():
+            for p in (folder / sub).iterdir():
+                if p.name.startswith(".") and p.name.endswith(".tmp"):
+                    p.unlink(missing_ok=True)
+
+
+def remove_shard(folder: Path, index: int) -> None:
+    """A shard's rows (first: that undoes its commit) and then its maps."""
+    shard_path(folder, index).unlink(missing_ok=True)
+    if (folder / MAPS).is_dir():
+        for p in (folder / MAPS).glob(f"{index:05d}.*.npy"):
+            p.unlink()
 
 
 def write_shard(
@@ -131,6 +142,7 @@ def write_shard(
     the rows; both atomically (a temporary file, fsync, rename), the rows last."""
     pa, pq = pyarrow()
     (folder / SHARDS).mkdir(parents=True, exist_ok=True)
+    (folder / MAPS).mkdir(parents=True, exist_ok=True)
     for method, arrays in maps.items():
         target = map_path(folder, index, method)
         flat = (
@@ -192,7 +204,8 @@ def read_rows(
     folder: Path, columns: Sequence[str] | None = None, *, method: str | None = None
 ) -> Any:
     """All finished shards as one pandas DataFrame (only ``columns`` when given; only the
-    rows of ``method`` when given)."""
+    rows of ``method`` when given). Integer and bool columns are pandas' nullable types (a
+    failed picture has no prediction: ``<NA>``, not a float NaN)."""
     pa, pq = pyarrow()
     paths = finished_shards(folder)
     wanted = list(columns) if columns is not None else None
@@ -212,7 +225,14 @@ def read_rows(
         table = pa.schema([empty.field(n) for n in names]).empty_table()
     else:
         table = pa.concat_tables(tables)
-    return table.to_pandas()
+    import pandas as pd
+
+    nullable = {
+        pa.int64(): pd.Int64Dtype(),
+        pa.int32(): pd.Int32Dtype(),
+        pa.bool_(): pd.BooleanDtype(),
+    }
+    return table.to_pandas(types_mapper=nullable.get)
 
 
 class Maps:
@@ -234,7 +254,7 @@ class Maps:
         self._where = list(
             zip(
                 table["map_file"].tolist(),
-                table["map_offset"].tolist(),
+                [int(v) for v in table["map_offset"]],  # float where failed rows had none
                 [tuple(int(v) for v in s) for s in table["map_shape"]],
                 strict=True,
             )
