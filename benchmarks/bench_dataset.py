@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -143,16 +144,22 @@ def throughput(n: int, repeats: int, *, ray: bool = True) -> list[Row]:
             engine = cl.dataset.engine("ray", workers=2)
             variants["Ray engine, 2 actors"] = _engine(model, folder, work / "ray", engine)
     samples: dict[str, list[float]] = {k: [] for k in variants}
+    cpu: dict[str, list[float]] = {k: [] for k in variants}
     try:
         for name, fn in variants.items():  # warm-up: page cache, allocator, worker start
             if name.startswith("floor"):
                 fn()
         for _ in range(repeats):
             for name, fn in variants.items():  # alternating A/B/C
-                start = time.perf_counter()
+                start, used = time.perf_counter(), _cpu_seconds()
                 fn()
                 samples[name].append(time.perf_counter() - start)
-                print(f"  {name}: {n / samples[name][-1]:.1f} pictures/s", flush=True)
+                cpu[name].append((_cpu_seconds() - used) / n * 1e3)
+                print(
+                    f"  {name}: {n / samples[name][-1]:.1f} pictures/s, "
+                    f"{cpu[name][-1]:.0f} ms of CPU per picture (load {os.getloadavg()[0]:.1f})",
+                    flush=True,
+                )
     finally:
         shutil.rmtree(work, ignore_errors=True)
         if started_ray:
@@ -171,7 +178,21 @@ def throughput(n: int, repeats: int, *, ray: bool = True) -> list[Row]:
             Row(BENCH, f"{name} vs local engine", timings[name], local,
                 timings[name].median / timings[local].median, RAY_TARGET)
         )  # fmt: skip
+    used = {k: Quantity(tuple(cpu[k]), "ms") for k in (floor, local)}
+    rows += [
+        Row(BENCH, "CPU per picture, floor (this process)", used[floor]),
+        Row(BENCH, "CPU per picture, local engine (this process + its workers)", used[local],
+            floor, used[local].median / used[floor].median, LOCAL_TARGET),
+    ]  # fmt: skip
     return rows
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its children that have ended (the local engine's
+    decoding workers end with each run; Ray's actors are not children: not counted)."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def _rss_kib(pid: int) -> int:

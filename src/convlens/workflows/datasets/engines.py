@@ -37,9 +37,11 @@ ENGINES = ("local", "ray", "serial")
 _LOADER: Callable[[Any], Any] | None = None
 
 
-def _set_loader(loader: Callable[[Any], Any]) -> None:
+def _set_loader(loader: Callable[[Any], Any], nice: int) -> None:
     global _LOADER
     _LOADER = loader
+    if nice and hasattr(os, "nice"):
+        os.nice(nice)
 
 
 def _load_batch(items: Sequence[Any]) -> list[Any]:
@@ -64,7 +66,9 @@ def default_start_method() -> str:
 class LocalEngine:
     """Decoding in ``workers`` processes (``0``: in this process), the model in this one.
 
-    ``prefetch`` batches (default ``2 * workers + 1``) are read ahead of the model. Worker
+    ``prefetch`` batches (default ``2 * workers + 1``) are read ahead of the model. ``nice``
+    (0..19) lowers the decoding workers' priority, so that on a machine with few cores they
+    do not take the model's core while it computes. Worker
     processes are started once per :meth:`map` (``start_method``, see
     :func:`default_start_method`; with ``spawn`` a script needs the usual
     ``if __name__ == "__main__":`` guard) and stopped on every exit path."""
@@ -77,6 +81,7 @@ class LocalEngine:
         *,
         prefetch: int | None = None,
         start_method: str | None = None,
+        nice: int = 0,
     ) -> None:
         if workers is not None and (
             isinstance(workers, bool) or not isinstance(workers, int) or workers < 0
@@ -86,12 +91,15 @@ class LocalEngine:
             isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 1
         ):
             raise ValueError(f"expected prefetch >= 1 (batches read ahead), got {prefetch!r}")
+        if isinstance(nice, bool) or not isinstance(nice, int) or not 0 <= nice <= 19:
+            raise ValueError(f"expected nice in 0..19 (decoding workers' niceness), got {nice!r}")
         methods = multiprocessing.get_all_start_methods()
         if start_method is not None and start_method not in methods:
             raise ValueError(f"expected start_method among {methods}, got {start_method!r}")
         self.workers = default_workers() if workers is None else workers
         self.prefetch = prefetch if prefetch is not None else 2 * self.workers + 1
         self.start_method = start_method or default_start_method()
+        self.nice = nice
 
     def map(
         self,
@@ -108,7 +116,7 @@ class LocalEngine:
             self.workers,
             mp_context=multiprocessing.get_context(self.start_method),
             initializer=_set_loader,
-            initargs=(work.loader,),
+            initargs=(work.loader, self.nice),
         )
         pending: deque[Future[list[Any]]] = deque()
         todo = iter(batches)
@@ -136,6 +144,7 @@ class LocalEngine:
             "workers": self.workers,
             "prefetch": self.prefetch,
             "start_method": self.start_method,
+            "nice": self.nice,
         }
 
     def __repr__(self) -> str:
@@ -143,7 +152,8 @@ class LocalEngine:
 
 
 def engine(name: str | Engine = "local", **options: Any) -> Engine:
-    """An engine by name: ``"local"`` (options ``workers``, ``prefetch``), ``"ray"`` (options
+    """An engine by name: ``"local"`` (options ``workers``, ``prefetch``, ``start_method``,
+    ``nice``), ``"ray"`` (options
     ``workers``, ``address``, ``gpus_per_worker``, ``cpus_per_worker``, ``runtime_env``) or
     ``"serial"``; an engine object is returned as it is."""
     if not isinstance(name, str):
