@@ -343,14 +343,22 @@ def test_killed_mid_shard_then_rerun_gives_every_picture_exactly_once(model, roo
     assert done.returncode == -signal.SIGKILL
     assert [p.name for p in (out / "shards").glob("*.parquet")] == ["00000.parquet"]
     assert json.loads((out / "manifest.json").read_text())["status"] == "running"
+    # what a kill during a write leaves: a torn temporary shard and a map with no shard
+    (out / "shards" / ".00001.parquet.4242.tmp").write_bytes(b"PAR1 torn")
+    (out / "maps" / "00001.gradcam.npy").write_bytes(b"\x93NUMPY torn")
     run = explain(model, root, out, engine="local", workers=1)
+    assert not list(out.rglob("*.tmp"))
     table = run.table()
     assert len(table) == 24 and table["id"].is_unique
     assert sorted(table["id"]) == [i.id for i in list_items(root).items]
-    clean = explain(model, root, tmp_path / "clean").table()
+    clean_run = explain(model, root, tmp_path / "clean")
+    clean = clean_run.table()
     pd.testing.assert_frame_equal(
         table.sort_values("id", ignore_index=True), clean.sort_values("id", ignore_index=True)
     )
+    for (name, x), (other, y) in zip(run.maps("gradcam"), clean_run.maps("gradcam"), strict=True):
+        assert name == other
+        np.testing.assert_array_equal(x, y)
 
 
 # -- engines, hooks, cancelling -------------------------------------------------------------------

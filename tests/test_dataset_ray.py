@@ -1,10 +1,10 @@
 """The Ray engine on a real local cluster (2 CPUs, no dashboard, no usage stats), started once
-for this test session: it gives the rows of the local engine, and the activations of the
-plain call. Few and small: a cluster and its actors take seconds to start."""
+for the test session (``ray_cluster`` in conftest.py): it gives the rows of the local engine,
+and the activations of the plain call. Few and small: a cluster and its actors take seconds
+to start."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -18,19 +18,7 @@ from convlens.data import toons
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.ray
 
-SRC = Path(__file__).resolve().parent.parent / "src"
 FLOAT16_EPS = float(np.finfo(np.float16).eps)
-
-
-@pytest.fixture(scope="session")
-def cluster():
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    if started:
-        ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +26,7 @@ def root(tmp_path_factory) -> Path:
     return toons.write(tmp_path_factory.mktemp("toons") / "toons", n=24, seed=5)
 
 
-def test_ray_engine_gives_the_rows_of_the_local_engine(cluster, root, tmp_path):
+def test_ray_engine_gives_the_rows_of_the_local_engine(ray_cluster, root, tmp_path):
     model = cl.load("toon-cnn")
     common = {"shard_size": 8, "batch_size": 4, "report": False, "deletion": 4}
     local = cl.dataset.explain(model, root, "gradcam,saliency", out=tmp_path / "local",
@@ -57,7 +45,7 @@ def test_ray_engine_gives_the_rows_of_the_local_engine(cluster, root, tmp_path):
             np.testing.assert_allclose(y, x, atol=2 * peak * FLOAT16_EPS, rtol=0)
 
 
-def test_activations_on_ray_equal_the_plain_call(cluster, root):
+def test_activations_on_ray_equal_the_plain_call(ray_cluster, root):
     model = cl.load("toon-cnn")
     files = sorted(str(p) for p in (root / "test").rglob("*.png"))
     plain = cl.activations(model, files, ["conv3"], batch_size=2)

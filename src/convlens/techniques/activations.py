@@ -106,7 +106,7 @@ def activations(
     try:
         with (
             preserved(module, out_of_place=True),
-            forward_hooks(module, hook_names, recorder.keep),
+            forward_hooks(module, hook_names, recorder.keep, channels_last=model.channels_last()),
             torch.no_grad(),  # not inference_mode: its tensors have no version counter
         ):
             for batch in model.batches(images, batch_size):
@@ -257,7 +257,7 @@ def _capture_batch(
     recorder = _Recorder(spatial_only=names is None, must_copy=_MUST_COPY.setdefault(module, set()))
     with (
         preserved(module, out_of_place=True),
-        forward_hooks(module, hook_names, recorder.keep),
+        forward_hooks(module, hook_names, recorder.keep, channels_last=model.channels_last()),
         torch.no_grad(),
     ):
         captured = recorder.run(model, inputs)
@@ -297,7 +297,13 @@ def _gradients(
         if not 0 <= target < outputs.shape[1]:
             raise ValueError(f"target class {target} is outside the {outputs.shape[1]} outputs")
         grads = torch.autograd.grad(outputs[:, target].sum(), [kept[n] for n in names])
-    return {n: g.detach() for n, g in zip(names, grads, strict=True)}
+    # Channels-last layers (ConvNeXt's norm and MLP) are kept as they ran, so the gradient
+    # reaches them; their gradients are handed over as (N, C, H, W) like their activations.
+    last = model.channels_last()
+    return {
+        n: (g.permute(0, 3, 1, 2) if n in last and g.dim() == 4 else g).detach()
+        for n, g in zip(names, grads, strict=True)
+    }
 
 
 def layer_batches(
