@@ -208,6 +208,33 @@ def test_stored_maps_scores_and_top_k_equal_the_single_picture_calls(model, root
         assert row.layer == "pool3" and list(row.map_shape) == [16, 16]
 
 
+def test_a_batch_runs_in_the_chunks_cl_explain_uses_with_the_same_rows(
+    model, root, tmp_path, monkeypatch
+):
+    """Methods that take a picture chunk run on a batch chunk by chunk (the chunk
+    ``cl.explain`` uses: what fits a CPU's cache); a method that sizes its own batches keeps
+    the whole batch. Chunks of one picture give the rows of whole batches."""
+    from convlens.techniques.attribution.base import get_method
+    from convlens.techniques.attribution.explain import picture_chunk
+    from convlens.workflows.datasets import work
+
+    def explain_work(*methods: str) -> work.ExplainWork:
+        return work.ExplainWork(None, [(m, {}) for m in methods])  # type: ignore[arg-type]
+
+    assert explain_work("gradcam").chunk(model) == picture_chunk(model, get_method("gradcam"), {})
+    assert explain_work("gradcam", "ig").chunk(model) is None
+    common = {"engine": "serial", "split": "test", "batch_size": 4, "report": False}
+    whole = cl.dataset.explain(model, root, "gradcam,saliency", out=tmp_path / "all", **common)
+    monkeypatch.setattr(work, "picture_chunk", lambda *_: 1)
+    assert explain_work("gradcam", "saliency").chunk(model) == 1
+    one = cl.dataset.explain(model, root, "gradcam,saliency", out=tmp_path / "one", **common)
+    a, b = one.table(), whole.table()
+    assert len(a) == 2 * len(list((root / "test").rglob("*.png")))
+    pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-5, atol=1e-6)
+    for (_, x), (_, y) in zip(one.maps("gradcam"), whole.maps("gradcam"), strict=True):
+        np.testing.assert_allclose(x, y, atol=2 * float(np.abs(y).max()) * FLOAT16_EPS)
+
+
 def test_mask_metrics_equal_the_metrics_on_the_toons_masks(model, root, tmp_path):
     run = explain(model, root, tmp_path / "run", deletion=5)
     table = run.table().set_index("id")
