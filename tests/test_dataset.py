@@ -444,6 +444,30 @@ def test_engine_names_and_bad_options(model, root, tmp_path):
         cl.dataset.explain(model, root, "gradcam", out=tmp_path / "x", settings={"stpes": 3})
 
 
+def _niceness(_item: object) -> int:
+    return os.nice(0)
+
+
+class NicenessWork:
+    """Each item -> the niceness of the process that loaded it."""
+
+    loader = staticmethod(_niceness)
+
+    def compute(self, model: object, loaded: list[int]) -> list[int]:
+        return loaded
+
+
+def test_local_engine_nice_lowers_only_the_decoding_workers():
+    here = os.nice(0)
+    engine = cl.dataset.engine("local", workers=1, nice=3)
+    assert engine.describe()["nice"] == 3
+    lower = min(19, here + 3)
+    assert list(engine.map(None, NicenessWork(), [[0, 1], [2]])) == [[lower] * 2, [lower]]
+    assert os.nice(0) == here
+    with pytest.raises(ValueError, match="nice in 0..19"):
+        cl.dataset.engine("local", nice=-1)
+
+
 def test_ray_actors_ask_for_a_gpu_each_when_the_cluster_has_gpus():
     from convlens.workflows.datasets.ray_engine import RayEngine
 
