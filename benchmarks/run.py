@@ -2,6 +2,7 @@
 
     python benchmarks/run.py                 # every bench_*.py here
     python benchmarks/run.py foundation      # only bench_foundation.py
+    python benchmarks/run.py dataset         # data set runs: engines vs the floor, memory
     python benchmarks/run.py --json out.json --repeats 40
 
 Each ``bench_NAME.py`` defines ``run(repeats) -> list[Row]`` (see ``_timing.py``). Benchmarks

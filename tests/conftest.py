@@ -92,6 +92,21 @@ def tiny() -> cl.Model:
     return tiny_model()
 
 
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster for the whole test session (2 CPUs, no dashboard, no usage
+    statistics, nothing reached over a network), started by the first test that asks for it
+    and stopped at the end; skipped where Ray is not installed (``convlens[ray]``)."""
+    ray = pytest.importorskip("ray")
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    if started:
+        ray.shutdown()
+
+
 @pytest.fixture
 def image4() -> torch.Tensor:
     """A (1, 1, 4, 4) input with values 0..15 row by row."""

@@ -246,3 +246,51 @@ def test_every_layer_equals_a_clone_everything_reference(arch):
         assert acts.layers == list(expected)
         for name, tensor in expected.items():
             assert torch.equal(acts[name], tensor), name
+
+
+class ChannelsLastNet(torch.nn.Module):
+    """A conv, then a region in (N, H, W, C) as ConvNeXt has (Permute, Linear, Permute back),
+    global average pooling and a linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from torchvision.ops.misc import Permute
+
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.to_last = Permute([0, 2, 3, 1])
+        self.mix = torch.nn.Linear(4, 5)
+        self.to_first = Permute([0, 3, 1, 2])
+        self.head = torch.nn.Linear(5, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.to_first(self.mix(self.to_last(self.conv(x))))
+        return self.head(y.mean(dim=(2, 3)))
+
+
+def test_channels_last_layers_come_as_nchw_in_every_capture():
+    """activations() (in memory and on an engine) and the gradient pass hand a channels-last
+    layer over as (N, C, H, W): the Linear's output permuted, its gradient equal to the head's
+    weight over H*W at every position."""
+    pytest.importorskip("torchvision")
+    from PIL import Image
+
+    from convlens.core.engine import SerialEngine
+    from convlens.techniques.activations import layer_batches
+
+    torch.manual_seed(0)
+    net = ChannelsLastNet().eval()
+    model = cl.Model(net, preprocess=cl.Preprocessing(crop=8, resize=None))
+    assert "mix" in model.channels_last()
+    picture = Image.fromarray(np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    x = model.prepare([picture]).inputs
+    expected = net.mix(net.conv(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+    acts = cl.activations(model, x, ["mix", "conv"])
+    assert acts["mix"].shape == (1, 5, 8, 8)
+    torch.testing.assert_close(acts["mix"], expected.detach())
+    on_engine = cl.activations(model, [picture], ["mix"], engine=SerialEngine())
+    torch.testing.assert_close(on_engine["mix"], expected.detach())
+    ((_, grads),) = layer_batches(model, [picture], "mix", engine=SerialEngine(), gradient_of=2)
+    assert grads["mix"].shape == (1, 5, 8, 8)
+    want = (net.head.weight[2] / 64).detach().view(1, 5, 1, 1).expand(1, 5, 8, 8)
+    torch.testing.assert_close(grads["mix"], want)
+    assert has_hooks(net) == []

@@ -128,7 +128,7 @@ def test_several_classes_at_once_equal_separate_calls(tiny, method):
 @pytest.mark.parametrize("method", ["gradcam", "saliency", "layercam", "gradient_x_input"])
 def test_many_pictures_are_explained_in_chunks_with_the_same_numbers(tiny, method, monkeypatch):
     from convlens.techniques.attribution import base
-    from convlens.techniques.attribution.explain import _picture_chunk
+    from convlens.techniques.attribution.explain import picture_chunk
 
     options: dict = {}
     torch.manual_seed(0)
@@ -137,7 +137,7 @@ def test_many_pictures_are_explained_in_chunks_with_the_same_numbers(tiny, metho
     whole = get_method(method).fn(tiny, x, targets, **options)
     # a budget of 3 pictures per call: chunks of 3, 3 and 1
     monkeypatch.setattr(base, "DEFAULT_MEMORY_BUDGET_MB", 3 * 2 * 79 * 4 / 2**20)
-    assert _picture_chunk(tiny, get_method(method), {}) == 3
+    assert picture_chunk(tiny, get_method(method), {}) == 3
     chunked = cl.explain(tiny, x, method, targets, **options)
     torch.testing.assert_close(chunked.map, whole.map)
     torch.testing.assert_close(chunked.scores, whole.scores)
@@ -151,10 +151,10 @@ def test_many_pictures_are_explained_in_chunks_with_the_same_numbers(tiny, metho
 
 
 def test_methods_that_batch_their_copies_get_every_picture_at_once(tiny):
-    from convlens.techniques.attribution.explain import _picture_chunk
+    from convlens.techniques.attribution.explain import picture_chunk
 
     for method in ("rise", "smoothgrad", "integrated_gradients", "occlusion", "scorecam"):
-        assert _picture_chunk(tiny, get_method(method), {}) is None
+        assert picture_chunk(tiny, get_method(method), {}) is None
 
 
 def test_display_sign_modes():

@@ -11,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient  # needs httpx2 (the dev extra)
 from PIL import Image
 
+import convlens as cl
 from convlens.apps.server import ServerConfig, ServerState, create_app
 from convlens.apps.server.jobs import JobStore
 from convlens.core.render import png_bytes
@@ -323,6 +324,55 @@ def test_explain_and_evaluate_jobs(tmp_path):
         ]
         for body in wrong:
             assert client.post("/api/jobs", json=body).status_code in (404, 422), body
+    finally:
+        state.close()
+
+
+def test_dataset_job_runs_the_toons_or_uploads_and_opens_the_report(tmp_path):
+    """The explorer's "dataset run": rows, maps and the report of ``cl.dataset.run_dataset``;
+    the report is the first result; the rows equal the library call's."""
+    import pandas as pd
+
+    state = ServerState.start(ServerConfig(models=["toon-cnn"], data_dir=tmp_path / "d"))
+    try:
+        client = TestClient(create_app(state), raise_server_exceptions=False)
+        body = {"kind": "dataset", "model": "toon-cnn", "params": {"methods": ["gradcam"], "n": 6}}
+        record = _wait(client, client.post("/api/jobs", json=body).json()["id"])
+        assert record["status"] == "done", record
+        first = record["results"][0]
+        assert first["name"] == "run/report.html"
+        page = client.get(first["url"])
+        assert page.status_code == 200 and "<html" in page.text.lower()
+        folder = next((tmp_path / "d").rglob("run/manifest.json")).parent
+        rows = cl.dataset.Run(folder).table()
+        assert len(rows) == 6 and rows["energy_in_mask"].notna().all()
+        again = cl.dataset.explain(
+            "toon-cnn", folder.parent / "toons", "gradcam", out=tmp_path / "lib", engine="serial",
+            report=False,
+        )  # fmt: skip
+        # the job ran in its temporary folder (renamed when done): all but the paths agree
+        pd.testing.assert_frame_equal(
+            rows.drop(columns="source"), again.table().drop(columns="source")
+        )
+
+        data = toons.generate(2, split="test", seed=4)
+        ids = [
+            client.post(
+                "/api/images", files={"file": (f"{i}.png", png_bytes(p), "image/png")}
+            ).json()["id"]
+            for i, p in enumerate(data.pixels)
+        ]
+        body["params"] = {"images": ids, "methods": ["saliency"]}
+        record = _wait(client, client.post("/api/jobs", json=body).json()["id"])
+        assert record["status"] == "done", record
+        wrong = [
+            ({"methods": ["gradcan"]}, 404),
+            ({"images": ["nope"]}, 404),
+            ({"n": 1}, 422),
+        ]
+        for params, code in wrong:
+            got = client.post("/api/jobs", json={**body, "params": params})
+            assert got.status_code == code, (params, got.text)
     finally:
         state.close()
 

@@ -24,12 +24,13 @@ def server(tmp_path_factory):
 
 
 def test_job_kinds_declare_their_parameters_once():
-    assert KINDS.names() == ["evaluate", "explain", "featurevis", "tcav"]
+    assert KINDS.names() == ["dataset", "evaluate", "explain", "featurevis", "tcav"]
     featurevis = KINDS.get("featurevis")
     assert [p.name for p in featurevis.params] == ["layer", "channels", "steps", "size"]
     parsed = featurevis.parse({"layer": "conv2", "channels": "0-2, 5"})
     assert parsed == {"layer": "conv2", "channels": [0, 1, 2, 5], "steps": 64, "size": 128}
     assert KINDS.get("evaluate").parse({}) == {"methods": ["gradcam"], "n": 50, "steps": 20}
+    assert KINDS.get("dataset").parse({}) == {"methods": ["gradcam"], "images": None, "n": 60}
     tcav = KINDS.get("tcav").parse({"target": 2, "layers": "pool1, pool2"})
     assert tcav["layers"] == ["pool1", "pool2"] and tcav["concepts"] == "toons"
 

@@ -79,6 +79,7 @@ _MODULES = {
     "filters": "techniques.filters",
     "concepts": "techniques.concepts",
     "detection": "core.detector",
+    "dataset": "workflows.datasets",
 }
 
 __all__ = [

@@ -3,6 +3,12 @@
 The classic recipe (every channel of an intermediate layer, tiled, each channel standardised
 for display) is :meth:`Activations.grid`; one channel as a heatmap is
 :meth:`Activations.heatmap`.
+
+For large sets of pictures, ``engine=`` runs the passes on an engine
+(:class:`~convlens.core.engine.Engine`: ``cl.dataset.engine("local")`` decodes in worker
+processes, ``cl.dataset.engine("ray")`` runs Ray actors); :func:`layer_batches` is the same
+pass as an iterator of batches, for other methods that need layer outputs (TCAV's activation
+and gradient passes): :class:`LayerCapture` is the work the engine runs.
 """
 
 from __future__ import annotations
@@ -22,8 +28,10 @@ from PIL import Image
 from torch import nn
 
 from convlens.core import render
+from convlens.core.engine import Engine, Failed
 from convlens.core.hooks import first_tensor, forward_hooks, preserved
-from convlens.core.model import Model, count_pictures
+from convlens.core.images import ImageError, list_images, load_image
+from convlens.core.model import Model, Preprocessing, count_pictures
 from convlens.core.naming import LayerRef, parse_layer, unknown
 from convlens.core.tasks import as_model
 from convlens.core.util import safe_filename
@@ -40,6 +48,7 @@ def activations(
     dtype: torch.dtype | None = None,
     stream_to: str | os.PathLike[str] | None = None,
     progress: Progress | None = None,
+    engine: Engine | None = None,
 ) -> Activations:
     """Capture the outputs of ``layers`` for ``images``.
 
@@ -61,6 +70,11 @@ def activations(
         memory; the result then reads layers from the file on demand.
     progress:
         ``progress(done, total)`` after every batch.
+    engine:
+        Run the passes on this engine (``cl.dataset.engine("local")``: pictures decoded in
+        worker processes; ``cl.dataset.engine("ray")``: Ray actors): for large sets of
+        picture files, usually with ``stream_to``. The pictures are then not kept for
+        overlays. The numbers are those of the plain call.
 
     Returns
     -------
@@ -77,6 +91,10 @@ def activations(
         layers = [layers]
     refs = [parse_layer(spec) for spec in layers] if layers is not None else None
     names = list(dict.fromkeys(r.name for r in refs)) if refs is not None else None
+    if engine is not None:
+        return _on_engine(
+            model, images, refs, names, batch_size, dtype, stream_to, progress, engine
+        )
     module = model.module
     hook_names = names if names is not None else [n for n, _ in module.named_modules() if n]
 
@@ -88,7 +106,7 @@ def activations(
     try:
         with (
             preserved(module, out_of_place=True),
-            forward_hooks(module, hook_names, recorder.keep),
+            forward_hooks(module, hook_names, recorder.keep, channels_last=model.channels_last()),
             torch.no_grad(),  # not inference_mode: its tensors have no version counter
         ):
             for batch in model.batches(images, batch_size):
@@ -117,6 +135,219 @@ def activations(
     return Activations(
         model, image_names, pictures, {n: data[n] for n in order if n in data}, refs or []
     )
+
+
+def _on_engine(
+    model: Model,
+    images: Any,
+    refs: list[LayerRef] | None,
+    names: list[str] | None,
+    batch_size: int,
+    dtype: torch.dtype | None,
+    stream_to: str | os.PathLike[str] | None,
+    progress: Progress | None,
+    engine: Engine,
+) -> Activations:
+    store: _Store = _DiskStore(Path(stream_to)) if stream_to else _MemoryStore()
+    image_names: list[str] = []
+    total = count_pictures(images)
+    try:
+        for batch_names, captured in layer_batches(
+            model, images, names, batch_size=batch_size, dtype=dtype, engine=engine
+        ):
+            store.add(captured)
+            image_names += batch_names
+            if progress is not None:
+                progress(len(image_names), total)
+        data = store.finish(image_names)
+    except BaseException:
+        store.abort()
+        raise
+    order = names if names is not None else list(data)
+    return Activations(model, image_names, [], {n: data[n] for n in order if n in data}, refs or [])
+
+
+def picture_sources(images: Any) -> list[Any]:
+    """Single picture sources: folders listed (sorted, recursively), lists flattened. Network
+    input tensors are refused: they are in memory already, an engine has nothing to read."""
+    if isinstance(images, (str, os.PathLike)) and Path(os.fspath(images)).is_dir():
+        return list(list_images(images))
+    if isinstance(images, (list, tuple)):
+        return [item for source in images for item in picture_sources(source)]
+    if isinstance(images, torch.Tensor) or (isinstance(images, np.ndarray) and images.ndim == 4):
+        raise ValueError(
+            "an engine reads pictures (files, folders, PIL images, arrays); this batch is in "
+            "memory already: call without engine="
+        )
+    return [images]
+
+
+def _picture_name(source: Any, index: int) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return Path(os.fspath(source)).stem
+    return f"image{index}"
+
+
+class PictureSourceLoader:
+    """An engine's loader for picture sources: the picture as the network sees it (resized
+    and cropped by the model's :class:`Preprocessing`; as decoded for a custom preprocess),
+    (H, W, 3) uint8."""
+
+    def __init__(self, preprocess: Preprocessing | None) -> None:
+        self.preprocess = preprocess
+
+    def __call__(self, source: Any) -> np.ndarray:
+        image = load_image(source)
+        if self.preprocess is not None:
+            image = self.preprocess.picture(image)
+        return np.asarray(image, dtype=np.uint8)
+
+
+class LayerCapture:
+    """The engine work of :func:`layer_batches`: network input from the loaded pictures (as
+    ``model.prepare`` makes it), one pass with hooks on ``layers`` (``None``: every layer with
+    a 4-D output), each picture's outputs (or, with ``gradient_of=k``, the gradients of logit
+    ``k`` with respect to them) as CPU tensors of their own (``flatten``: (F,) each)."""
+
+    def __init__(
+        self,
+        preprocess: Preprocessing | None,
+        layers: Sequence[str] | None,
+        *,
+        flatten: bool = False,
+        gradient_of: int | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        if gradient_of is not None and layers is None:
+            raise ValueError("gradients need the layers named (layers=[...])")
+        self.loader = PictureSourceLoader(preprocess)
+        self.layers = list(layers) if layers is not None else None
+        self.flatten = flatten
+        self.gradient_of = gradient_of
+        self.dtype = dtype
+
+    def compute(self, model: Model, loaded: list[np.ndarray]) -> list[dict[str, torch.Tensor]]:
+        pictures = [Image.fromarray(p) for p in loaded]
+        if isinstance(model.preprocess, Preprocessing):
+            inputs = model.preprocess.inputs(pictures)
+        else:
+            inputs = model.preprocess(pictures)
+        inputs = inputs.to(model.device, model.dtype)
+        if self.gradient_of is None:
+            captured = _capture_batch(model, inputs, self.layers)
+        else:
+            assert self.layers is not None
+            captured = _gradients(model, inputs, self.layers, self.gradient_of)
+        out = []
+        for i in range(len(loaded)):
+            one = {}
+            for name, tensor in captured.items():
+                value = tensor[i].to("cpu", self.dtype or torch.float32)
+                one[name] = (value.flatten() if self.flatten else value).clone()
+            out.append(one)
+        return out
+
+
+def _capture_batch(
+    model: Model, inputs: torch.Tensor, names: list[str] | None
+) -> dict[str, torch.Tensor]:
+    """What :func:`activations` captures from one batch (the same hooks and checks)."""
+    module = model.module
+    hook_names = names if names is not None else [n for n, _ in module.named_modules() if n]
+    recorder = _Recorder(spatial_only=names is None, must_copy=_MUST_COPY.setdefault(module, set()))
+    with (
+        preserved(module, out_of_place=True),
+        forward_hooks(module, hook_names, recorder.keep, channels_last=model.channels_last()),
+        torch.no_grad(),
+    ):
+        captured = recorder.run(model, inputs)
+    if names is not None:
+        missed = [n for n in names if n not in captured]
+        if missed:
+            raise ValueError(
+                f"layers {missed} were not called in the forward pass (or returned no tensor); "
+                "pick layers from model.layers()"
+            )
+    return captured
+
+
+def _gradients(
+    model: Model, inputs: torch.Tensor, names: list[str], target: int
+) -> dict[str, torch.Tensor]:
+    """d logit[target] / d output of each layer, (N, ...) per layer, in one forward pass."""
+    module = model.module
+    kept: dict[str, torch.Tensor] = {}
+
+    def keep(name: str, output: Any) -> None:
+        tensor = first_tensor(output)
+        if tensor is not None and name not in kept:
+            kept[name] = tensor
+
+    with (
+        preserved(module, out_of_place=True),
+        forward_hooks(module, names, keep),
+        torch.enable_grad(),
+    ):
+        outputs = first_tensor(module(inputs.detach().requires_grad_(True)))
+        missed = [n for n in names if n not in kept]
+        if missed or outputs is None or outputs.dim() != 2:
+            raise ValueError(
+                f"expected every layer to run ({missed} did not) and (N, classes) logits"
+            )
+        if not 0 <= target < outputs.shape[1]:
+            raise ValueError(f"target class {target} is outside the {outputs.shape[1]} outputs")
+        grads = torch.autograd.grad(outputs[:, target].sum(), [kept[n] for n in names])
+    # Channels-last layers (ConvNeXt's norm and MLP) are kept as they ran, so the gradient
+    # reaches them; their gradients are handed over as (N, C, H, W) like their activations.
+    last = model.channels_last()
+    return {
+        n: (g.permute(0, 3, 1, 2) if n in last and g.dim() == 4 else g).detach()
+        for n, g in zip(names, grads, strict=True)
+    }
+
+
+def layer_batches(
+    model: Any,
+    images: Any,
+    layers: str | Sequence[str] | None = None,
+    *,
+    engine: Engine,
+    batch_size: int = 16,
+    flatten: bool = False,
+    gradient_of: int | None = None,
+    dtype: torch.dtype | None = None,
+    cancelled: Callable[[], bool] | None = None,
+) -> Iterator[tuple[list[str], dict[str, torch.Tensor]]]:
+    """Layer outputs of picture sources, batch by batch in order, computed on ``engine``:
+    ``(names, {layer: (B, ...) tensor})`` per batch (``(B, F)`` with ``flatten``; with
+    ``gradient_of=k`` the gradients of logit ``k`` with respect to the layers instead). A
+    picture that cannot be read raises :class:`~convlens.core.images.ImageError` naming it."""
+    handle = as_model(model)
+    if isinstance(layers, str):
+        layers = [layers]
+    names = list(dict.fromkeys(parse_layer(s).name for s in layers)) if layers else None
+    sources = picture_sources(images)
+    preprocess = handle.preprocess if isinstance(handle.preprocess, Preprocessing) else None
+    work = LayerCapture(preprocess, names, flatten=flatten, gradient_of=gradient_of, dtype=dtype)
+    chunks = [sources[i : i + batch_size] for i in range(0, len(sources), batch_size)]
+    taken: set[str] = set()
+    start = 0
+    for items, outputs in zip(
+        chunks, engine.map(handle, work, chunks, cancelled=cancelled), strict=True
+    ):
+        batch_names = []
+        for source, output in zip(items, outputs, strict=True):
+            name = _picture_name(source, start)
+            if isinstance(output, Failed):
+                raise ImageError(f"{name}: {output.reason}")
+            unique, count = name, 1
+            while unique in taken:  # as load_images names them: stem, stem_2, ...
+                count += 1
+                unique = f"{name}_{count}"
+            taken.add(unique)
+            batch_names.append(unique)
+            start += 1
+        yield batch_names, {k: torch.stack([o[k] for o in outputs]) for k in outputs[0]}
 
 
 # Layers whose output a later in-place operation (``out += identity`` in a forward method)

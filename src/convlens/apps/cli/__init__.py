@@ -14,6 +14,7 @@ from convlens.apps.cli import featurevis  # noqa: F401
 from convlens.apps.cli import tcav  # noqa: F401
 from convlens.apps.cli import detect  # noqa: F401
 from convlens.apps.cli import evaluate  # noqa: F401
+from convlens.apps.cli import dataset  # noqa: F401
 from convlens.apps.cli import train  # noqa: F401
 from convlens.apps.cli import toons  # noqa: F401
 from convlens.apps.cli import serve  # noqa: F401

@@ -421,3 +421,41 @@ def evaluate_job(model: Model, params: dict[str, Any], job: Job) -> list[Path]:
     data = toons.generate(params["n"], split="test", seed=11)
     scored = evaluate(model, data, params["methods"], steps=params["steps"], progress=job.progress)
     return [scored.save(job.folder / "evaluation.json")]
+
+
+def _check_dataset(model: Model, params: dict[str, Any]) -> None:
+    _check_methods(params["methods"])
+    if not params["images"]:
+        _toon_model(model, "dataset jobs without params.images run on built-in toons")
+
+
+@job_kind(
+    "dataset",
+    "a data set run: every picture explained and scored (Parquet rows, float16 maps) and the "
+    "data set report",
+    params=(
+        METHODS,
+        names("images", "uploaded image ids (default: built-in toons with their masks)", 1024),
+        setting(Setting("n", "int", 60, min=2, max=2000, help="built-in toons when no images")),
+    ),
+    check=_check_dataset,
+)
+def dataset_job(model: Model, params: dict[str, Any], job: Job) -> list[Path]:
+    """``cl.dataset.run_dataset`` into ``job.folder/run``; the report first among the results.
+    The serial engine: the explorer is a threaded server, where forking decoding workers is
+    not safe; its progress callback stops the run when the job is cancelled (the shards
+    written so far stay)."""
+    from convlens.data import toons
+    from convlens.workflows.datasets import run_dataset
+
+    if params["images"]:
+        source = job.folder / "pictures"
+        source.mkdir(parents=True, exist_ok=True)
+        for k, image_id in enumerate(params["images"]):
+            job.image(image_id).convert("RGB").save(source / f"{k:04d}.png")
+    else:
+        source = toons.write(job.folder / "toons", n=params["n"], seed=7, splits=(0, 0, 1))
+    run = run_dataset(
+        model, source, params["methods"], job.folder / "run", engine="serial", progress=job.progress
+    )
+    return [run.report_path, run.folder / "manifest.json", *sorted(run.folder.glob("shards/*"))]

@@ -66,7 +66,7 @@ def explain(
         if target is not None:
             raise ValueError("give either target= or classes=, not both")
         images, target = _per_class(handle, images, classes)
-    size = _picture_chunk(handle, info, options)
+    size = picture_chunk(handle, info, options)
     total = count_pictures(images)
     if size is None or total <= size:
         return info.fn(handle, images, target, **options)  # type: ignore[no-any-return]
@@ -80,7 +80,7 @@ def explain(
     return Attribution.concat(parts)
 
 
-def _picture_chunk(handle: Model, info: MethodInfo, options: dict[str, Any]) -> int | None:
+def picture_chunk(handle: Model, info: MethodInfo, options: dict[str, Any]) -> int | None:
     """Pictures per call of a method, or ``None`` for every picture at once (methods that
     size their own batches of copies)."""
     params = inspect.signature(info.fn).parameters
