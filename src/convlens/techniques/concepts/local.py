@@ -50,10 +50,11 @@ from typing import Any
 import torch
 
 QUANTILE = 0.1  # a position must be as concept-like as 90 % of the concept pictures' positions
-GRID = 6  # positions per side sampled from each concept / random picture for that quantile
+GRID = 4  # positions per side sampled from each concept / random picture for that quantile
 SIDE = 32  # maps wider than this are read in blocks (mean activation, summed gradient)
 STOP = 10  # Besag-Clifford: stop relabelling once this many exceed the observed statistic
 POWER = 0.8  # the power "pictures needed" warnings aim at
+WARN_BELOW = 10  # warn when an undecided effect would need at most this many times the pictures
 MIN_PRESENT = 5  # fewer target pictures showing the concept than this gives a warning
 
 
@@ -171,6 +172,13 @@ class LocalRun:
     @property
     def statistic(self) -> float:
         return float(self.per_target.mean())
+
+    @property
+    def logit_change(self) -> float:
+        """The mean over target pictures of ``sum_p g_t[p] . d`` where the concept appears:
+        the first-order change of the class logit if the concept got as much stronger again
+        there (logits)."""
+        return float((self.per_target.double() * self.present.double().sqrt()).mean())
 
     @property
     def score(self) -> float:
@@ -314,6 +322,8 @@ def local_row(
                 "concept": math.ceil(n_concept * max(factor, 1.0)),
                 "random": math.ceil(n_negative * max(factor, 1.0)),
             }
+        if factor <= WARN_BELOW:
+            assert needed is not None
             notes.append(
                 f"{where}: not significant, but undecided rather than absent: an effect of "
                 f"this size ({z:+.1f} null sd) would need about {needed['concept']} concept "
@@ -332,8 +342,9 @@ def local_row(
         "layer": run.layer,
         "score": run.score,
         "score_std": math.nan,
-        "magnitude": statistic,
-        "mean_derivative": statistic,
+        "effect": statistic,
+        "magnitude": math.nan,  # the set tests' sum(S+) / sum(|S|): no meaning here
+        "mean_derivative": run.logit_change,
         "z": z,
         "direction": "+" if z > 0 else "-" if z < 0 else "0",
         "present": shown / targets if targets else math.nan,

@@ -108,16 +108,16 @@ def concept_sets(
     n_random: int = 10,
     random_size: int | None = None,
     seed: int = 0,
-    toon_images: int = 60,
+    toon_images: int = 100,
 ) -> tuple[list[ConceptSet], list[ConceptSet]]:
     """Concept sets and random sets from what a user gives.
 
     ``concepts``: ``"toons"`` (the built-in toon concepts and random sets, ``toon_images``
-    pictures each: 60, the number at which the local test finds cassidy's yellow hair in at
-    least 90 % of draws at pool2 and pool3, see the README), a folder of concept folders (``random*`` sub-folders are the random sets
-    unless ``random`` is given), one folder per concept (a list), a mapping name -> folder /
-    list of pictures / (N, H, W, 3) array / (N, C, H, W) input tensor, or
-    :class:`ConceptSet` objects.
+    pictures each: 100, so that the local test finds cassidy's yellow hair, the weakest own
+    colour, in most draws at pool2 and pool3: see the README's power table), a folder of
+    concept folders (``random*`` sub-folders are the random sets unless ``random`` is given),
+    one folder per concept (a list), a mapping name -> folder / list of pictures /
+    (N, H, W, 3) array / (N, C, H, W) input tensor, or :class:`ConceptSet` objects.
 
     ``random``: a list of folders or sets, a glob (``"concepts/random_*"``), a folder of
     ``random*`` sub-folders, or a **pool** folder of pictures from which ``n_random`` sets of
