@@ -114,6 +114,9 @@ def _crops(img: np.ndarray, n: int, rng: np.random.Generator, half: str = "") ->
     from PIL import Image
 
     img = _grey(np.asarray(img))[..., :3]
+    if img.dtype != np.uint8:  # skimage's horse is boolean, some others float
+        f = img.astype(np.float64)
+        img = (255 * (f - f.min()) / max(1e-9, float(f.max() - f.min()))).astype(np.uint8)
     h, w = img.shape[:2]
     x0, x1 = {"": (0, w), "left": (0, w // 2), "right": (w // 2, w)}[half]
     out = []
@@ -372,7 +375,8 @@ def all_concepts(rows: list[dict[str, Any]], test: str = "local") -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("part", choices=["toons", "mobilenet", "table", "intervention", "diagnose"])
+    parts = ["toons", "mobilenet", "table", "intervention", "diagnose", "calibration"]
+    parser.add_argument("part", choices=parts)
     parser.add_argument("files", nargs="*", help="JSON lines to tabulate (part 'table')")
     parser.add_argument("--draws", default="0:20", help="a:b, the draws to run")
     parser.add_argument("--tests", default="local", help="comma-separated: local,sets,paper")

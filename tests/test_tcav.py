@@ -207,24 +207,30 @@ def _class_pictures(name: str, n: int = 30, seed: int = 7) -> list[np.ndarray]:
 
 @pytest.mark.slow
 def test_toon_hair_colours_are_the_significant_concepts(toon_model):
-    """pool1 (after the first conv block): red rises jessie's logit (red hair) for almost every
-    picture and blue james's; each other's colour lowers it. With the paper's test both are
-    significant after Bonferroni. With the default test (is the score a plausible draw from the
-    scores random sets get in the concept's place?) they are the top score of all, above every
-    random set, but random sets alone already score 0.09-0.86 here (a random direction gives
-    nearly all-or-nothing signs when the target gradients agree), so 10 random sets cannot make
-    them significant: measured p 0.06 (red) and 0.04 (blue) before correction."""
+    """The set tests on the toon sets of 30 pictures. pool1 (after the first conv block): red
+    rises jessie's logit (red hair) for almost every picture and blue james's; each other's
+    colour lowers it. With the paper's test both are significant after Bonferroni. With the
+    "sets" test (is the score a plausible draw from the scores random sets get in the
+    concept's place?) they are the top score of all, above every random set, but random sets
+    alone already score 0.09-0.86 here (a random direction gives nearly all-or-nothing signs
+    when the target gradients agree), so 10 random sets cannot make them significant:
+    measured p 0.06 (red) and 0.04 (blue) before correction."""
+    sets, randoms = C.concept_sets("toons", toon_images=30)  # the sets these numbers came from
     for cls, colour, other in (("jessie", "red", "blue"), ("james", "blue", "red")):
         pictures = _class_pictures(cls)
-        paper = cl.tcav(toon_model, cls, pictures, "toons", layers="pool1", test="paper")
+        paper = cl.tcav(
+            toon_model, cls, pictures, sets, random=randoms, layers="pool1", test="paper"
+        )
         print(paper)
         hit = paper.row(colour, "pool1")
         assert hit["significant"] and hit["score"] > 0.9 and hit["cav_accuracy"] > 0.9, hit
         assert paper.row(other, "pool1")["score"] < 0.1  # the other hair colour lowers the logit
-        sets = cl.tcav(toon_model, cls, pictures, "toons", layers="pool1", test="sets")
-        null = C.null_scores(sets.null["pool1"], sets.randoms)
-        assert sets.row(colour, "pool1")["score"] > float(null.max())
-        assert sets.row(colour, "pool1")["p"] < 0.1
+        by_sets = cl.tcav(
+            toon_model, cls, pictures, sets, random=randoms, layers="pool1", test="sets"
+        )
+        null = C.null_scores(by_sets.null["pool1"], by_sets.randoms)
+        assert by_sets.row(colour, "pool1")["score"] > float(null.max())
+        assert by_sets.row(colour, "pool1")["p"] < 0.1
 
 
 @pytest.mark.slow
