@@ -99,6 +99,37 @@ def positions(tensor: torch.Tensor, gradient: bool = False) -> torch.Tensor:
     return tensor.flatten(2)
 
 
+@dataclass
+class _Flat:
+    """The inputs of :func:`local_statistic` laid out once for many labellings."""
+
+    means: torch.Tensor  # (N, C) float64
+    total: torch.Tensor  # (C,) their sum
+    grid: torch.Tensor  # (N G, C)
+    acts: torch.Tensor  # (T P, C)
+    grads: torch.Tensor  # (T P, C)
+    G: int
+    T: int
+    P: int
+
+
+def _flat(
+    means: torch.Tensor, grid: torch.Tensor, target_acts: torch.Tensor, target_grads: torch.Tensor
+) -> _Flat:
+    N, C, G = grid.shape
+    T, _, P = target_acts.shape
+    return _Flat(
+        means=means,
+        total=means.sum(0),
+        grid=grid.permute(0, 2, 1).reshape(N * G, C).contiguous(),
+        acts=target_acts.permute(0, 2, 1).reshape(T * P, C).contiguous(),
+        grads=target_grads.permute(0, 2, 1).reshape(T * P, C).contiguous(),
+        G=G,
+        T=T,
+        P=P,
+    )
+
+
 def local_statistic(
     means: torch.Tensor,
     grid: torch.Tensor,
@@ -115,26 +146,27 @@ def local_statistic(
     the local derivatives ``S_t``, ``present`` (L, T) positions showing the concept, and
     ``direction`` (L, C) the CAV ``d``.
     """
-    N, K = len(means), concept.shape[1]
-    mu_c = means[concept].mean(1)  # (L, C)
-    mu_r = (means.sum(0) - means[concept].sum(1)) / (N - K)
+    return _statistic(_flat(means, grid, target_acts, target_grads), concept)
+
+
+def _statistic(flat: _Flat, concept: torch.Tensor) -> dict[str, torch.Tensor]:
+    N, K, G = len(flat.means), concept.shape[1], flat.G
+    chosen = flat.means[concept].sum(1)  # (L, C)
+    mu_c = chosen / K
+    mu_r = (flat.total - chosen) / (N - K)
     d = mu_c - mu_r
     offset = (mu_r * d).sum(1)  # projection of mu_random on d
     # tau: at least the nearest-mean midpoint, at least the concept positions' QUANTILE
-    G = grid.shape[2]
-    projected = (grid.permute(0, 2, 1).reshape(N * G, -1) @ d.to(grid.dtype).T).double()
+    projected = (flat.grid @ d.to(flat.grid.dtype).T).double()
     own = projected.view(N, G, -1).permute(2, 0, 1)  # (L, N, G)
     own = own.gather(1, concept.unsqueeze(-1).expand(-1, -1, G)).flatten(1) - offset[:, None]
     k = max(1, math.ceil(QUANTILE * own.shape[1]))
     tau = torch.maximum((d * d).sum(1) / 2, own.kthvalue(k, dim=1).values)
-    T, C, P = target_acts.shape
-    acts = target_acts.permute(0, 2, 1).reshape(T * P, C)
-    grads = target_grads.permute(0, 2, 1).reshape(T * P, C)
-    dt = d.to(acts.dtype).T
-    present = (acts @ dt).sub_((offset + tau).to(acts.dtype)).ge_(0)  # (T P, L) 1.0 / 0.0
-    deriv = (grads @ dt).mul_(present)
-    count = present.view(T, P, -1).sum(1).double()  # (T, L)
-    total = deriv.view(T, P, -1).sum(1).double()
+    dt = d.to(flat.acts.dtype).T
+    present = (flat.acts @ dt).sub_((offset + tau).to(flat.acts.dtype)).ge_(0)  # (T P, L)
+    deriv = (flat.grads @ dt).mul_(present)
+    count = present.view(flat.T, flat.P, -1).sum(1).double()  # (T, L)
+    total = deriv.view(flat.T, flat.P, -1).sum(1).double()
     per_target = total / count.clamp_min(1).sqrt()
     return {
         "statistic": per_target.mean(0),
@@ -237,8 +269,8 @@ def local_run(
     grid = torch.cat([s["grid"] for s in [*sets, *others]]).float()
     n_c = sum(len(s["mean"]) for s in sets)
     n = len(means)
-    observed = torch.arange(n_c).unsqueeze(0)
-    found = local_statistic(means, grid, observed, target_acts, target_grads)
+    flat = _flat(means, grid, target_acts, target_grads)
+    found = _statistic(flat, torch.arange(n_c).unsqueeze(0))
     statistic = float(found["statistic"][0])
     chunk = _chunk(target_acts.shape[0] * target_acts.shape[2])
     null, null_score = [], []
@@ -246,7 +278,7 @@ def local_run(
     while done < permutations and min(above, below) < STOP:
         size = min(chunk, permutations - done, max(16, done))  # small first: most stop early
         labels = torch.rand(size, n, generator=generator).argsort(1)[:, :n_c]
-        got = local_statistic(means, grid, labels, target_acts, target_grads)
+        got = _statistic(flat, labels)
         null.append(got["statistic"])
         null_score.append(_score(got["per_target"], got["present"]))
         above += int((got["statistic"] >= statistic).sum())

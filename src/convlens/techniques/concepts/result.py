@@ -341,11 +341,10 @@ def _plot(result: TCAVResult, bar: int) -> Figure:
         y = top + i * (th + 8)
         d.rectangle([lx, y + 2, lx + 14, y + 16], fill=colour)
         d.text((lx + 22, y), name, fill=(20, 20, 20), font=font)
-    note = (
-        "bars: score (local test: no error bar); grey: under the permutation null; "
-        if result.test == "local"
-        else "bars: mean ± std over random partners; "
-    ) + "faded: not significant (Bonferroni); + / -: direction"
+    if result.test == "local":
+        note = "grey: under relabelling; faded: not significant; + / -: direction"
+    else:
+        note = "bars: mean ± std over random partners; faded: not significant (Bonferroni)"
     d.text((left, height - th - 6), note, fill=(110, 110, 110), font=small)
     return Figure(img, caption=title)
 
