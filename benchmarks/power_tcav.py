@@ -170,8 +170,8 @@ def mobilenet_draw(model: Any, draw: int, tests: list[str]) -> list[dict[str, An
 
 
 def toons_intervention(model: Any) -> str:
-    from convlens.concepts import intervention_table
     from convlens.data import toons
+    from convlens.techniques.concepts import intervention_table
 
     data = toons.generate(180, split="test", seed=SEED - 1)
     return str(intervention_table(model, data, seed=SEED - 1))
@@ -182,7 +182,7 @@ def mobilenet_intervention(model: Any) -> str:
     a crop of each texture, against the same square in the grey of its own luminance."""
     import skimage.data as sd
 
-    from convlens.concepts import InterventionTable, intervention_effect
+    from convlens.techniques.concepts import InterventionTable, intervention_effect
 
     rng = np.random.default_rng([SEED, 8])
     targets = np.stack(_crops(sd.gravel(), 60, rng, "left"))
@@ -209,8 +209,8 @@ def diagnose(model: Any) -> str:
     import torch.nn.functional as F
 
     import convlens as cl
-    from convlens.concepts import collect, null_scores
     from convlens.data import toons
+    from convlens.techniques.concepts import collect, null_scores
 
     seed = SEED - 2
     data = toons.generate(90, split="test", seed=seed)
@@ -276,9 +276,9 @@ def calibration(model: Any, trials: int = 300) -> str:
     1100 random toon pictures into 100 posing as a concept and 1000 random (fixed targets, as
     the test conditions on them), p-values from 999 relabellings. Under H0 the share of
     p < 0.05 is at most 5 %; the binomial 95 % interval is printed."""
-    from convlens.concepts import collect, significance
+    from convlens.core.stats import t_interval
     from convlens.data import toons
-    from convlens.metrics import t_interval
+    from convlens.techniques.concepts import collect, significance
 
     seed = SEED - 3
     nothing = collect._Cache(None, "", [])

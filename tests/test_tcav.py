@@ -1,4 +1,4 @@
-"""TCAV (convlens.techniques.concepts): CAV fits checked against direct optimisation, scores against hand
+"""TCAV (techniques/concepts): CAV fits checked against direct optimisation, scores against hand
 computation and against Captum, significance against ground truth on the toon model."""
 
 from __future__ import annotations
@@ -218,16 +218,17 @@ def test_toon_hair_colours_are_the_significant_concepts(toon_model):
     sets, randoms = C.concept_sets("toons", toon_images=30)  # the sets these numbers came from
     for cls, colour, other in (("jessie", "red", "blue"), ("james", "blue", "red")):
         pictures = _class_pictures(cls)
-        paper = cl.tcav(
-            toon_model, cls, pictures, sets, random=randoms, layers="pool1", test="paper"
-        )
-        print(paper)
-        hit = paper.row(colour, "pool1")
-        assert hit["significant"] and hit["score"] > 0.9 and hit["cav_accuracy"] > 0.9, hit
-        assert paper.row(other, "pool1")["score"] < 0.1  # the other hair colour lowers the logit
         by_sets = cl.tcav(
             toon_model, cls, pictures, sets, random=randoms, layers="pool1", test="sets"
         )
+        # the paper's test on the same CAVs and scores
+        rows, _ = significance._set_rows(
+            by_sets.runs, by_sets.null, by_sets.concepts, by_sets.randoms, ["pool1"], "paper", 0.05
+        )
+        paper = {r["concept"]: r for r in rows}
+        hit = paper[colour]
+        assert hit["significant"] and hit["score"] > 0.9 and hit["cav_accuracy"] > 0.9, hit
+        assert paper[other]["score"] < 0.1  # the other hair colour lowers the logit
         null = C.null_scores(by_sets.null["pool1"], by_sets.randoms)
         assert by_sets.row(colour, "pool1")["score"] > float(null.max())
         assert by_sets.row(colour, "pool1")["p"] < 0.1
@@ -269,18 +270,16 @@ def test_a_random_concept_is_rarely_significant(toon_model):
         for trial in range(40):
             order = torch.randperm(400, generator=torch.Generator().manual_seed(trial))
             sets = {f"s{k}": {layer: acts[layer][order[20 * k : 20 * k + 20]]} for k in range(11)}
-            for test in hits:
-                res = significance._analyse(
-                    sets,
-                    grads,
-                    {layer: (1,)},
-                    ["s0"],
-                    [f"s{k}" for k in range(1, 11)],
-                    [layer],
-                    seed=trial,
-                    test=test,
-                )
-                hits[test] += res.rows[0]["significant"]
+            randoms = [f"s{k}" for k in range(1, 11)]
+            res = significance._analyse(
+                sets, grads, {layer: (1,)}, ["s0"], randoms, [layer], seed=trial, test="sets"
+            )
+            hits["sets"] += res.rows[0]["significant"]
+            # the paper's test on the same CAVs and scores
+            rows, _ = significance._set_rows(
+                res.runs, res.null, ["s0"], randoms, [layer], "paper", 0.05
+            )
+            hits["paper"] += rows[0]["significant"]
     print(f"random concept significant in {hits} of 40 trials")
     assert hits["sets"] <= 2
     assert hits["paper"] > hits["sets"]
@@ -334,6 +333,40 @@ def test_local_test_keeps_its_level_when_the_concept_is_random():
         run = local.local_run("c", "l", concept, rest, acts, grads, permutations=99, generator=g)
         hits += run.p < 0.05
     assert hits <= 18, hits
+
+
+def test_too_few_pictures_warn_with_how_many_are_needed():
+    """Item 3: three concept and three random pictures have only C(6, 3) = 20 relabellings, so
+    p >= 2 / 20 = 0.1 whatever the data: the row is "not significant" and a warning says that 5
+    concept pictures would be needed (C(8, 5) = 56 > 2 / 0.05)."""
+    g = torch.Generator().manual_seed(1)
+    stats = local.picture_stats(torch.randn(6, 4, 3, 3, generator=g).relu())
+    concept = [{k: v[:3] for k, v in stats.items()}]
+    rest = [{k: v[3:] for k, v in stats.items()}]
+    acts = torch.randn(8, 4, 9, generator=g).relu()
+    grads = torch.randn(8, 4, 9, generator=g)
+    run = local.local_run("c", "l", concept, rest, acts, grads, permutations=999, generator=g)
+    row, notes = local.local_row(run, alpha=0.05, tests=1, n_concept=3, n_negative=3)
+    assert not row["significant"] and row["p"] >= 0.1 - 1e-9
+    assert any("only 20 distinct relabellings" in n and "about 5 concept" in n for n in notes)
+    assert math.comb(8, 5) > 2 / 0.05 > math.comb(7, 4)
+
+
+def test_the_set_test_warns_when_no_score_could_be_significant():
+    """Random sets' scores 0.3, 0.5, 0.7 (mean 0.5, sd 0.2): even a score of 1 has prediction
+    p = 2 t_sf(0.5 / (0.2 sqrt(4 / 3)), 2) = 0.16 with three sets, but with enough sets (the
+    limit is a normal test, p = 0.012) it would be found: the warning names that number. With
+    scores spread 0.1-0.9 no number of sets would do, and the warning says so."""
+    from convlens.core.stats import t_sf
+
+    few = significance._sets_power(torch.tensor([0.3, 0.5, 0.7]), "l", 0.05, 1)
+    assert few is not None and "random sets would be needed" in few
+    needed = int(few.split("about ")[1].split()[0])
+    t = 0.5 / (0.2 * math.sqrt(1 + 1 / needed))
+    assert 2 * t_sf(t, needed - 1) < 0.05, few
+    wide = significance._sets_power(torch.tensor([0.1, 0.5, 0.9]), "l", 0.05, 1)
+    assert wide is not None and "any number of random sets" in wide
+    assert significance._sets_power(torch.tensor([0.45, 0.5, 0.55]), "l", 0.05, 1) is None
 
 
 def _toon_targets(cls: str, seed: int, n: int = 90) -> list[np.ndarray]:
@@ -648,7 +681,14 @@ def test_cli_writes_table_json_csv_and_chart(tmp_path):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "red" in result.output and "pool2" in result.output and "p corr" in result.output
+    assert "test 'local'" in result.output and "test: local;" in result.output  # the default
     assert {p.name for p in out.iterdir()} == {"tcav.json", "tcav.csv", "tcav.png"}
+    assert json.loads((out / "tcav.json").read_text())["test"] == "local"
+    helped = CliRunner().invoke(app, ["tcav", "--help"], env={"COLUMNS": "240"})
+    assert "[default: local]" in helped.output and "local (the default" in helped.output
+    assert "with the paper's t-test" not in helped.output
+    paper = CliRunner().invoke(app, [*args, "--test", "paper"])
+    assert paper.exit_code == 0 and "test 'paper'" in paper.output, paper.output
     bad = CliRunner().invoke(
         app,
         [

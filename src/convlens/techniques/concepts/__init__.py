@@ -3,24 +3,24 @@ human concept ("striped", "red") for a class, layer by layer, and is that more t
 
 The package, step by step:
 
-1. **Passes** (:mod:`~convlens.techniques.concepts.collect`). Every picture of every concept set, of every
+1. **Passes** (:mod:`.collect`). Every picture of every concept set, of every
    random set and of the target class goes through the network once per batch; all requested
    layers are read from that one pass (it stops after the deepest one; concept pictures need
    no gradient). Target pictures get one backward pass from the class **logit** to the layers.
    With ``cache_dir`` each picture's numbers are stored under a key made of the model's
    weights, the layers and the picture's network input, never of a folder name.
-2. **The default test** (``test="local"``, :mod:`~convlens.techniques.concepts.local`): the CAV is the
+2. **The default test** (``test="local"``, :mod:`.local`): the CAV is the
    difference of the mean channel vectors of concept and random pictures; in each target
    picture, at the positions where the concept appears (its side of the nearest-mean rule),
    the class logit's first-order change along the CAV is summed; the mean over target
    pictures is compared with the same number for relabellings of the pooled concept and
    random pictures (an exact permutation test, two-sided, with the direction).
-3. **The set tests** (``"sets"``, ``"paper"``, :mod:`~convlens.techniques.concepts.significance`), as
-   in the paper: CAVs fitted on whole flattened maps (:mod:`~convlens.techniques.concepts.cavs`: logistic
+3. **The set tests** (``"sets"``, ``"paper"``, :mod:`.significance`), as
+   in the paper: CAVs fitted on whole flattened maps (:mod:`.cavs`: logistic
    regression or a linear SVM solved by Newton's method in the span of the training pictures,
    or the difference of means), the TCAV score (share of target pictures whose logit rises
    along the CAV) per (concept, random set), and random-vs-random CAVs as the null.
-4. **Ground truth** (:mod:`~convlens.techniques.concepts.intervention`): paint a part of the target
+4. **Ground truth** (:mod:`.intervention`): paint a part of the target
    pictures (the toons' hair) in a concept's colour and measure how the class logit moves.
 
 p-values are Bonferroni-corrected over every (concept, layer) tested. Entry points:

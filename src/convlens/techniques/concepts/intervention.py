@@ -69,14 +69,15 @@ def concept_colours(colour: Colour, n: int, *, seed: int = 0) -> np.ndarray:
     set draws it), one RGB triple, an (n, 3) array, or ``colour(rng)`` for each picture; or
     (n, H, W, 3) fills (textures) passed through."""
     if isinstance(colour, str):
-        from convlens.data import toons
+        from convlens.data.toons import concepts as toon_concepts
 
-        if colour not in toons._CONCEPT_HSV:
+        if colour not in toon_concepts._CONCEPT_HSV:
             from convlens.core.naming import unknown
 
-            raise unknown("colour concept", colour, list(toons._CONCEPT_HSV))
+            raise unknown("colour concept", colour, list(toon_concepts._CONCEPT_HSV))
         draws = [
-            toons._concept_colour(np.random.default_rng([seed, 17, i]), colour) for i in range(n)
+            toon_concepts._concept_colour(np.random.default_rng([seed, 17, i]), colour)
+            for i in range(n)
         ]
         return (np.clip(np.stack(draws), 0, 1) * 255 + 0.5).astype(np.uint8)
     if callable(colour):

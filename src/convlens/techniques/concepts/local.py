@@ -362,6 +362,16 @@ def local_row(
                 f"and {needed['random']} {run.negatives} pictures (now {n_concept} and "
                 f"{n_negative}) to be found with {POWER:.0%} power"
             )
+    distinct = math.comb(n_concept + n_negative, n_concept)
+    if n_negative > 0 and 2 / distinct >= alpha / tests:
+        enough = n_concept + 1
+        while 2 / math.comb(enough + n_negative, enough) >= alpha / tests:
+            enough += 1
+        notes.append(
+            f"{where}: {n_concept} concept and {n_negative} {run.negatives} pictures allow only "
+            f"{distinct} distinct relabellings, so no p-value can fall below {alpha} after the "
+            f"correction over {tests} tests: about {enough} concept pictures would be needed"
+        )
     if shown < MIN_PRESENT:
         more = "many more" if shown == 0 else f"about {math.ceil(MIN_PRESENT * targets / shown)}"
         notes.append(

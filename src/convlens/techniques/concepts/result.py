@@ -1,4 +1,4 @@
-"""What :func:`~convlens.techniques.concepts.tcav` found: the table, JSON, CSV and a bar chart."""
+"""What :func:`tcav` found: the table, JSON, CSV and a bar chart."""
 
 from __future__ import annotations
 
@@ -39,10 +39,10 @@ class Run:
 @dataclass
 class TCAVResult:
     """What :func:`tcav` found. ``rows`` is the table (one dict per concept x layer);
-    ``test`` names the significance test that ran (:data:`~convlens.techniques.concepts.TESTS`).
+    ``test`` names the significance test that ran (:data:`TESTS`).
     ``runs[(concept, layer)]`` holds every CAV's scores: a :class:`Run` per concept for the
     set tests (``"sets"``, ``"paper"``, whose ``null[layer]`` holds the random-vs-random
-    CAVs), a :class:`~convlens.techniques.concepts.local.LocalRun` for ``"local"`` (its null is inside
+    CAVs), a :class:`.local.LocalRun` for ``"local"`` (its null is inside
     it, ``null`` is empty)."""
 
     target: str

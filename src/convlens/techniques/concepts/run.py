@@ -71,7 +71,7 @@ def tcav(
     alpha:
         Significance level after the Bonferroni correction over concepts x layers.
     test:
-        ``"local"`` (default, :mod:`convlens.techniques.concepts.local`, assumptions there): where the
+        ``"local"`` (default, :mod:`.local`, assumptions there): where the
         concept appears in each target picture, does the class logit rise along the CAV more
         than for random pictures relabelled as the concept (exact permutation test, two-sided,
         with the direction)? ``"sets"``: is the concept's TCAV score a plausible draw from the

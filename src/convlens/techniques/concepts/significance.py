@@ -1,4 +1,4 @@
-"""The significance tests: ``"local"`` (the default, :mod:`convlens.techniques.concepts.local`), the
+"""The significance tests: ``"local"`` (the default, :mod:`.local`), the
 paper's two-sample t-test (``"paper"``) and the prediction test of a concept's TCAV score among
 the random sets' scores (``"sets"``)."""
 
@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from statistics import NormalDist
 from typing import Any
 
 import torch
@@ -206,7 +207,45 @@ def _set_rows(
             )
             if accuracy < NEAR_CHANCE:  # NaN (nothing held out) compares False
                 notes.append(_near_chance(key, layer, accuracy))
+    if test == "sets":
+        for layer in layers:
+            note = _sets_power(null_scores(null[layer], randoms), layer, alpha, tests)
+            if note:
+                notes.append(note)
     return rows_out, notes
+
+
+def _sets_power(per_set: torch.Tensor, layer: str, alpha: float, tests: int) -> str | None:
+    """A warning when the ``"sets"`` test cannot find anything at ``layer``: not even a score
+    of 0 or 1 (the extremes of a share) would be significant against the random sets' scores
+    ``per_set`` (R,). It says how many random sets would make the extreme score significant
+    (their scores' mean and spread kept), or that no number would."""
+    R = per_set.numel()
+    mean, sd = float(per_set.double().mean()), float(per_set.double().std())
+    extreme = 1.0 if mean <= 0.5 else 0.0
+    level = alpha / tests
+    if sd == 0 or _prediction_p(extreme, per_set) < level:
+        return None
+    where = f"test 'sets' at {layer}"
+    spread = f"the {R} random sets' own scores spread {mean:.2f} +- {sd:.2f}"
+    # R -> infinity: the t prediction test becomes a normal one
+    if 2 * (1 - NormalDist().cdf(abs(extreme - mean) / sd)) >= level:
+        return (
+            f"{where}: {spread}, so no concept can be significant there with any number of "
+            f"random sets (even a score of {extreme:.0f}); use test='local'"
+        )
+    needed = R
+    from convlens.core.stats import t_sf
+
+    while needed < 100_000:
+        needed = math.ceil(needed * 1.25) + 1
+        t = abs(extreme - mean) / (sd * math.sqrt(1 + 1 / needed))
+        if 2 * t_sf(t, needed - 1) < level:
+            break
+    return (
+        f"{where}: {spread}, so with {R} random sets no concept can be significant (not even "
+        f"a score of {extreme:.0f}): about {needed} random sets would be needed"
+    )
 
 
 def _near_chance(key: str, layer: str, accuracy: float) -> str:
@@ -231,7 +270,7 @@ def _analyse_local(
     seed: int = 0,
     tick: Callable[[int], None] = lambda n: None,
 ) -> TCAVResult:
-    """The local test (:mod:`convlens.techniques.concepts.local`) from picture statistics already taken:
+    """The local test (:mod:`.local`) from picture statistics already taken:
     ``stats[set]["<layer>:mean"]`` (n, C) and ``["<layer>:grid"]`` (n, C, G), and the target
     pictures' flattened ``targets["<layer>"]`` gradients and ``["<layer>:act"]`` activations."""
     tested = [*concepts, *(f"{a}/{b}" for a, b in relative)]
