@@ -111,7 +111,7 @@ class JobRunner:
 
     def __init__(self, store: JobStore, run: Callable[..., list[str]]) -> None:
         self.store = store
-        self.run = run  # (kind, model, params, folder, progress) -> result file names
+        self.run = run  # (kind, model, params, folder, progress, note) -> result file names
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="convlens-job")
         self.cancelled: dict[str, threading.Event] = {}
 
@@ -151,7 +151,11 @@ class JobRunner:
             tmp = folder.with_name(folder.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-            names = self.run(kind, model, params, tmp, progress)
+
+            def note(text: str) -> None:
+                self.store.update(job_id, message=text)
+
+            names = self.run(kind, model, params, tmp, progress, note)
             tmp.replace(folder)  # results appear whole or not at all
             self.store.update(
                 job_id, status="done", progress=1.0, finished=time.time(), results=names
