@@ -14,8 +14,11 @@ Variants:
    layer, identifier)`` against the signature ``(path, model_id, identifier, layer)``, so
    every experimental set re-runs both of its concepts' forward passes.
 2. Captum with only that argument order fixed (patched here, for this run only).
-3. ``convlens.tcav`` with its default test (which fits more CAVs: every random set against
-   every other, 90 per layer, besides the 30 concept CAVs).
+3. ``convlens.tcav`` with its default test (``"local"``: a channel-mean CAV per concept and a
+   permutation test, ``max(999, 5 m / alpha - 1)`` relabellings, here 1199 for 3 concepts x 2
+   layers; it reads the target pictures' activations as well as their gradients).
+3b. ``convlens.tcav`` with ``test="sets"`` (fits more CAVs: every random set against every
+   other, 90 per layer, besides the 30 concept CAVs), for comparison.
 4. The physical floor: one forward pass over every picture (420, in batches of 32) plus one
    backward pass, from the target logit to ``features.14``, over the 30 target pictures; the
    network called as it comes (NCHW input), and again with channels-last input. convlens can
@@ -51,22 +54,22 @@ TARGET = "tabby"
 
 
 def _inputs(
-    model: cl.Model,
+    model: cl.Model, n: int = N, random_sets: int = RANDOM_SETS
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
     concepts = {
-        c: model.prepare(list(toons.concept_images(c, N, seed=0, size=224))).inputs
+        c: model.prepare(list(toons.concept_images(c, n, seed=0, size=224))).inputs
         for c in CONCEPTS
     }
     randoms = {
         f"random_{k}": model.prepare(
-            list(toons.concept_images(f"random_{k}", N, seed=0, size=224))
+            list(toons.concept_images(f"random_{k}", n, seed=0, size=224))
         ).inputs
-        for k in range(RANDOM_SETS)
+        for k in range(random_sets)
     }
     photos = [cl.load_image(p) for p in cl.samples().values()]
     rng = np.random.default_rng(0)
     crops = []
-    for i in range(N):
+    for i in range(n):
         photo = photos[i % len(photos)]
         w, h = photo.size
         side = int(min(w, h) * rng.uniform(0.6, 1.0))
@@ -126,11 +129,11 @@ def _captum(model: cl.Model, concepts, randoms, targets, fixed: bool) -> dict[st
     }
 
 
-def _ours(model: cl.Model, concepts, randoms, targets) -> dict[str, Any]:
+def _ours(model: cl.Model, concepts, randoms, targets, test: str = "local") -> dict[str, Any]:
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = cl.tcav(model, TARGET, targets, concepts, random=randoms, layers=LAYERS)
+        result = cl.tcav(model, TARGET, targets, concepts, random=randoms, layers=LAYERS, test=test)
     total = time.perf_counter() - start
     return {"total_s": total, **result.timings, "result": result}
 
@@ -183,10 +186,12 @@ def run(repeats: int = 3) -> list[Row]:
     floor = [_floor(model, concepts, randoms, targets) for _ in range(n)]
     floor_cl = [_floor(model, concepts, randoms, targets, channels_last=True) for _ in range(n)]
     ours = [_ours(model, concepts, randoms, targets) for _ in range(n)]
+    sets = [_ours(model, concepts, randoms, targets, "sets") for _ in range(n)]
     timings: dict[str, Timing] = {
         "physical floor (forward all + backward targets)": Timing(tuple(floor)),
         "the same floor, channels-last input": Timing(tuple(floor_cl)),
         "convlens tcav": Timing(tuple(o["total_s"] for o in ours)),
+        "convlens tcav, test=sets": Timing(tuple(o["total_s"] for o in sets)),
     }
     best = min(ours, key=lambda o: o["total_s"])
     for phase in ("activations_s", "gradients_s", "cavs_and_scores_s"):
@@ -212,6 +217,8 @@ def run(repeats: int = 3) -> list[Row]:
             f"  convlens / captum shipped: {ours_t / shipped:.3f}x (target <= 0.125x)", flush=True
         )
         print(f"  convlens / captum fixed:   {ours_t / fixed_t:.3f}x (target <= 0.5x)", flush=True)
+        sets_t = timings["convlens tcav, test=sets"].median
+        print(f"  convlens sets / captum fixed: {sets_t / fixed_t:.3f}x", flush=True)
     else:
         print(f"  captum rows skipped: {missing}", flush=True)
     rows += compare(
@@ -227,7 +234,57 @@ def run(repeats: int = 3) -> list[Row]:
     return rows
 
 
-if __name__ == "__main__":
-    from run import table
+def small(repeats: int = 2, n: int = 20, random_sets: int = RANDOM_SETS) -> dict[str, float]:
+    """The small configuration: convlens's default test against Captum with its cache fixed
+    only (the same concepts, the same number of random sets, ``n`` pictures per set and as
+    many targets), the two alternated ``repeats`` times after one warm-up of each, so that load
+    from other work falls on both alike. Prints and returns the ratios of the medians of wall
+    and CPU time (this process's, all threads)."""
+    missing = captum_missing()
+    if missing is not None:
+        raise SystemExit(missing)
+    model = cl.load("mobilenet_v2")
+    concepts, randoms, targets = _inputs(model, n, random_sets)
+    wall: dict[str, list[float]] = {"convlens": [], "captum": []}
+    cpu: dict[str, list[float]] = {"convlens": [], "captum": []}
+    for round_ in range(repeats + 1):
+        for name in ("convlens", "captum"):
+            w0, c0 = time.perf_counter(), time.process_time()
+            if name == "convlens":
+                _ours(model, concepts, randoms, targets)
+            else:
+                _captum(model, concepts, randoms, targets, fixed=True)
+            w, c = time.perf_counter() - w0, time.process_time() - c0
+            print(f"  round {round_} {name}: {w:.1f} s wall, {c:.1f} s CPU", flush=True)
+            if round_:  # round 0 warms both up (oneDNN kernels, Captum's first pass)
+                wall[name].append(w)
+                cpu[name].append(c)
+    out = {
+        "wall_ratio": float(np.median(wall["convlens"]) / np.median(wall["captum"])),
+        "cpu_ratio": float(np.median(cpu["convlens"]) / np.median(cpu["captum"])),
+    }
+    print(
+        f"tcav small ({len(CONCEPTS)} concepts, {random_sets} random sets of {n}, {n} targets, "
+        f"{', '.join(LAYERS)}; {torch.get_num_threads()} threads): convlens (test 'local') / "
+        f"captum with its cache fixed = {out['wall_ratio']:.2f}x wall "
+        f"({1 / out['wall_ratio']:.1f}x faster), {out['cpu_ratio']:.2f}x CPU "
+        f"({1 / out['cpu_ratio']:.1f}x faster); target <= 0.5x",
+        flush=True,
+    )
+    return out
 
-    print(table(run()))
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--small", action="store_true", help="convlens vs Captum fixed only")
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--pictures", type=int, default=20, help="per set (--small)")
+    args = parser.parse_args()
+    if args.small:
+        small(args.repeats or 2, args.pictures)
+    else:
+        from run import table
+
+        print(table(run(args.repeats or 3)))

@@ -120,6 +120,9 @@ def test_upload_predict_slide_explain_and_run_a_job(page, tmp_path):
         "/done/i.test(document.querySelector('#jobs-table').innerText)", timeout=120_000
     )
     page.screenshot(path=str(ARTIFACTS / "4-job.png"), full_page=True)
+    page.select_option("#job-kind", "tcav")  # the TCAV form offers the tests, local first
+    assert page.locator("#job-test").input_value() == "local"
+    assert page.locator("#job-test option").all_inner_texts()[0] == "local (default)"
 
 
 def _api(url: str, path: str, method: str = "GET") -> object:

@@ -387,8 +387,9 @@ def test_load_makes_detectors_of_checkpoints_plugins_and_torchvision(tmp_path):
     from_plugin = cl.load(plugin)
     assert isinstance(from_plugin, D.Detector) and from_plugin.name == "pd"
     assert cl.load(net, task="detect", labels=["a", "b", "c"]).labels == ["a", "b", "c"]
-    with pytest.raises(cl.ModelLoadError, match="input_size"):
-        cl.load(net, input_size=(3, 8, 8))
+    with pytest.raises(cl.ModelLoadError, match="input_size"):  # the option list says it
+        cl.load(net, preprocess=None)
+    assert cl.load(net, task="detect", input_size=(3, 8, 8)).input_size == (8, 8)
     with pytest.raises(ValueError, match="score_threshold"):
         cl.load("toon-detector", score_threshold=3)
 

@@ -61,7 +61,7 @@ def test_tcav_featurevis_and_the_explorer_on_cuda():
     targets = [p for p, n in zip(data.pixels, data.label_names, strict=True) if n == "jessie"]
     sets = {"red": toons.concept_images("red", 12, seed=0)}
     randoms = {f"random_{k}": toons.concept_images(f"random_{k}", 12, seed=0) for k in range(3)}
-    kw = dict(random=randoms, layers="pool1,pool2", n_random=3)
+    kw = dict(random=randoms, layers="pool1,pool2", n_random=3, test="sets")  # CAV vectors
     on_cpu = cl.tcav(cpu, "jessie", targets, sets, **kw)
     on_gpu = cl.tcav(gpu, "jessie", targets, sets, **kw)
     for layer in ("pool1", "pool2"):

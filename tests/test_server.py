@@ -274,6 +274,9 @@ def test_tcav_job_on_the_toon_model(tmp_path):
         record = _wait(client, client.post("/api/jobs", json=body).json()["id"], seconds=300)
         assert record["status"] == "done", record
         assert {r["name"] for r in record["results"]} == {"tcav.json", "tcav.csv", "tcav.png"}
+        assert record["message"].startswith("test 'local'; significant: "), record
+        found = client.get(next(r["url"] for r in record["results"] if r["name"] == "tcav.json"))
+        assert found.json()["test"] == "local"
     finally:
         state.close()
 

@@ -33,6 +33,8 @@ def test_job_kinds_declare_their_parameters_once():
     assert KINDS.get("dataset").parse({}) == {"methods": ["gradcam"], "images": None, "n": 60}
     tcav = KINDS.get("tcav").parse({"target": 2, "layers": "pool1, pool2"})
     assert tcav["layers"] == ["pool1", "pool2"] and tcav["concepts"] == "toons"
+    assert tcav["test"] == "local"  # the default test, as in cl.tcav and convlens tcav
+    assert KINDS.get("tcav").parse({"target": 2, "test": "paper"})["test"] == "paper"
 
 
 def post(client, kind, params, model="toon-cnn"):

@@ -1,4 +1,4 @@
-"""TCAV (convlens.concepts): CAV fits checked against direct optimisation, scores against hand
+"""TCAV (techniques/concepts): CAV fits checked against direct optimisation, scores against hand
 computation and against Captum, significance against ground truth on the toon model."""
 
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from statistics import NormalDist
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ import convlens as cl
 from convlens.core.naming import UnknownNameError
 from convlens.data import toons
 from convlens.techniques import concepts as C
+from convlens.techniques.concepts import cavs, collect, local, significance
 
 # -- CAV fits -----------------------------------------------------------------------------------
 
@@ -97,7 +99,7 @@ def test_mean_cav_is_the_difference_of_means_and_batches_are_independent():
 
 def test_split_is_balanced_and_held_out():
     gen = torch.Generator().manual_seed(0)
-    tr_p, tr_n, te_p, te_n = C._split(30, 45, 1 / 3, gen)
+    tr_p, tr_n, te_p, te_n = cavs._split(30, 45, 1 / 3, gen)
     assert (len(tr_p), len(tr_n), len(te_p), len(te_n)) == (20, 20, 10, 10)
     assert not set(tr_p.tolist()) & set(te_p.tolist())
     assert not set(tr_n.tolist()) & set(te_n.tolist())
@@ -152,6 +154,7 @@ def test_scores_are_hand_computable():
         n_random=4,
         classifier="mean",
         test_fraction=0,
+        test="sets",
     )
     run = res.runs[("up", "feat")]
     for k, name in enumerate(run.partners):
@@ -171,6 +174,7 @@ def test_scores_are_hand_computable():
         n_random=4,
         classifier="mean",
         test_fraction=0,
+        test="sets",
     )
     assert res.row("up", "feat")["score"] == 1.0
     assert res_b.row("up", "feat")["score"] == 0.0
@@ -203,24 +207,31 @@ def _class_pictures(name: str, n: int = 30, seed: int = 7) -> list[np.ndarray]:
 
 @pytest.mark.slow
 def test_toon_hair_colours_are_the_significant_concepts(toon_model):
-    """pool1 (after the first conv block): red rises jessie's logit (red hair) for almost every
-    picture and blue james's; each other's colour lowers it. With the paper's test both are
-    significant after Bonferroni. With the default test (is the score a plausible draw from the
-    scores random sets get in the concept's place?) they are the top score of all, above every
-    random set, but random sets alone already score 0.09-0.86 here (a random direction gives
-    nearly all-or-nothing signs when the target gradients agree), so 10 random sets cannot make
-    them significant: measured p 0.06 (red) and 0.04 (blue) before correction."""
+    """The set tests on the toon sets of 30 pictures. pool1 (after the first conv block): red
+    rises jessie's logit (red hair) for almost every picture and blue james's; each other's
+    colour lowers it. With the paper's test both are significant after Bonferroni. With the
+    "sets" test (is the score a plausible draw from the scores random sets get in the
+    concept's place?) they are the top score of all, above every random set, but random sets
+    alone already score 0.09-0.86 here (a random direction gives nearly all-or-nothing signs
+    when the target gradients agree), so 10 random sets cannot make them significant:
+    measured p 0.06 (red) and 0.04 (blue) before correction."""
+    sets, randoms = C.concept_sets("toons", toon_images=30)  # the sets these numbers came from
     for cls, colour, other in (("jessie", "red", "blue"), ("james", "blue", "red")):
         pictures = _class_pictures(cls)
-        paper = cl.tcav(toon_model, cls, pictures, "toons", layers="pool1", test="paper")
-        print(paper)
-        hit = paper.row(colour, "pool1")
+        by_sets = cl.tcav(
+            toon_model, cls, pictures, sets, random=randoms, layers="pool1", test="sets"
+        )
+        # the paper's test on the same CAVs and scores
+        rows, _ = significance._set_rows(
+            by_sets.runs, by_sets.null, by_sets.concepts, by_sets.randoms, ["pool1"], "paper", 0.05
+        )
+        paper = {r["concept"]: r for r in rows}
+        hit = paper[colour]
         assert hit["significant"] and hit["score"] > 0.9 and hit["cav_accuracy"] > 0.9, hit
-        assert paper.row(other, "pool1")["score"] < 0.1  # the other hair colour lowers the logit
-        sets = cl.tcav(toon_model, cls, pictures, "toons", layers="pool1")
-        null = C.null_scores(sets.null["pool1"], sets.randoms)
-        assert sets.row(colour, "pool1")["score"] > float(null.max())
-        assert sets.row(colour, "pool1")["p"] < 0.1
+        assert paper[other]["score"] < 0.1  # the other hair colour lowers the logit
+        null = C.null_scores(by_sets.null["pool1"], by_sets.randoms)
+        assert by_sets.row(colour, "pool1")["score"] > float(null.max())
+        assert by_sets.row(colour, "pool1")["p"] < 0.1
 
 
 @pytest.mark.slow
@@ -249,31 +260,185 @@ def test_a_random_concept_is_rarely_significant(toon_model):
     pool = toons.concept_images("random_0", 400, seed=11)
     targets = _class_pictures("jessie", 20)
     layer = "pool2"
-    nothing = C._Cache(None, "", [])
-    acts = C._collect(toon_model, list(pool), [layer], None, 64, nothing, lambda n: None)
+    nothing = collect._Cache(None, "", [])
+    acts = collect._collect(toon_model, list(pool), [layer], None, 64, nothing, lambda n: None)
     index = toon_model.class_index("jessie")
-    grads = C._collect(toon_model, targets, [layer], index, 64, nothing, lambda n: None)
+    grads = collect._collect(toon_model, targets, [layer], index, 64, nothing, lambda n: None)
     hits = {"sets": 0, "paper": 0}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random "concepts" are near chance, by design
         for trial in range(40):
             order = torch.randperm(400, generator=torch.Generator().manual_seed(trial))
             sets = {f"s{k}": {layer: acts[layer][order[20 * k : 20 * k + 20]]} for k in range(11)}
-            for test in hits:
-                res = C._analyse(
-                    sets,
-                    grads,
-                    {layer: (1,)},
-                    ["s0"],
-                    [f"s{k}" for k in range(1, 11)],
-                    [layer],
-                    seed=trial,
-                    test=test,
-                )
-                hits[test] += res.rows[0]["significant"]
+            randoms = [f"s{k}" for k in range(1, 11)]
+            res = significance._analyse(
+                sets, grads, {layer: (1,)}, ["s0"], randoms, [layer], seed=trial, test="sets"
+            )
+            hits["sets"] += res.rows[0]["significant"]
+            # the paper's test on the same CAVs and scores
+            rows, _ = significance._set_rows(
+                res.runs, res.null, ["s0"], randoms, [layer], "paper", 0.05
+            )
+            hits["paper"] += rows[0]["significant"]
     print(f"random concept significant in {hits} of 40 trials")
     assert hits["sets"] <= 2
     assert hits["paper"] > hits["sets"]
+
+
+# -- the local test (the default) --------------------------------------------------------------
+
+
+def test_local_statistic_by_hand():
+    """Two concept pictures at (1, 0), two random at (0, 0): the CAV d = (1, 0); the threshold
+    tau = max(|d|^2 / 2, the concept positions' 10 % quantile of (a - mu_random) . d = 1) = 1;
+    the target's positions project to 1, 0.5 and 2, so the first and last show the concept,
+    where g . d is 3 and -1: S = (3 - 1) / sqrt(2)."""
+    means = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 0.0], [0.0, 0.0]], dtype=torch.float64)
+    grid = means.unsqueeze(-1).float()
+    acts = torch.tensor([[[1.0, 0.5, 2.0], [0.0, 0.0, 1.0]]])  # (T=1, C=2, P=3)
+    grads = torch.tensor([[[3.0, 7.0, -1.0], [5.0, 0.0, 2.0]]])
+    got = local.local_statistic(means, grid, torch.tensor([[0, 1], [2, 3]]), acts, grads)
+    torch.testing.assert_close(
+        got["direction"], torch.tensor([[1.0, 0.0], [-1.0, 0.0]], dtype=torch.float64)
+    )
+    assert got["present"].tolist() == [[2], [0]]  # relabelled: no position looks like (0, 0)
+    assert float(got["statistic"][0]) == pytest.approx(2 / math.sqrt(2))
+    assert float(got["statistic"][1]) == 0.0
+
+
+def test_permutation_p_values_and_pictures_needed():
+    null = torch.arange(1, 100).float()  # 99 relabellings
+    assert local.permutation_p(100.0, null) == pytest.approx(2 / 100)  # observed counted once
+    assert local.permutation_p(50.0, null) == 1.0
+    assert local.sequential_p(10, 500, 40, stopped=True) == pytest.approx(0.5)  # Besag-Clifford
+    assert local.sequential_p(0, 999, 999, stopped=False) == pytest.approx(2 / 1000)
+    need = NormalDist().inv_cdf(1 - 0.05 / 2) + NormalDist().inv_cdf(0.8)
+    assert local.pictures_needed(need, 0.05, 1) == pytest.approx(1.0)
+    assert local.pictures_needed(need / 2, 0.05, 1) == pytest.approx(4.0)  # half the effect
+    assert local.pictures_needed(0.0, 0.05, 1) == math.inf
+
+
+def test_local_test_keeps_its_level_when_the_concept_is_random():
+    """Concept and random pictures from one distribution, target gradients that agree (the
+    case that makes the sign-count score saturate): p < 0.05 in about 5 % of trials; more
+    than 18 of 200 has probability < 1 % if the level is right."""
+    g = torch.Generator().manual_seed(4242)
+    hits = 0
+    for _ in range(200):
+        stats = local.picture_stats(torch.randn(60, 4, 3, 3, generator=g).relu())
+        concept = [{k: v[:15] for k, v in stats.items()}]
+        rest = [{k: v[15:] for k, v in stats.items()}]
+        acts = torch.randn(8, 4, 9, generator=g).relu()
+        grads = torch.randn(8, 4, 9, generator=g) + 0.5
+        run = local.local_run("c", "l", concept, rest, acts, grads, permutations=99, generator=g)
+        hits += run.p < 0.05
+    assert hits <= 18, hits
+
+
+def test_too_few_pictures_warn_with_how_many_are_needed():
+    """Item 3: three concept and three random pictures have only C(6, 3) = 20 relabellings, so
+    p >= 2 / 20 = 0.1 whatever the data: the row is "not significant" and a warning says that 5
+    concept pictures would be needed (C(8, 5) = 56 > 2 / 0.05)."""
+    g = torch.Generator().manual_seed(1)
+    stats = local.picture_stats(torch.randn(6, 4, 3, 3, generator=g).relu())
+    concept = [{k: v[:3] for k, v in stats.items()}]
+    rest = [{k: v[3:] for k, v in stats.items()}]
+    acts = torch.randn(8, 4, 9, generator=g).relu()
+    grads = torch.randn(8, 4, 9, generator=g)
+    run = local.local_run("c", "l", concept, rest, acts, grads, permutations=999, generator=g)
+    row, notes = local.local_row(run, alpha=0.05, tests=1, n_concept=3, n_negative=3)
+    assert not row["significant"] and row["p"] >= 0.1 - 1e-9
+    assert any("only 20 distinct relabellings" in n and "about 5 concept" in n for n in notes)
+    assert math.comb(8, 5) > 2 / 0.05 > math.comb(7, 4)
+
+
+def test_the_set_test_warns_when_no_score_could_be_significant():
+    """Random sets' scores 0.3, 0.5, 0.7 (mean 0.5, sd 0.2): even a score of 1 has prediction
+    p = 2 t_sf(0.5 / (0.2 sqrt(4 / 3)), 2) = 0.16 with three sets, but with enough sets (the
+    limit is a normal test, p = 0.012) it would be found: the warning names that number. With
+    scores spread 0.1-0.9 no number of sets would do, and the warning says so."""
+    from convlens.core.stats import t_sf
+
+    few = significance._sets_power(torch.tensor([0.3, 0.5, 0.7]), "l", 0.05, 1)
+    assert few is not None and "random sets would be needed" in few
+    needed = int(few.split("about ")[1].split()[0])
+    t = 0.5 / (0.2 * math.sqrt(1 + 1 / needed))
+    assert 2 * t_sf(t, needed - 1) < 0.05, few
+    wide = significance._sets_power(torch.tensor([0.1, 0.5, 0.9]), "l", 0.05, 1)
+    assert wide is not None and "any number of random sets" in wide
+    assert significance._sets_power(torch.tensor([0.45, 0.5, 0.55]), "l", 0.05, 1) is None
+
+
+def _toon_targets(cls: str, seed: int, n: int = 90) -> list[np.ndarray]:
+    data = toons.generate(n, split="test", seed=seed)
+    return [p for p, label in zip(data.pixels, data.label_names, strict=True) if label == cls]
+
+
+@pytest.mark.slow
+def test_intervention_shows_which_hair_colour_each_class_uses(toon_model):
+    """Ground truth: painting the hair in the class's own colour raises its logit (against grey
+    hair) by more than one logit; green, a colour no character wears, moves no class."""
+    data = toons.generate(60, split="test", seed=5151)
+    got = C.intervention_table(toon_model, data, ("red", "blue", "yellow", "green"), seed=5151)
+    verdicts = got.verdicts()
+    for cls, colour in (("jessie", "red"), ("james", "blue"), ("cassidy", "yellow")):
+        assert verdicts[(cls, colour)] == "+", got
+        assert verdicts[(cls, "green")] == "0", got
+    assert got.effect("jessie", "red").mean > 5
+    assert "jessie" in got.table() and "[" in str(got)
+
+
+@pytest.mark.slow
+def test_default_test_finds_each_class_own_hair_colour(toon_model):
+    """Fresh seeds, the layer the README names (pool2), the built-in toon sets' size (60
+    pictures per concept, 10 random sets of 60): each class's own hair colour is significant
+    and raises its logit; green, which no character wears, is not significant."""
+    seed, layer = 5150, "pool2"
+    randoms = {f"random_{k}": toons.concept_images(f"random_{k}", 60, seed=seed) for k in range(10)}
+    green = toons.concept_images("green", 60, seed=seed)
+    for cls, colour in (("jessie", "red"), ("james", "blue"), ("cassidy", "yellow")):
+        concepts = {colour: toons.concept_images(colour, 60, seed=seed), "green": green}
+        res = cl.tcav(
+            toon_model, cls, _toon_targets(cls, seed), concepts, random=randoms, layers=layer
+        )
+        assert res.test == "local" and res.settings["test"] == C.TESTS["local"]
+        row = res.row(colour, layer)
+        assert row["significant"] and row["direction"] == "+", res
+        assert not res.row("green", layer)["significant"], res
+        assert "test 'local'" in str(res) and json.loads(res.to_json())["test"] == "local"
+
+
+@pytest.mark.slow
+def test_random_sets_posing_as_concepts_stay_within_the_level(toon_model):
+    """20 trials, each a fresh split of 330 random toon pictures into 30 posing as a concept
+    and 300 random: uncorrected p < 0.05 in at most 4 (binomial(20, 0.05): P(X >= 5) < 0.3 %)."""
+    layer = "pool2"
+    nothing = collect._Cache(None, "", [])
+    pool = toons.concept_images("random_0", 330, seed=5152)
+    stats = collect._collect(
+        toon_model, list(pool), [layer], None, 64, nothing, lambda n: None, "stats"
+    )
+    index = toon_model.class_index("cassidy")
+    found = collect._collect(
+        toon_model, _toon_targets("cassidy", 5152), [layer], index, 64, nothing, lambda n: None
+    )
+    hits = 0
+    for trial in range(20):
+        order = torch.randperm(330, generator=torch.Generator().manual_seed(trial))
+        sets = {"posing": {k: v[order[:30]] for k, v in stats.items()}}
+        sets |= {"random": {k: v[order[30:]] for k, v in stats.items()}}
+        res = significance._analyse_local(
+            sets,
+            found,
+            {layer: (32, 32, 32)},
+            ["posing"],
+            ["random"],
+            [layer],
+            permutations=199,
+            seed=trial,
+        )
+        hits += res.rows[0]["p"] < 0.05
+    assert hits <= 4, hits
 
 
 # -- Captum parity ----------------------------------------------------------------------------
@@ -292,7 +457,14 @@ def test_scores_equal_captums_for_the_same_cavs(toon_model, tmp_path):
     randoms = {f"random_{k}": toons.concept_images(f"random_{k}", 20, seed=0) for k in range(3)}
     targets = _class_pictures("jessie", 12)
     ours = cl.tcav(
-        toon_model, "jessie", targets, {"red": red}, random=randoms, layers=layer, n_random=3
+        toon_model,
+        "jessie",
+        targets,
+        {"red": red},
+        random=randoms,
+        layers=layer,
+        n_random=3,
+        test="sets",
     )
     run = ours.runs[("red", layer)]
     vectors = {name: run.vectors[i] for i, name in enumerate(run.partners)}
@@ -364,8 +536,8 @@ def test_cache_is_keyed_by_content_not_folder(toon_model, tmp_path):
     first = cl.tcav(toon_model, "jessie", targets, root, **kw)
     assert first.settings["cache"]["hits"] == 0
     features = math.prod(first.shapes["pool1"])
-    for entry in cache.iterdir():  # one picture's activations per file, not its whole batch
-        assert entry.stat().st_size < 4 * features + 2000
+    for entry in cache.iterdir():  # one picture per file, not its whole batch: a target
+        assert entry.stat().st_size < 2 * 4 * features + 4000  # picture's gradient + activation
     second = cl.tcav(toon_model, "jessie", targets, root, **kw)
     assert second.settings["cache"]["misses"] == 0
     assert second.rows == first.rows
@@ -414,7 +586,8 @@ def test_deterministic_and_saved(toon_model, tmp_path):
         assert r["p_corrected"] == pytest.approx(min(1.0, r["p"] * 6))
         assert r["significant"] == (r["p_corrected"] < 0.05)
     cav = a.cav("blue", "pool1")
-    assert cav.shape == a.shapes["pool1"] and float(cav.norm()) == pytest.approx(1.0, abs=1e-5)
+    assert cav.shape == a.shapes["pool1"]
+    assert float(cav.double().norm()) == pytest.approx(1.0, abs=1e-5)  # float32 norm: 1e-5 off
     # the CAV drives feature visualization through the direction objective
     fv = cl.featurevis(
         toon_model,
@@ -508,7 +681,14 @@ def test_cli_writes_table_json_csv_and_chart(tmp_path):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "red" in result.output and "pool2" in result.output and "p corr" in result.output
+    assert "test 'local'" in result.output and "test: local;" in result.output  # the default
     assert {p.name for p in out.iterdir()} == {"tcav.json", "tcav.csv", "tcav.png"}
+    assert json.loads((out / "tcav.json").read_text())["test"] == "local"
+    helped = CliRunner().invoke(app, ["tcav", "--help"], env={"COLUMNS": "240"})
+    assert "[default: local]" in helped.output and "local (the default" in helped.output
+    assert "with the paper's t-test" not in helped.output
+    paper = CliRunner().invoke(app, [*args, "--test", "paper"])
+    assert paper.exit_code == 0 and "test 'paper'" in paper.output, paper.output
     bad = CliRunner().invoke(
         app,
         [
@@ -562,7 +742,7 @@ def test_models_that_need_the_default_layout_still_work():
     from convlens.core.hooks import _NCHW_ONLY
 
     assert model.module in _NCHW_ONLY
-    assert 0 <= res.row("up", "conv")["score"] <= 1
+    assert 0 < res.row("up", "conv")["p"] <= 1
 
 
 def test_fingerprint_follows_the_weights():

@@ -275,7 +275,12 @@ class Detector:
     ``module``: torchvision's convention (see the module docstring). ``labels``: class names by
     index. ``to_input``: pictures in [0, 1] (N, 3, H, W) -> what the module takes (default:
     a list of (3, H, W) tensors, as torchvision's detectors want). ``layer``: the layer box
-    CAMs read by default (see :func:`default_box_layer`).
+    CAMs read by default (see :func:`default_box_layer`). ``input_size``: (H, W) (or (3, H, W),
+    as for a classifier) the network
+    was trained at, for a network that finds objects only at the scale it was trained on (the
+    toon detector: 128 x 128); pictures of another size are resized to it (bilinear,
+    antialiased) and the boxes mapped back to the picture's pixels. ``None`` (default): the
+    network takes pictures as they come (torchvision's detectors resize inside).
     """
 
     task = "detect"
@@ -291,10 +296,22 @@ class Detector:
         max_detections: int = 100,
         to_input: Callable[[torch.Tensor], Any] | None = None,
         layer: str | None = None,
+        input_size: tuple[int, int] | None = None,
     ) -> None:
         check_thresholds(score_threshold, iou_threshold, max_detections)
         if not isinstance(module, torch.nn.Module):
             raise TypeError(f"expected a detection nn.Module, got {type(module).__name__}")
+        if input_size is not None:
+            size = tuple(input_size)
+            if len(size) == 3 and size[0] == 3:  # (3, H, W), as a classifier's Model states it
+                size = size[1:]
+            if len(size) != 2 or not all(isinstance(v, int) and v > 0 for v in size):
+                raise ValueError(
+                    f"expected input_size as (height, width) or (3, height, width), got "
+                    f"{input_size!r}"
+                )
+            input_size = (size[0], size[1])
+        self.input_size = input_size
         self.module = module
         self.labels = list(labels) if labels is not None else None
         self.name = name
@@ -311,10 +328,25 @@ class Detector:
         return torch.device("cpu")
 
     def __repr__(self) -> str:
+        size = f", input {self.input_size[0]}x{self.input_size[1]}" if self.input_size else ""
         return (
             f"Detector({self.name!r}, {len(self.labels or [])} classes, "
-            f"score>={self.score_threshold}, iou {self.iou_threshold}, max {self.max_detections})"
+            f"score>={self.score_threshold}, iou {self.iou_threshold}, max {self.max_detections}"
+            f"{size})"
         )
+
+    def fit(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, 3, H, W) pixels resized to ``input_size`` (as they are without one, or when they
+        have it already; differentiable), and the (4,) factors (x, y, x, y) that take boxes
+        found on them back to the given pictures' pixels."""
+        height, width = pixels.shape[-2:]
+        if self.input_size is None or (height, width) == self.input_size:
+            return pixels, torch.ones(4)
+        h, w = self.input_size
+        resized = torch.nn.functional.interpolate(
+            pixels, size=(h, w), mode="bilinear", align_corners=False, antialias=True
+        )
+        return resized, torch.tensor([width / w, height / h, width / w, height / h])
 
     def raw(self, pixels: torch.Tensor) -> list[dict[str, torch.Tensor]]:
         """The module's own outputs for (N, 3, H, W) pixels in [0, 1], on the CPU."""
@@ -323,7 +355,8 @@ class Detector:
         if pixels.dim() != 4 or pixels.shape[1] != 3:
             raise ValueError(f"expected pictures (N, 3, H, W), got {tuple(pixels.shape)}")
         with preserved(self.module), torch.inference_mode():
-            out = self.module(self.to_input(pixels.to(self.device)))
+            fitted, back = self.fit(pixels.to(self.device))
+            out = self.module(self.to_input(fitted))
         if not isinstance(out, (list, tuple)) or len(out) != len(pixels):
             raise ValueError(
                 "expected the detector to return one dict (boxes, labels, scores) per picture, "
@@ -333,9 +366,12 @@ class Detector:
         for item in out:
             if not isinstance(item, Mapping) or not {"boxes", "labels", "scores"} <= set(item):
                 raise ValueError("expected dicts with boxes, labels and scores from the detector")
-            result.append(
-                {k: torch.as_tensor(item[k]).detach().cpu() for k in ("boxes", "labels", "scores")}
-            )
+            found = {
+                k: torch.as_tensor(item[k]).detach().cpu() for k in ("boxes", "labels", "scores")
+            }
+            if back.ne(1).any():
+                found["boxes"] = found["boxes"] * back.to(found["boxes"].dtype)
+            result.append(found)
         return result
 
     def __call__(

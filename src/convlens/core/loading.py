@@ -49,7 +49,15 @@ __all__ = ["ModelLoadError", "PickleRefusedError", "load"]
 
 TASKS = ("classify", "detect")
 Handle = Model | Detector
-DETECTOR_OPTIONS = ("labels", "name", "score_threshold", "iou_threshold", "max_detections", "layer")
+DETECTOR_OPTIONS = (
+    "labels",
+    "name",
+    "score_threshold",
+    "iou_threshold",
+    "max_detections",
+    "layer",
+    "input_size",
+)
 
 
 def load(
@@ -171,6 +179,7 @@ def _as_detector(source: Any, options: dict[str, Any]) -> Detector:
         "iou_threshold": source.iou_threshold,
         "max_detections": source.max_detections,
         "layer": source.layer,
+        "input_size": source.input_size,
     }
     settings.update(options)
     labels = settings.pop("labels")

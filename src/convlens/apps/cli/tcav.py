@@ -20,6 +20,35 @@ from convlens.apps.cli.common import (
     user_errors,
 )
 
+ClassifierOpt = Annotated[
+    str,
+    typer.Option(
+        help="CAVs of the set tests (sets, paper): logistic, svm or mean (FastCAV); the local "
+        "test always takes the difference of channel means."
+    ),
+]
+TestOpt = Annotated[
+    str,
+    typer.Option(
+        help="local (the default: where the concept appears in each target picture, the logit's "
+        "change along the CAV against random pictures relabelled as the concept, a permutation "
+        "test), sets (the concept's TCAV score against the random sets' scores) or paper (Kim "
+        "et al.'s t-test, kept for comparison: it flags noise)."
+    ),
+]
+
+
+def _pairs(relative: str | None) -> list[tuple[str, str]]:
+    """``"red:blue,stripes:dots"`` -> ``[("red", "blue"), ("stripes", "dots")]``."""
+    pairs = []
+    for item in (relative or "").split(","):
+        if item.strip():
+            a, sep, b = item.partition(":")
+            if not sep:
+                raise ValueError(f"expected --relative pairs as a:b, got {item!r}")
+            pairs.append((a.strip(), b.strip()))
+    return pairs
+
 
 @app.command()
 def tcav(
@@ -56,14 +85,9 @@ def tcav(
     relative: Annotated[
         str | None, typer.Option(help="Relative TCAV pairs, e.g. red:blue,stripes:dots.")
     ] = None,
-    classifier: Annotated[str, typer.Option(help="logistic, svm or mean (FastCAV).")] = (
-        "logistic"
-    ),
+    classifier: ClassifierOpt = "logistic",
     alpha: Annotated[float, typer.Option(help="Significance level (after Bonferroni).")] = 0.05,
-    test: Annotated[
-        str,
-        typer.Option(help="sets (concept vs random sets' scores) or paper (Kim et al.'s t-test)."),
-    ] = "sets",
+    test: TestOpt = "local",
     seed: Annotated[int, typer.Option(help="Seeds pool draws and train/test splits.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Pictures per forward pass.")] = 32,
     cache: Annotated[
@@ -74,9 +98,11 @@ def tcav(
     factory: FactoryOpt = None,
     trust_pickle: TrustOpt = False,
 ) -> None:
-    """Concept testing (TCAV, Kim et al. 2018): which concepts raise the target class's logit,
-    per layer, against random sets, with the paper's t-test. Prints the table and writes
-    tcav.json, tcav.csv and tcav.png (bars with error bars and stars)."""
+    """Concept testing (TCAV, Kim et al. 2018): which concepts raise (+) or lower (-) the target
+    class's logit, per layer, against random pictures. The default test is 'local' (a
+    permutation test where the concept appears); --test sets|paper run the set tests. Prints
+    the table (headed by the test that ran) and writes tcav.json (with "test"), tcav.csv and
+    tcav.png."""
     with user_errors():
         from convlens.techniques.concepts import tcav as run
 
@@ -88,13 +114,6 @@ def tcav(
             if random is None:
                 raise ValueError(f"unexpected arguments {more_random}: only --random takes several")
             randoms = [random, *more_random]
-        pairs = []
-        for item in (relative or "").split(","):
-            if item.strip():
-                a, sep, b = item.partition(":")
-                if not sep:
-                    raise ValueError(f"expected --relative pairs as a:b, got {item!r}")
-                pairs.append((a.strip(), b.strip()))
         handle = load_model(model, factory, trust_pickle)
         with progress_bar("tcav") as bar:
             task = bar.add_task("pictures", total=None)
@@ -106,7 +125,7 @@ def tcav(
                 random=randoms,
                 layers=layers,
                 n_random=n_random,
-                relative=pairs,
+                relative=_pairs(relative),
                 classifier=classifier,
                 alpha=alpha,
                 test=test,
@@ -117,4 +136,4 @@ def tcav(
             )
         result.save(out)
     console.print(str(result), highlight=False, markup=False)
-    console.print(f"wrote tcav.json, tcav.csv and tcav.png to {out}/")
+    console.print(f"test: {result.test}; wrote tcav.json, tcav.csv and tcav.png to {out}/")

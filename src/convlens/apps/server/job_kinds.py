@@ -46,6 +46,7 @@ class Job:
     folder: Path
     progress: Callable[[int, int], None]
     image: Callable[[str], Any]
+    note: Callable[[str], None] = lambda text: None  # the job's message line, e.g. what ran
 
 
 @dataclass(frozen=True)
@@ -125,11 +126,13 @@ def run(
     folder: Path,
     progress: Callable[[int, int], None],
     image: Callable[[str], Any],
+    note: Callable[[str], None] = lambda text: None,
 ) -> list[str]:
     """Run one job on ``model`` (the job's own copy) and write its results into ``folder``;
-    returns the result file names, relative to ``folder``."""
+    returns the result file names, relative to ``folder``. ``note(text)`` sets the job's
+    message line (what ran, what was found)."""
     entry = KINDS.get(kind)
-    written = entry.run(model, entry.parse(params), Job(folder, progress, image))
+    written = entry.run(model, entry.parse(params), Job(folder, progress, image, note))
     return [p.relative_to(folder).as_posix() for p in written]
 
 
@@ -319,6 +322,17 @@ def _check_tcav(model: Model, params: dict[str, Any]) -> None:
         ),
         names("images", "uploaded pictures of the target class (default: toons)", 256),
         setting(Setting("n_random", "int", 10, min=2, max=50, help="random sets to test against")),
+        setting(
+            Setting(
+                "test",
+                "choice",
+                "local",
+                choices=("local", "sets", "paper"),
+                help="significance test: local (default: a permutation test where the concept "
+                "appears), sets (the TCAV score against the random sets'), paper (Kim et al.'s "
+                "t-test, for comparison)",
+            )
+        ),
     ),
     check=_check_tcav,
 )
@@ -345,8 +359,15 @@ def tcav_job(model: Model, params: dict[str, Any], job: Job) -> list[Path]:
         "toons",
         layers=params["layers"],
         n_random=params["n_random"],
+        test=params["test"],
         progress=job.progress,
     )
+    found = [
+        f"{r['concept']}@{r['layer']}{r.get('direction', '') if tested.test == 'local' else ''}"
+        for r in tested.rows
+        if r["significant"]
+    ]
+    job.note(f"test '{tested.test}'; significant: {', '.join(found) or 'none'}")
     return list(tested.save(job.folder))
 
 

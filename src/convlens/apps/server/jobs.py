@@ -180,7 +180,7 @@ class JobRunner:
         max_kept: int = 200,
     ) -> None:
         self.store = store
-        self.run = run  # (kind, model, params, folder, progress) -> result file names
+        self.run = run  # (kind, model, params, folder, progress, note) -> result file names
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="convlens-job")
         self.cancelled: dict[str, threading.Event] = {}
         self.max_queued, self.max_bytes, self.max_kept = max_queued, max_bytes, max_kept
@@ -233,7 +233,10 @@ class JobRunner:
             tmp = folder.with_name(folder.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-            names = self.run(kind, model, params, tmp, progress)
+            def note(text: str) -> None:
+                self.store.update(job_id, message=text)
+
+            names = self.run(kind, model, params, tmp, progress, note)
             size = folder_bytes(tmp)
             if size > self.max_bytes:
                 raise ValueError(

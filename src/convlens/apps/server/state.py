@@ -278,11 +278,17 @@ class ServerState:
         return state
 
     def _run_job(
-        self, kind: str, key: str, params: dict[str, Any], folder: Path, progress: Any
+        self,
+        kind: str,
+        key: str,
+        params: dict[str, Any],
+        folder: Path,
+        progress: Any,
+        note: Any = lambda text: None,
     ) -> list[str]:
         # the job works on its own copy, so the model stays free for the page meanwhile
         model = self.run_locked(key, lambda: copy.deepcopy(self.classifier(key, "jobs")))
-        return job_kinds.run(kind, model, params, folder, progress, self.image)
+        return job_kinds.run(kind, model, params, folder, progress, self.image, note)
 
     def close(self) -> None:
         if self.jobs is not None:

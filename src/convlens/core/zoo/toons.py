@@ -75,4 +75,5 @@ def toon_detector() -> Detector:
         score_threshold=0.3,
         to_input=lambda x: x,
         layer="backbone",
+        input_size=tuple(record["training"]["data"]["size"]),  # trained at 128 x 128
     )

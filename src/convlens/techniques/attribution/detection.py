@@ -349,12 +349,14 @@ def box_cam(
             forward_hooks(detector.module, [name], keep),
             forward_hooks(detector.module, transform, sizes),
         ):
-            out = detector.module(detector.to_input(x))
+            fitted, back = detector.fit(x)  # the size the detector was trained at
+            out = detector.module(detector.to_input(fitted))
         if len(captured) != 1:
             how = "did not run" if not captured else f"ran {len(captured)} times"
             raise ValueError(f"layer {name!r} {how} in one pass; box CAMs need a layer run once")
         found = out[0]
-        best = _match_found(target, found["boxes"], found["labels"], min_iou)
+        boxes = found["boxes"] * back.to(found["boxes"])  # in the picture's pixels
+        best = _match_found(target, boxes, found["labels"], min_iou)
         score = found["scores"][best]
         if not isinstance(score, torch.Tensor) or not score.requires_grad:
             raise ValueError(

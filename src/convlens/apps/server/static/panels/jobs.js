@@ -27,6 +27,11 @@ const MARKUP = `
       <label>Target class <input id="job-target" list="class-labels" autocomplete="off" placeholder="top-1 of the picture"></label>
       <label>Layers <input id="job-layers" list="job-layer-names" size="16" placeholder="comma-separated"></label>
       <label>Concepts <input id="job-concepts" value="toons" size="10"></label>
+      <label>Test <select id="job-test" title="local: a permutation test where the concept appears (default); sets: the TCAV score against the random sets'; paper: Kim et al.'s t-test, for comparison">
+        <option value="local" selected>local (default)</option>
+        <option value="sets">sets</option>
+        <option value="paper">paper (Kim et al.)</option>
+      </select></label>
     </span>
     <span class="job-fields" data-kind="explain" hidden>
       <label>Methods <input id="job-explain-methods" value="gradcam, integrated_gradients, occlusion" size="28"></label>
@@ -142,7 +147,8 @@ function jobParams(kind) {
   if (target.error || target.index == null) throw new Error(target.error || "Target class: choose a class");
   const layers = $("job-layers").value.split(",").map((s) => s.trim()).filter(Boolean);
   const concepts = $("job-concepts").value.trim() || "toons";
-  return layers.length ? { target: target.index, layers, concepts } : { target: target.index, concepts };
+  const test = $("job-test").value || "local";
+  return layers.length ? { target: target.index, layers, concepts, test } : { target: target.index, concepts, test };
 }
 
 async function startJob(event) {

@@ -1,0 +1,209 @@
+"""One pass per picture: layer activations (and, for target pictures, the gradients of the
+class logit) read from every requested layer at once, with an optional on-disk cache keyed by
+content."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from convlens.core.hooks import StopForward, call_fast, first_tensor, forward_hooks, recorder
+from convlens.core.model import Model
+from convlens.core.render import write_atomic
+from convlens.techniques.concepts.local import picture_stats
+
+_CACHE_VERSION = "convlens-tcav-activations-2"
+
+
+def fingerprint(model: Model) -> str:
+    """A content key for a model: its class, every parameter and buffer (names, shapes, dtypes,
+    bytes) and its preprocessing. Two models with equal weights share it."""
+    h = hashlib.blake2b(digest_size=16)
+    module = model.module
+    h.update(f"{type(module).__module__}.{type(module).__qualname__}".encode())
+    h.update(repr(getattr(model, "preprocess", None)).encode())
+    for name, tensor in module.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+class _Cache:
+    """Per-picture activations on disk (``cache_dir/<key>.pt``, ``torch.load(weights_only=True)``)
+    keyed by model, layers, pass kind and the picture's network input."""
+
+    def __init__(
+        self, folder: str | os.PathLike[str] | None, model_key: str, layers: Sequence[str]
+    ):
+        self.folder = None if folder is None else Path(os.fspath(folder)).expanduser()
+        self.prefix = f"{_CACHE_VERSION}|{model_key}|{','.join(layers)}".encode()
+        self.hits = 0
+        self.misses = 0
+
+    def keys(self, inputs: torch.Tensor, kind: str) -> list[str] | None:
+        if self.folder is None:
+            return None
+        out = []
+        for x in inputs.detach().cpu().contiguous():
+            h = hashlib.blake2b(self.prefix + kind.encode(), digest_size=20)
+            h.update(f"{x.dtype}:{tuple(x.shape)}".encode())
+            h.update(x.numpy().tobytes())
+            out.append(h.hexdigest())
+        return out
+
+    def get(self, key: str) -> dict[str, torch.Tensor] | None:
+        assert self.folder is not None
+        path = self.folder / f"{key}.pt"
+        if not path.is_file():
+            self.misses += 1
+            return None
+        try:
+            found = torch.load(path, weights_only=True, map_location="cpu")
+        except Exception:  # a damaged entry is recomputed (and rewritten)
+            self.misses += 1
+            return None
+        self.hits += 1
+        return found
+
+    def put(self, key: str, value: dict[str, torch.Tensor]) -> None:
+        assert self.folder is not None
+        self.folder.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        torch.save({k: v.clone() for k, v in value.items()}, buffer)  # not the whole batch
+        write_atomic(self.folder / f"{key}.pt", buffer.getvalue())
+
+
+def _input_batches(
+    model: Model, images: list[Any] | torch.Tensor, batch_size: int
+) -> Iterator[torch.Tensor]:
+    if isinstance(images, torch.Tensor):
+        for start in range(0, len(images), batch_size):
+            yield model.prepare(images[start : start + batch_size]).inputs
+        return
+    for start in range(0, len(images), batch_size):
+        yield model.prepare(list(images[start : start + batch_size])).inputs
+
+
+def _run_layers(
+    model: Model,
+    inputs: torch.Tensor,
+    layers: Sequence[str],
+    target: int | None,
+) -> dict[str, torch.Tensor]:
+    """The outputs of ``layers`` as they come (``target`` None: no gradient, the pass stops
+    after the last layer), or, with a target class, ``"<layer>:grad"`` the gradients of its
+    logit with respect to them and ``"<layer>:act"`` the outputs themselves."""
+    module = model.module
+    acts: dict[str, torch.Tensor] = {}
+    keep = recorder(acts, layers if target is None else None)  # no gradient: stop early
+
+    def run(x: torch.Tensor) -> torch.Tensor | None:
+        acts.clear()
+        with forward_hooks(module, layers, keep):
+            if target is None:
+                with torch.inference_mode(), contextlib.suppress(StopForward):
+                    module(x)
+                return None
+            x = x.detach().requires_grad_(True)  # a graph from the layers to the logit
+            return first_tensor(module(x))
+
+    out = call_fast(module, inputs, run)
+    missing = [n for n in layers if n not in acts]
+    if missing:
+        raise ValueError(f"layer(s) {missing} did not run in the forward pass")
+    if target is None:
+        return {n: acts[n].float().cpu() for n in layers}
+    if out is None or out.dim() != 2:
+        shape = None if out is None else tuple(out.shape)
+        raise ValueError(f"expected the network to return (N, classes) logits, got {shape}")
+    if not 0 <= target < out.shape[1]:
+        raise ValueError(f"target class {target} is outside the {out.shape[1]} outputs")
+    grads = torch.autograd.grad(out[:, target].sum(), [acts[n] for n in layers])
+    found = {f"{n}:grad": g.float().cpu() for n, g in zip(layers, grads, strict=True)}
+    found.update({f"{n}:act": acts[n].detach().float().cpu() for n in layers})
+    return found
+
+
+def _flat(name: str, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {name: x.flatten(1)}
+
+
+def _stats(name: str, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {f"{name}:{key}": value for key, value in picture_stats(x).items()}
+
+
+REDUCTIONS: dict[str, Callable[[str, torch.Tensor], dict[str, torch.Tensor]]] = {
+    "flat": _flat,  # (B, F) flattened activations: CAVs on whole maps (tests "sets", "paper")
+    "stats": _stats,  # channel means and a grid of positions: the local test
+}
+
+
+def _reduce(
+    fresh: dict[str, torch.Tensor], layers: Sequence[str], target: int | None, reduce: str
+) -> dict[str, torch.Tensor]:
+    if target is None:
+        out: dict[str, torch.Tensor] = {}
+        for n in layers:
+            out.update(REDUCTIONS[reduce](n, fresh[n]))
+        return out
+    out = {n: fresh[f"{n}:grad"].flatten(1) for n in layers}  # what the set tests read
+    out.update({f"{n}:act": fresh[f"{n}:act"].flatten(1) for n in layers})
+    return out
+
+
+def _collect(
+    model: Model,
+    images: list[Any] | torch.Tensor,
+    layers: Sequence[str],
+    target: int | None,
+    batch_size: int,
+    cache: _Cache,
+    tick: Callable[[int], None],
+    reduce: str = "flat",
+) -> dict[str, torch.Tensor]:
+    """Every picture's layer data, stacked: without ``target``, ``reduce`` (see
+    :data:`REDUCTIONS`) of each layer's activations; with one, ``<layer>`` the flattened
+    gradients of its logit and ``<layer>:act`` the flattened activations."""
+    kind = f"activations:{reduce}" if target is None else f"gradients:{target}"
+    parts: dict[str, list[torch.Tensor]] = {}
+    for inputs in _input_batches(model, images, batch_size):
+        keys = cache.keys(inputs, kind)
+        found: list[dict[str, torch.Tensor] | None] = (
+            [cache.get(k) for k in keys] if keys is not None else [None] * len(inputs)
+        )
+        todo = [i for i, f in enumerate(found) if f is None]
+        if todo:
+            fresh = _reduce(
+                _run_layers(model, inputs[todo], layers, target), layers, target, reduce
+            )
+            for j, i in enumerate(todo):
+                entry = {n: v[j] for n, v in fresh.items()}
+                found[i] = entry
+                if keys is not None:
+                    cache.put(keys[i], entry)
+        for n in found[0]:  # type: ignore[union-attr]
+            parts.setdefault(n, []).append(torch.stack([f[n] for f in found]))  # type: ignore[index]
+        tick(len(inputs))
+    return {n: torch.cat(v) for n, v in parts.items()}
+
+
+def _layer_shapes(
+    model: Model, layers: Sequence[str], example: torch.Tensor
+) -> dict[str, tuple[int, ...]]:
+    """Each layer's output shape (C, h, w) for one picture (a pass that stops at the last)."""
+    kept: dict[str, torch.Tensor] = {}
+    with (
+        forward_hooks(model.module, layers, recorder(kept, layers)),
+        torch.inference_mode(),
+        contextlib.suppress(StopForward),
+    ):
+        model.module(example[:1])
+    return {name: tuple(t.shape[1:]) for name, t in kept.items()}
