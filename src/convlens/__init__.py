@@ -51,6 +51,9 @@ _WHERE = {
     "Detector": "core.detector",
     "Detections": "core.detector",
     "detect": "core.tasks",
+    "Segmenter": "core.segmenter",
+    "Segmentation": "core.segmenter",
+    "segment": "core.tasks",
     "drise": "techniques.attribution.detection",
 }
 # modules reachable as ``cl.<name>`` (``cl.metrics.pointing_game``, ``cl.render.colormap``)
@@ -78,6 +81,7 @@ _MODULES = {
     "filters": "techniques.filters",
     "concepts": "techniques.concepts",
     "detection": "core.detector",
+    "segmenter": "core.segmenter",
 }
 
 __all__ = [
@@ -95,6 +99,8 @@ __all__ = [
     "PickleRefusedError",
     "Prediction",
     "Preprocessing",
+    "Segmentation",
+    "Segmenter",
     "TCAVResult",
     "UnknownNameError",
     "activations",
@@ -115,6 +121,7 @@ __all__ = [
     "sample",
     "samples",
     "sanity_check",
+    "segment",
     "tcav",
     "train",
 ]
@@ -143,7 +150,8 @@ if TYPE_CHECKING:
     from convlens.core.loading import load
     from convlens.core.model import Batch, Model, Prediction, Preprocessing
     from convlens.core.naming import UnknownNameError, parse_layer
-    from convlens.core.tasks import detect
+    from convlens.core.segmenter import Segmentation, Segmenter
+    from convlens.core.tasks import detect, segment
     from convlens.techniques.activations import Activations, activations
     from convlens.techniques.attribution import Attribution, explain, methods
     from convlens.techniques.attribution.detection import drise

@@ -32,6 +32,7 @@ from convlens.apps.server.jobs import Cancelled, JobRunner, JobStore
 from convlens.core.detector import Detection, Detections, Detector
 from convlens.core.errors import WrongTaskError
 from convlens.core.model import Model
+from convlens.core.segmenter import Segmenter
 from convlens.techniques.attribution.detection import BoxExplanation
 
 T = TypeVar("T")
@@ -164,7 +165,7 @@ class ServerState:
     """Everything the app shares between requests."""
 
     config: ServerConfig
-    models: dict[str, Model | Detector] = field(default_factory=dict)
+    models: dict[str, Model | Detector | Segmenter] = field(default_factory=dict)
     specs: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -251,7 +252,7 @@ class ServerState:
         return found
 
     # -- model work ----------------------------------------------------------------------------
-    def model(self, key: str) -> Model | Detector:
+    def model(self, key: str) -> Model | Detector | Segmenter:
         if key not in self.models:
             from convlens.core.naming import unknown
 
