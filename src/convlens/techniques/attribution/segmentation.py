@@ -90,7 +90,6 @@ class SegmentationLogits(nn.Module):
         device = segmenter.device
         self.register_buffer("mean", torch.tensor(pre.mean, device=device).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(pre.std, device=device).view(1, -1, 1, 1))
-        self.eval()
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         x = (pixels - self.mean) / self.std if self.plain else self.normalize(pixels)
