@@ -121,6 +121,12 @@ OPERATIONS = {
     ("delete", "/api/jobs/{job_id}"),
     ("get", "/api/jobs/{job_id}/files/{name}"),
     ("get", "/api/models/{model}/layers"),  # the layer table panel
+    # the segmentation panel
+    ("get", "/api/models/{model}/images/{image_id}/segmentation"),
+    ("get", "/api/models/{model}/images/{image_id}/segmentation.png"),
+    ("get", "/api/models/{model}/images/{image_id}/segmentation/region"),
+    ("get", "/api/models/{model}/images/{image_id}/segmentation/explain/{method}.png"),
+    ("get", "/api/models/{model}/images/{image_id}/segmentation/explain/{method}.json"),
 }
 
 

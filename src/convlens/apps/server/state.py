@@ -267,10 +267,15 @@ class ServerState:
         """The classifier ``key``; a detector is refused, saying where its panels are."""
         handle = self.model(key)
         if handle.task != "classify":
+            kind, panel = (
+                ("detector", "detections")
+                if handle.task == "detect"
+                else ("segmenter", "segmentation")
+            )
             raise WrongTaskError(
-                f"{key!r} is a detector: expected a classifier for {what} (served: "
-                f"{self._of('classify')}); a detector's panel is "
-                f"/api/models/{key}/images/<id>/detections"
+                f"{key!r} is a {kind}: expected a classifier for {what} (served: "
+                f"{self._of('classify')}); a {kind}'s panel is "
+                f"/api/models/{key}/images/<id>/{panel}"
             )
         return cast(Model, handle)
 
