@@ -405,6 +405,29 @@ def test_toon_region_explanations_sit_on_the_explained_part(toon):
             assert row["own"] > 5 * row["area"]
 
 
+def test_in_a_crowd_layercam_keeps_to_the_clicked_character(toon):
+    """A click on one character's hair in a crowd frame: Layer-CAM's map stays on that
+    region (its gradient keeps the position), Seg-Grad-CAM's spatial-mean weights light every
+    character's hair (the README's figures)."""
+    from convlens.data import toons
+
+    crowd = toons.generate(4, variant="crowd", split="test", seed=5).pixels[3]
+    found = cl.segment(toon, crowd)
+    hair = found.mask("hair")
+    ys, xs = torch.nonzero(hair, as_tuple=True)
+    for i in (0, len(xs) // 2, len(xs) - 1):
+        point = (int(xs[i]), int(ys[i]))
+        _, region = found.region_at(*point)
+        assert int(region.sum()) < int(hair.sum())  # one character's hair of several
+        layer = cl.explain(toon, crowd, "seg_layercam", region=point)
+        grad = cl.explain(toon, crowd, "seg_gradcam", region=point)
+        assert torch.equal(layer.region, region) and layer.label == "hair"
+        assert layer.energy_in_region() > 0.55
+        assert layer.energy_in_mask(hair & ~region) < 0.05
+        assert grad.energy_in_mask(hair & ~region) > 0.2
+        assert layer.energy_in_region() > grad.energy_in_region() + 0.25
+
+
 def test_toon_occlusion_of_a_region_falls_mostly_on_its_part(toon):
     """Occlusion of the face's score on a clean toon: more of its positive part on the face
     than a uniform map would put there (the face covers ~3 % of the picture)."""
