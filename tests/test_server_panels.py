@@ -128,6 +128,12 @@ OPERATIONS = {
     ("get", "/api/models/{model}/layers"),  # the layer table panel
     ("get", "/api/runs/{run_id}"),  # a long request's progress (issue 18)
     ("delete", "/api/runs/{run_id}"),  # ... and its cancel
+    # the segmentation panel
+    ("get", "/api/models/{model}/images/{image_id}/segmentation"),
+    ("get", "/api/models/{model}/images/{image_id}/segmentation.png"),
+    ("get", "/api/models/{model}/images/{image_id}/segmentation/region"),
+    ("get", "/api/models/{model}/images/{image_id}/segmentation/explain/{method}.png"),
+    ("get", "/api/models/{model}/images/{image_id}/segmentation/explain/{method}.json"),
 }
 
 

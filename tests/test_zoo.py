@@ -6,6 +6,7 @@ import hashlib
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -187,7 +188,7 @@ def test_torchvision_detector_from_the_hub_cache(hub):
     assert detector.labels[1] == "person" and len(detector.labels) == 91
 
 
-def test_segmentation_names_give_parts_and_are_refused_by_load(hub):
+def test_segmentation_names_give_a_segmenter(hub):
     state = _save_torchvision(
         hub, "lraspp_mobilenet_v3_large", weights_backbone=None, num_classes=21
     )
@@ -196,10 +197,17 @@ def test_segmentation_names_give_parts_and_are_refused_by_load(hub):
     _same_weights(parts.module, state)
     assert parts.preprocessing == cl.Preprocessing(crop=None, resize=520)
     assert parts.labels[:2] == ["__background__", "aeroplane"]
-    with pytest.raises(cl.ModelLoadError) as refused:
-        cl.load("lraspp_mobilenet_v3_large")
-    assert "segmentation handles: not in this build" in str(refused.value)
-    assert "\n" not in str(refused.value)
+    segmenter = cl.load("lraspp_mobilenet_v3_large", layer="backbone.16")
+    assert isinstance(segmenter, cl.Segmenter) and segmenter.task == "segment"
+    _same_weights(segmenter.module, state)
+    assert segmenter.preprocess == parts.preprocessing and segmenter.background == 0
+    assert segmenter.labels[:2] == ["__background__", "aeroplane"]
+    assert segmenter.layer == "backbone.16" and segmenter.name == "lraspp_mobilenet_v3_large"
+    with pytest.raises(cl.ModelLoadError, match="is a segmentation network; task='classify'"):
+        cl.load("lraspp_mobilenet_v3_large", task="classify")
+    # the weights' preprocessing: the shorter side to 520 pixels, as torchvision's preset
+    found = cl.segment(segmenter, np.zeros((100, 150, 3), np.uint8))
+    assert found.size == (520, 780) and found.picture.size == (780, 520)
 
 
 def test_timm_model_from_the_hub_cache(hub):

@@ -52,6 +52,9 @@ _WHERE = {
     "Detector": "core.detector",
     "Detections": "core.detector",
     "detect": "core.tasks",
+    "Segmenter": "core.segmenter",
+    "Segmentation": "core.segmenter",
+    "segment": "core.tasks",
     "drise": "techniques.attribution.detection",
 }
 # modules reachable as ``cl.<name>`` (``cl.metrics.pointing_game``, ``cl.render.colormap``)
@@ -80,6 +83,7 @@ _MODULES = {
     "concepts": "techniques.concepts",
     "detection": "core.detector",
     "dataset": "workflows.datasets",
+    "segmenter": "core.segmenter",
 }
 
 __all__ = [
@@ -97,6 +101,8 @@ __all__ = [
     "PickleRefusedError",
     "Prediction",
     "Preprocessing",
+    "Segmentation",
+    "Segmenter",
     "TCAVResult",
     "UnknownNameError",
     "activations",
@@ -118,6 +124,7 @@ __all__ = [
     "samples",
     "sanity_check",
     "shared_scale",
+    "segment",
     "tcav",
     "train",
 ]
@@ -146,7 +153,8 @@ if TYPE_CHECKING:
     from convlens.core.loading import load
     from convlens.core.model import Batch, Model, Prediction, Preprocessing
     from convlens.core.naming import UnknownNameError, parse_layer
-    from convlens.core.tasks import detect
+    from convlens.core.segmenter import Segmentation, Segmenter
+    from convlens.core.tasks import detect, segment
     from convlens.techniques.activations import Activations, activations
     from convlens.techniques.attribution import Attribution, explain, methods
     from convlens.techniques.attribution.detection import drise

@@ -2,14 +2,15 @@
 
 Accepted sources, tried in this order:
 
-* a handle (:class:`~convlens.core.model.Model` or :class:`~convlens.core.detector.Detector`),
-  returned as is with the options applied;
+* a handle (:class:`~convlens.core.model.Model`, :class:`~convlens.core.detector.Detector` or
+  :class:`~convlens.core.segmenter.Segmenter`), returned as is with the options applied;
 * a ``torch.nn.Module``;
 * a file, recognised by its content (the suffix must agree): every format registered in
   :mod:`convlens.core.formats` (TorchScript and ``torch.save`` checkpoints, ``.onnx``, Keras 3
   ``.keras`` / ``.h5``, ``.safetensors`` and ``.npz`` weights with ``factory=``, plugin ``.py``
   files that define a model);
-* a zoo name (``"mobilenet_v2"``, ``"toon-detector"``; see :mod:`convlens.core.zoo`);
+* a zoo name (``"mobilenet_v2"``, ``"toon-detector"``, ``"toon-segmenter"``; see
+  :mod:`convlens.core.zoo`);
 * a catalogue name: any torchvision classifier, detector or segmenter (``"resnet50"``,
   ``"fasterrcnn_mobilenet_v3_large_fpn"``, ``"resnet50.IMAGENET1K_V1"``) or timm model
   (``"timm:convnext_nano"``), with its weights' own preprocessing and labels; weights from
@@ -19,9 +20,11 @@ Accepted sources, tried in this order:
 
 The handle's task follows from what was found: torchvision's detection networks, our
 CenterNet, modules that say ``task = "detect"``, detector checkpoints and zoo detectors come back
-as a :class:`~convlens.core.detector.Detector`, everything else as a classifier
+as a :class:`~convlens.core.detector.Detector`; torchvision's segmentation networks, our toon
+segmentation network, modules that say ``task = "segment"``, segmenter checkpoints and zoo
+segmenters as a :class:`~convlens.core.segmenter.Segmenter`; everything else as a classifier
 :class:`~convlens.core.model.Model`; ``task=`` forces one. A detector's options are its settings
-(:data:`DETECTOR_OPTIONS`).
+(:data:`DETECTOR_OPTIONS`), a segmenter's :data:`SEGMENTER_OPTIONS`.
 
 Pickled whole models are refused unless ``trust_pickle=True``: unpickling runs code from the
 file. Checkpoints are read with ``torch.load(weights_only=True)``.
@@ -42,13 +45,14 @@ from convlens.core.detector import Detector, is_detection_module
 from convlens.core.errors import ModelLoadError, PickleRefusedError
 from convlens.core.model import Model
 from convlens.core.naming import unknown
+from convlens.core.segmenter import Segmenter, is_segmentation_module
 from convlens.core.zoo import ModelParts, catalogue
 from convlens.core.zoo.weights import Progress
 
 __all__ = ["ModelLoadError", "PickleRefusedError", "load"]
 
-TASKS = ("classify", "detect")
-Handle = Model | Detector
+TASKS = ("classify", "detect", "segment")
+Handle = Model | Detector | Segmenter
 DETECTOR_OPTIONS = (
     "labels",
     "name",
@@ -58,6 +62,7 @@ DETECTOR_OPTIONS = (
     "layer",
     "input_size",
 )
+SEGMENTER_OPTIONS = ("labels", "name", "preprocess", "layer", "background")
 
 
 def load(
@@ -74,14 +79,15 @@ def load(
 
     ``factory`` builds the network for a weights-only file (``"pkg.mod:fn"`` or a callable).
     ``options`` go to the handle (a classifier's ``preprocess``, ``postprocess``, ``labels``,
-    ``name``, ``input_size``; a detector's :data:`DETECTOR_OPTIONS`) and override what the
-    source says. ``task`` (``classify`` / ``detect``) forces the kind of handle.
+    ``name``, ``input_size``; a detector's :data:`DETECTOR_OPTIONS`; a segmenter's
+    :data:`SEGMENTER_OPTIONS`) and override what the source says. ``task`` (``classify`` /
+    ``detect`` / ``segment``) forces the kind of handle.
     ``offline=True`` (default: ``CONVLENS_OFFLINE``) refuses to download a catalogue model's
     weights; ``progress(done, total)`` reports a download in bytes.
     """
     if task not in (None, *TASKS):
-        raise ModelLoadError(f"expected task='classify' or 'detect', got {task!r}")
-    if isinstance(source, (Model, Detector, nn.Module)):
+        raise ModelLoadError(f"expected task='classify', 'detect' or 'segment', got {task!r}")
+    if isinstance(source, (Model, Detector, Segmenter, nn.Module)):
         return _handle(source, options, task)
     if not isinstance(source, (str, Path)):
         raise TypeError(
@@ -125,16 +131,16 @@ def _from_parts(parts: ModelParts, options: dict[str, Any], task: str | None) ->
     return _handle(found, options, task)
 
 
-def _segmenter(parts: ModelParts, options: dict[str, Any], task: str | None) -> Any:
+def _segmenter(parts: ModelParts, options: dict[str, Any], task: str | None) -> Segmenter:
     """A segmentation network's handle (task ``segment``): the one place where a catalogue's
-    ``(module, preprocessing, labels)`` becomes it, with the user's ``options`` (and ``task``,
-    should one be forced), e.g. ``Segmenter(parts.module, parts.labels,
-    preprocess=parts.preprocessing, name=parts.name, **options)``.
-    """
-    raise ModelLoadError(
-        f"{parts.name} is a segmentation network (task 'segment'); segmentation handles: "
-        "not in this build"
-    )
+    ``(module, preprocessing, labels)`` becomes it, with the user's ``options``. The weights'
+    preprocessing (torchvision's ``SemanticSegmentation``: the shorter side resized, no crop,
+    mean and std) is the segmenter's; the first class (``__background__``) its background."""
+    if task not in (None, "segment"):
+        raise ModelLoadError(f"{parts.name} is a segmentation network; task={task!r} was asked for")
+    labels = [n if isinstance(n, str) else n[0] for n in parts.labels or []] or None
+    found = Segmenter(parts.module, labels, name=parts.name, preprocess=parts.preprocessing)
+    return _as_segmenter(found, options)
 
 
 def _handle(found: Any, options: dict[str, Any], task: str | None) -> Handle:
@@ -142,10 +148,17 @@ def _handle(found: Any, options: dict[str, Any], task: str | None) -> Handle:
     detects = isinstance(found, Detector) or (
         isinstance(found, nn.Module) and is_detection_module(found)
     )
+    segments = isinstance(found, Segmenter) or (
+        isinstance(found, nn.Module) and is_segmentation_module(found)
+    )
     if task == "detect" or (task is None and detects):
         return _as_detector(found, options)
-    if isinstance(found, Detector):
-        raise ModelLoadError(f"{found.name!r} is a detector; task='classify' was asked for")
+    if task == "segment" or (task is None and segments):
+        return _as_segmenter(found, options)
+    if isinstance(found, (Detector, Segmenter)):
+        raise ModelLoadError(
+            f"{found.name!r} is a {found.task} handle; task={task!r} was asked for"
+        )
     if isinstance(found, Model):
         return _with_options(found, options)
     if isinstance(found, nn.Module):
@@ -186,6 +199,37 @@ def _as_detector(source: Any, options: dict[str, Any]) -> Detector:
     return Detector(source.module, labels, to_input=source.to_input, **settings)
 
 
+def _as_segmenter(source: Any, options: dict[str, Any]) -> Segmenter:
+    """A :class:`~convlens.core.segmenter.Segmenter` from a Segmenter, a Model's network or a
+    segmentation module, with ``options`` (:data:`SEGMENTER_OPTIONS`) as its settings."""
+    unknown_options = sorted(set(options) - set(SEGMENTER_OPTIONS))
+    if unknown_options:
+        raise ModelLoadError(
+            f"a segmenter takes the options {', '.join(SEGMENTER_OPTIONS)}; got "
+            f"{', '.join(unknown_options)}"
+        )
+    if isinstance(source, Model):
+        source = source.module
+    if isinstance(source, nn.Module):
+        names = getattr(source, "labels", None)
+        labels = list(names) if isinstance(names, list | tuple) else None
+        source = Segmenter(source, labels, name=type(source).__name__)
+    if not isinstance(source, Segmenter):
+        raise ModelLoadError(f"expected a segmenter, got {type(source).__name__}")
+    if not options:
+        return source
+    settings: dict[str, Any] = {
+        "labels": source.labels,
+        "name": source.name,
+        "preprocess": source.preprocess,
+        "layer": source.layer,
+        "background": source.background,
+    }
+    settings.update(options)
+    labels = settings.pop("labels")
+    return Segmenter(source.module, labels, **settings)
+
+
 def _with_options(model: Model, options: dict[str, Any]) -> Model:
     if not options:
         return model
@@ -204,7 +248,7 @@ def _from_factory(spec: str, options: dict[str, Any], task: str | None) -> Handl
     built = resolve_factory(spec)()
     if isinstance(built, nn.Module) and not is_detection_module(built) and task != "detect":
         options.setdefault("name", spec)
-    if not isinstance(built, (Model, Detector, nn.Module)):
+    if not isinstance(built, (Model, Detector, Segmenter, nn.Module)):
         raise ModelLoadError(
             f"factory {spec!r} returned {type(built).__name__}, expected an nn.Module or a Model"
         )

@@ -13,6 +13,7 @@ from convlens.apps.cli import explain  # noqa: F401
 from convlens.apps.cli import featurevis  # noqa: F401
 from convlens.apps.cli import tcav  # noqa: F401
 from convlens.apps.cli import detect  # noqa: F401
+from convlens.apps.cli import segment  # noqa: F401
 from convlens.apps.cli import evaluate  # noqa: F401
 from convlens.apps.cli import dataset  # noqa: F401
 from convlens.apps.cli import train  # noqa: F401

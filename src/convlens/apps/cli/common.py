@@ -187,6 +187,20 @@ def progress_callback(bar: Any, task: Any) -> Callable[[int, int], None]:
     return report
 
 
+def training_reporter(bar: Any, description: str) -> Any:
+    """A training ``progress`` callback: epochs as lines above ``bar``, reading and steps on
+    it."""
+    task = bar.add_task(description, total=None)
+
+    def report(event: Any) -> None:
+        if event.stage == "epoch":
+            bar.console.print(event.message, highlight=False)
+        elif event.stage in ("load", "step"):
+            bar.update(task, completed=event.done, total=event.total, description=event.message)
+
+    return report
+
+
 def parse_value(text: str) -> object:
     """'16' -> 16, '0.5' -> 0.5, 'true' -> True, '1,2,3' -> (1, 2, 3), else the text."""
     lowered = text.strip().lower()

@@ -47,7 +47,9 @@ def evaluate(
     """Score explanation methods on a data set with masks: pointing game, energy in the mask,
     deletion / insertion AUC, Average Drop, Increase in Confidence (mean ± 95 % CI). A detector
     is scored on a folder with boxes: mAP@0.5, mAP@0.5:0.95, every-object-found rate, and its
-    box explanations (drise, gradcam, layercam) by energy in box and pointing."""
+    box explanations (drise, gradcam, layercam) by energy in box and pointing. A segmenter on
+    toons folders: IoU per class, mean IoU, and its region explanations by energy in the
+    explained part's own mask."""
     with user_errors():
         from convlens.core.detector import Detector
         from convlens.techniques.attribution.base import methods as registry
@@ -58,6 +60,13 @@ def evaluate(
         from convlens.workflows.masked import as_masked
 
         handle = load_model(model, factory, trust_pickle, detectors=True)
+        if handle.task == "segment":
+            from convlens.apps.cli.segment import evaluate_segmenter_command
+
+            evaluate_segmenter_command(
+                handle, data, method, metrics, parts, n, split, batch_size, out
+            )
+            return
         if isinstance(handle, Detector):
             if metrics is not None or parts is not None:
                 raise ValueError(

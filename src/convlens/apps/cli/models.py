@@ -105,7 +105,7 @@ def methods(
     name: Annotated[
         str | None, typer.Argument(help="One method: its settings, ranges and defaults.")
     ] = None,
-    task: Annotated[str, typer.Option(help="classify or detect.")] = "classify",
+    task: Annotated[str, typer.Option(help="classify, detect or segment.")] = "classify",
     as_json: Annotated[bool, typer.Option("--json", help="The method table as JSON.")] = False,
 ) -> None:
     """The attribution methods convlens knows (or one method's settings)."""

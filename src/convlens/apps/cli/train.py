@@ -1,4 +1,5 @@
-"""``convlens train``: a classifier, or a detector with ``--task detect``."""
+"""``convlens train``: a classifier, a detector with ``--task detect``, a segmenter with
+``--task segment`` (its options: :mod:`.segment`)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from convlens.apps.cli.common import (
     progress_bar,
     user_errors,
 )
+from convlens.apps.cli.common import training_reporter as _reporter
 
 # -- the options (`--task detect` takes some of them, see _DETECT_TAKES) -------------------------
 
@@ -28,8 +30,9 @@ Out = Annotated[Path, typer.Option("--out", "-o", help="Output folder.")]
 Task = Annotated[
     str,
     typer.Option(
-        help="classify (class folders) or detect (a folder with boxes, e.g. from "
-        "`convlens toons make --variant crowd`; trains a CenterNet)."
+        help="classify (class folders), detect (a folder with boxes, e.g. from "
+        "`convlens toons make --variant crowd`; trains a CenterNet) or segment (toons folders' "
+        "part masks; trains toon_segnet on random --size crops)."
     ),
 ]
 Arch = Annotated[
@@ -125,11 +128,17 @@ def train_command(
     """Train a classifier on an image folder (or with --task detect a detector on a folder with
     boxes): model.pt (load it with any convlens command), metrics.json, tensorboard/ and
     filters/<layer>.gif + .png of the filters evolving."""
-    if task not in ("classify", "detect"):
+    if task not in ("classify", "detect", "segment"):
         with user_errors():
-            raise ValueError(f"expected --task classify or detect, got {task!r}")
+            raise ValueError(f"expected --task classify, detect or segment, got {task!r}")
     if task == "detect":
         _train_detector(ctx, data, out)
+        return
+    if task == "segment":
+        from convlens.apps.cli.segment import train_segmenter_command
+
+        with user_errors():
+            train_segmenter_command(ctx, data, out)
         return
     with user_errors():
         from convlens.workflows.training.augment import Augmentation
@@ -184,20 +193,6 @@ def _key_values(items: list[str], expected: str) -> dict[str, object]:
             raise ValueError(f"expected {expected}, got {item!r}")
         options[key.strip()] = parse_value(value)
     return options
-
-
-def _reporter(bar: Any, description: str) -> Any:
-    """A training ``progress`` callback: epochs as lines above ``bar``, reading and steps on
-    it."""
-    task = bar.add_task(description, total=None)
-
-    def report(event: Any) -> None:
-        if event.stage == "epoch":
-            bar.console.print(event.message, highlight=False)
-        elif event.stage in ("load", "step"):
-            bar.update(task, completed=event.done, total=event.total, description=event.message)
-
-    return report
 
 
 def _summary(metrics: dict[str, Any], out: Path) -> None:

@@ -32,6 +32,7 @@ from convlens.apps.server.jobs import Cancelled, JobRunner, JobStore
 from convlens.core.detector import Detection, Detections, Detector
 from convlens.core.errors import WrongTaskError
 from convlens.core.model import Model
+from convlens.core.segmenter import Segmenter
 from convlens.techniques.attribution.detection import BoxExplanation
 
 T = TypeVar("T")
@@ -211,7 +212,7 @@ class ServerState:
     """Everything the app shares between requests."""
 
     config: ServerConfig
-    models: dict[str, Model | Detector] = field(default_factory=dict)
+    models: dict[str, Model | Detector | Segmenter] = field(default_factory=dict)
     specs: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -313,7 +314,7 @@ class ServerState:
         return found
 
     # -- model work ----------------------------------------------------------------------------
-    def model(self, key: str) -> Model | Detector:
+    def model(self, key: str) -> Model | Detector | Segmenter:
         if key not in self.models:
             from convlens.core.naming import unknown
 
@@ -328,10 +329,15 @@ class ServerState:
         """The classifier ``key``; a detector is refused, saying where its panels are."""
         handle = self.model(key)
         if handle.task != "classify":
+            kind, panel = (
+                ("detector", "detections")
+                if handle.task == "detect"
+                else ("segmenter", "segmentation")
+            )
             raise WrongTaskError(
-                f"{key!r} is a detector: expected a classifier for {what} (served: "
-                f"{self._of('classify')}); a detector's panel is "
-                f"/api/models/{key}/images/<id>/detections"
+                f"{key!r} is a {kind}: expected a classifier for {what} (served: "
+                f"{self._of('classify')}); a {kind}'s panel is "
+                f"/api/models/{key}/images/<id>/{panel}"
             )
         return cast(Model, handle)
 

@@ -6,8 +6,8 @@ rebuilds the same network. Layers are named children of an ``nn.Sequential`` (``
 ``pool1``, ``dense1``, ``logits``), so ``model.layers()`` reads like the table below and a
 user types ``--layer conv3``.
 
-The networks themselves are in :mod:`~convlens.core.architectures.cnns` and
-:mod:`~convlens.core.architectures.centernet`:
+The networks themselves are in :mod:`~convlens.core.architectures.cnns`,
+:mod:`~convlens.core.architectures.segnet` and :mod:`~convlens.core.architectures.centernet`:
 
 * ``explorer_cnn`` — the small classifier of the activation explorer (system 1 of the
   mission): three times conv 3x3 + ReLU + max-pool 2, dropout, dense + ReLU, dense to the
@@ -16,10 +16,13 @@ The networks themselves are in :mod:`~convlens.core.architectures.cnns` and
 * ``scratch_cnn`` — the network built from scratch and watched while it trains (system 3):
   two blocks of two conv 3x3 + ReLU layers, each block closed by max-pool 2 and dropout, then
   dense + ReLU, dropout and a dense layer to the classes (the Keras CIFAR-10 example's layout).
+* ``toon_segnet`` — the toon segmentation network: a small encoder-decoder with additive skips
+  that labels every pixel; it returns torchvision's segmentation dict
+  ``{"out": (N, classes, H, W)}`` (plus ``"aux"`` with ``aux=True``).
 
-Both output logits (N, classes); the softmax is the :class:`~convlens.core.model.Model`'s
-postprocess. A user's own network comes from ``"package.module:factory"`` (see
-:func:`build`).
+The classifiers output logits (N, classes); the softmax is the
+:class:`~convlens.core.model.Model`'s postprocess. A user's own network comes from
+``"package.module:factory"`` (see :func:`build`).
 """
 
 from __future__ import annotations

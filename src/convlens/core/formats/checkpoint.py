@@ -7,6 +7,8 @@ objects (a whole model saved with ``torch.save(model)``) is refused unless the u
 * a ``convlens train`` checkpoint (``convlens_checkpoint``: an architecture name and options,
   weights, labels, preprocessing), rebuilt through :mod:`convlens.core.architectures`;
 * a ``convlens-centernet`` detector checkpoint (``convlens train --task detect``);
+* a ``convlens-segmenter`` checkpoint (``convlens train --task segment``), a
+  :class:`~convlens.core.segmenter.Segmenter`;
 * a bare ``state_dict`` (also nested under ``state_dict``, ``model``, ...): the user's
   ``factory=`` builds the network and the weights fill it strictly.
 """
@@ -22,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from convlens.core import architectures
+from convlens.core import architectures, segmenter
 from convlens.core.architectures import centernet
 from convlens.core.detector import Detector
 from convlens.core.errors import ModelLoadError, PickleRefusedError
@@ -52,6 +54,8 @@ def read_torch(path: Path, request: LoadRequest) -> Any:
     if isinstance(content, Mapping) and content.get("format") == centernet.FORMAT:
         module, classes = centernet.from_content(content, path)
         return Detector(module, classes, name=path.stem, to_input=lambda x: x, layer="backbone")
+    if isinstance(content, Mapping) and content.get("format") == segmenter.FORMAT:
+        return segmenter.from_content(content, path.name)
     if isinstance(content, (Model, nn.Module)):
         return content
     if isinstance(content, Mapping) and "convlens_checkpoint" in content:

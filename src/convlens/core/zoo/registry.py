@@ -1,4 +1,4 @@
-"""The zoo's table: named models that load offline, classifiers and detectors alike.
+"""The zoo's table: named models that load offline, classifiers, detectors and segmenters alike.
 
 Weights are never downloaded. Each entry finds its file in torch's hub cache or in a package
 that ships it, checks the file's hash, and otherwise says what to install. Entries register
@@ -28,8 +28,9 @@ class MissingWeightsError(FileNotFoundError):
 @dataclass(frozen=True)
 class ZooEntry:
     """A named model that loads offline: ``task`` is ``classify`` (``build`` returns a
-    :class:`~convlens.core.model.Model`) or ``detect`` (a
-    :class:`~convlens.core.detector.Detector`)."""
+    :class:`~convlens.core.model.Model`), ``detect`` (a
+    :class:`~convlens.core.detector.Detector`) or ``segment`` (a
+    :class:`~convlens.core.segmenter.Segmenter`)."""
 
     name: str
     description: str
@@ -39,7 +40,7 @@ class ZooEntry:
 
 
 ZOO: Registry[ZooEntry] = Registry("zoo model")
-TASKS = ("classify", "detect")
+TASKS = ("classify", "detect", "segment")
 
 
 def register(

@@ -1,5 +1,6 @@
 """The toon models that ship with convlens (trained by ``convlens train``; the commands, seeds and
-accuracies are recorded beside the weights in ``data/models/*.json``)."""
+accuracies are recorded beside the weights in ``data/models/*.json``): two classifiers, a
+detector and a segmenter."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import hashlib
 from importlib import resources
 from pathlib import Path
 
+from convlens.core import segmenter
 from convlens.core.architectures import centernet
 from convlens.core.detector import Detector
 from convlens.core.formats import checkpoint
@@ -27,6 +29,18 @@ def _shipped(name: str) -> Model:
     )
     model.name = name
     return model
+
+
+def _recorded(name: str) -> Path:
+    """``data/models/<name>.pt``, checked against the sha256 its record holds."""
+    folder = resources.files("convlens").joinpath("data", "models")
+    path = Path(str(folder.joinpath(f"{name}.pt")))
+    if not path.is_file():
+        raise MissingWeightsError(f"{name}'s weights ({path}) are missing from this install")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != shipped_record(name)["sha256"]:
+        raise ValueError(f"{path} does not match its record (sha256 {digest[:12]}...)")
+    return path
 
 
 def shipped_record(name: str) -> dict:
@@ -61,13 +75,7 @@ def toon_cnn_spurious() -> Model:
     task="detect",
 )
 def toon_detector() -> Detector:
-    folder = resources.files("convlens").joinpath("data", "models")
-    path = Path(str(folder.joinpath("toon-detector.pt")))
-    record = shipped_record("toon-detector")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    if digest != record["sha256"]:
-        raise ValueError(f"{path} does not match its record (sha256 {digest[:12]}...)")
-    module, classes = centernet.load(path)
+    module, classes = centernet.load(_recorded("toon-detector"))
     return Detector(
         module,
         classes,
@@ -77,3 +85,16 @@ def toon_detector() -> Detector:
         layer="backbone",
         input_size=tuple(record["training"]["data"]["size"]),  # trained at 128 x 128
     )
+
+
+@register(
+    "toon-segmenter",
+    "a small encoder-decoder labelling hair, face and body of toons, trained by "
+    "tools/make_toon_segmenter.py (shipped)",
+    task="segment",
+)
+def toon_segmenter() -> segmenter.Segmenter:
+    path = _recorded("toon-segmenter")
+    found = segmenter.load(path)
+    found.name = "toon-segmenter"
+    return found

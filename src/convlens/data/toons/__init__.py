@@ -48,6 +48,10 @@ other tools read too::
     ROOT/masks/<split>/<id>.png          8-bit part ids
     ROOT/instances/<split>/<id>.png      8-bit character index (0 = none)
 
+For segmentation the part masks become class maps (:func:`class_map`: background, hair, face,
+body; hats and distractors are background), in memory (:func:`segmentation_data`) or read from
+toons folders (:func:`read_segmentation`).
+
 Concept sets for TCAV (:func:`write_concepts`): ``ROOT/<concept>/*.png`` for the colours
 and textures in :data:`CONCEPTS` and ``ROOT/random_0 .. random_<N-1>`` of background and
 clutter crops.
@@ -83,6 +87,14 @@ from convlens.data.toons.folders import (
     write,
 )
 from convlens.data.toons.scenes import generate
+from convlens.data.toons.segmentation import (
+    PART_TO_CLASS,
+    SEGMENT_CLASSES,
+    class_map,
+    read_segmentation,
+    segmentation_data,
+    toons_folders,
+)
 
 __all__ = [
     "BACKGROUNDS",
@@ -94,12 +106,15 @@ __all__ = [
     "FORMAT",
     "HAIR_HUE",
     "PARTS",
+    "PART_TO_CLASS",
+    "SEGMENT_CLASSES",
     "SPLITS",
     "SPURIOUS_AGREEMENT",
     "SPURIOUS_BRIGHTNESS",
     "VARIANTS",
     "ToonSet",
     "ToonsError",
+    "class_map",
     "concept_image",
     "concept_images",
     "crowd_frames",
@@ -108,7 +123,10 @@ __all__ = [
     "random_image",
     "read",
     "read_boxes",
+    "read_segmentation",
+    "segmentation_data",
     "split_counts",
+    "toons_folders",
     "write",
     "write_concepts",
 ]

@@ -11,6 +11,7 @@ from convlens.techniques.attribution import (  # noqa: F401  (each family regist
     gradients,
     occlusion,
     rise,
+    segmentation,
     smoothgrad,
 )
 from convlens.techniques.attribution.base import (

@@ -435,7 +435,7 @@ def make_attribution(
 # -- the registry -----------------------------------------------------------------------------
 
 Method = Callable[..., Any]
-TASKS = ("classify", "detect")
+TASKS = ("classify", "detect", "segment")
 FAMILIES = ("gradient", "cam", "perturbation")
 
 # settings many methods share: what they mean and their ranges, said once
@@ -468,9 +468,10 @@ class MethodInfo:
     """A registered method: its function and everything the faces need to offer it.
 
     ``task`` is what it explains (``classify``: a class of a classifier; ``detect``: one box of
-    a detector); ``family`` is ``gradient``, ``cam`` or ``perturbation``; ``settings`` are its
-    options with their types, ranges and help (the CLI's flags, the explorer's forms and the
-    API's validation read them)."""
+    a detector; ``segment``: a class over a region of a segmenter); ``family`` is
+    ``gradient``, ``cam`` or ``perturbation``; ``settings`` are its options with their types,
+    ranges and help (the CLI's flags, the explorer's forms and the API's validation read
+    them)."""
 
     name: str
     fn: Method
@@ -536,8 +537,10 @@ def register(
     needs_layer: bool = False,
     signed: bool = False,
     settings: Mapping[str, Spec] | None = None,
+    aliases: tuple[str, ...] = (),
 ) -> Callable[[Method], Method]:
-    """Add an attribution method to the registry of its ``task``.
+    """Add an attribution method to the registry of its ``task`` (``aliases``: other names
+    for it in that task alone, besides :data:`ALIASES`).
 
     ``settings`` gives each option's range or choices and help
     (:func:`convlens.core.registry.spec`);
@@ -561,8 +564,8 @@ def register(
             settings_from_signature(fn, specs, skip=NOT_SETTINGS),
             any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()),
         )
-        aliases = tuple(a for a, target in ALIASES.items() if target == name)
-        _TABLE[task].add(name, info, aliases)
+        shared = tuple(a for a, target in ALIASES.items() if target == name)
+        _TABLE[task].add(name, info, shared + aliases)
         return fn
 
     return add
@@ -574,7 +577,7 @@ def unregister(name: str, task: str = "classify") -> None:
 
 
 def methods(task: str = "classify") -> dict[str, MethodInfo]:
-    """Every registered method of ``task`` (``classify`` or ``detect``), by name."""
+    """Every registered method of ``task`` (``classify``, ``detect`` or ``segment``), by name."""
     if task not in TASKS:
         raise ValueError(f"expected a task in {TASKS}, got {task!r}")
     return dict(_TABLE[task].items())

@@ -1,10 +1,12 @@
 """``convlens.explain``: the one entry point for every explanation, whatever the task.
 
-The handle's task (``classify`` or ``detect``, :mod:`convlens.core.tasks`) picks the method
-table; the method's function does the rest. A classifier's methods explain a class for each
-picture of a batch and return an :class:`~convlens.techniques.attribution.base.Attribution`;
-a detector's explain one box and return a
-:class:`~convlens.techniques.attribution.detection.BoxExplanation`; both are
+The handle's task (``classify``, ``detect`` or ``segment``, :mod:`convlens.core.tasks`) picks
+the method table; the method's function does the rest. A classifier's methods explain a class
+for each picture of a batch and return an
+:class:`~convlens.techniques.attribution.base.Attribution`; a detector's explain one box and
+return a :class:`~convlens.techniques.attribution.detection.BoxExplanation`; a segmenter's
+explain a class over a region and return a
+:class:`~convlens.techniques.attribution.segmentation.RegionExplanation`; all are
 :class:`~convlens.techniques.attribution.base.Explanation` s.
 """
 
@@ -48,7 +50,9 @@ def explain(
     ``classes=["tabby", "tiger cat"]`` explains every image for each of several classes in one
     batched call (N x len(classes) maps, image-major, named ``"<image>:<class>"``). For a
     detector, ``target`` is one detection (``dets[1]``) or its index, and the result explains
-    that box. ``options`` go to the method (``layer=``, ``steps=``, ``window=``...).
+    that box; for a segmenter, ``target`` is a class (index or name) and ``region=`` a boolean
+    mask (H, W) (default: every pixel labelled that class). ``options`` go to the method
+    (``layer=``, ``steps=``, ``window=``...).
 
     Many pictures are explained in chunks that fit the memory budget (a CPU's cache, or half
     a GPU's free memory), read from disk chunk by chunk: 128 pictures at once cost a CPU about
@@ -60,7 +64,9 @@ def explain(
     info = get_method(method, handle.task)
     if not isinstance(handle, Model):
         if classes is not None:
-            raise ValueError("a detector explains one box: give target=, not classes=")
+            raise ValueError(
+                "a detector explains one box and a segmenter one region: give target=, not classes="
+            )
         return info.fn(handle, images, target, **options)  # type: ignore[no-any-return]
     if classes is not None:
         if target is not None:

@@ -303,7 +303,9 @@ class _Occluder:
         if self.notice.startswith("plain"):
             return None
         try:
-            engine = Incremental(self.model.module, self.inputs[image : image + 1], cap=self.cap)
+            # the module whose forward is model.forward (a segmenter's glue has its own)
+            network = getattr(self.model, "forward_module", self.model.module)
+            engine = Incremental(network, self.inputs[image : image + 1], cap=self.cap)
             clean = self.target.select(torch.tensor([image])).score(engine.clean_output).float()
             assert self.logits is not None
             expected = self.logits[image : image + 1]

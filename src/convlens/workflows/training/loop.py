@@ -9,8 +9,8 @@
   (with the same number of threads);
 * **epochs, shuffling and batching**: every epoch a ``torch.randperm`` of the training pictures
   from the order stream, cut into batches of ``batch_size`` in that order;
-* **the optimiser**: Adam at ``lr`` (and the head's learning-rate schedule, if it has one,
-  stepped after every optimiser step);
+* **the optimiser**: Adam at ``lr`` with ``weight_decay`` (0 unless the front door sets it) and
+  the head's learning-rate schedule, if it has one, stepped after every optimiser step;
 * **validation** after every epoch, the weights of the best epoch kept and restored at the end,
   **early stopping** after ``early_stopping`` epochs without a better one (only with a
   validation set);
@@ -24,8 +24,8 @@
     out/filters/<layer>.gif  one frame per filter snapshot, labelled with its step
     out/filters/<layer>.png  a strip of (up to 8) snapshots side by side
 
-What a head provides (:class:`Head`; :class:`~.classify.ClassifierHead` and
-:class:`~.detect.DetectorHead` are the two there are):
+What a head provides (:class:`Head`; :class:`~.classify.ClassifierHead`,
+:class:`~.detect.DetectorHead` and :class:`~.segment.SegmenterHead` are the three there are):
 
 * ``build(device)``: the network on ``device``, ready to train (it runs under the weights seed);
 * ``train_step(module, index, generator)``: the loss of the training pictures at ``index`` (a 1-D
@@ -46,13 +46,12 @@ What a head provides (:class:`Head`; :class:`~.classify.ClassifierHead` and
   optionally ``graph_input(device)`` (an input for TensorBoard's graph) and
   ``schedule(optimizer, total_steps)``.
 
-Nothing here assumes class labels or boxes. A segmentation head (pictures with per-pixel class
-masks) would build a network that returns class scores per pixel (N, K, H, W); warp pictures
-and masks with the same draws in ``train_step`` (masks with nearest-neighbour sampling) and
-return the mean per-pixel cross-entropy with, say, ``{"train_pixel_accuracy": ...}``; return
-``{"val_loss": ..., "val_miou": ...}`` from ``validate`` with ``monitor = "val_miou"`` and
-``higher_is_better = True``; the test mean IoU from ``final``; and its own checkpoint from
-``save``.
+Nothing here assumes class labels, boxes or masks: the segmentation head builds a network
+that returns class scores per pixel (N, K, H, W), warps pictures and masks with the same draws
+in ``train_step`` (masks with nearest-neighbour sampling) and returns the mean per-pixel
+cross-entropy with ``{"train_pixel_accuracy": ...}``; ``validate`` gives ``{"val_miou": ...}``
+with ``monitor = "val_miou"`` and ``higher_is_better = True``; ``final`` the test mean IoU;
+``save`` its own checkpoint.
 """
 
 from __future__ import annotations
@@ -157,7 +156,8 @@ class Plan:
     """How to train, whatever the head: passes, batch size, Adam's learning rate, the seeds,
     early stopping (epochs without a better validation metric; ``None``/0: never), the conv
     layers whose filters are drawn every ``snapshot_every`` steps (0: never; ``None``: the first
-    four), TensorBoard, the device and CPU threads (``None``: torch's setting)."""
+    four), TensorBoard, the device, CPU threads (``None``: torch's setting) and Adam's
+    ``weight_decay`` (L2, as ``torch.optim.Adam`` applies it)."""
 
     epochs: int
     batch_size: int
@@ -169,6 +169,7 @@ class Plan:
     tensorboard: bool = False
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     threads: int | None = None
+    weight_decay: float = 0.0
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
@@ -180,6 +181,8 @@ class Plan:
             raise ValueError(f"expected snapshot_every >= 0, got {self.snapshot_every}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"expected threads >= 1, got {self.threads}")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"expected weight_decay >= 0, got {self.weight_decay}")
 
 
 class Head(Protocol):
@@ -353,7 +356,7 @@ def _epochs(
     """The epochs: shuffle, one optimiser step per batch, validate, keep the best weights, log,
     stop early."""
     order_generator, augment_generator = plan.seeds.generators()
-    optimizer = torch.optim.Adam(module.parameters(), lr=plan.lr)
+    optimizer = torch.optim.Adam(module.parameters(), lr=plan.lr, weight_decay=plan.weight_decay)
     total_steps = plan.epochs * math.ceil(head.train_size / plan.batch_size)
     schedule = head.schedule(optimizer, total_steps)
     outcome = _Outcome()
@@ -426,6 +429,7 @@ def _config(head: Head, plan: Plan, layers: list[str]) -> dict[str, Any]:
         "epochs": plan.epochs,
         "batch_size": plan.batch_size,
         "lr": plan.lr,
+        **({"weight_decay": plan.weight_decay} if plan.weight_decay else {}),
         "optimizer": head.optimizer,
         "seed": plan.seeds.seed,
         **head.sampling,

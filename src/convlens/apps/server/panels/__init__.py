@@ -33,6 +33,7 @@ PANELS: tuple[str, ...] = (
     "filters",  # that layer's filter weights
     "explanation",  # attribution maps: every registered method as a form
     "detection",  # a detector's boxes, and one box explained
+    "segmentation",  # a segmenter's classes, and the region clicked explained
     "jobs",  # long work in the background: feature visualization, TCAV, ...
     "layers",  # the layer table: every layer's type, output shape and parameters
 )

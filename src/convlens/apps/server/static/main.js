@@ -15,9 +15,9 @@ function renderModelOptions() {
 }
 
 function modelInfo(model) {
-  if (model.task === "detect") {
+  if (model.task === "detect" || model.task === "segment") {
     const classes = model.labels && model.labels.length ? `classes ${model.labels.join(", ")}` : "";
-    return [model.description, "detector", classes];
+    return [model.description, model.task === "detect" ? "detector" : "segmenter", classes];
   }
   const size = (model.input_size || []).join("×");
   const classes = model.classes && `${model.classes} classes`;
@@ -30,10 +30,10 @@ function setModel(name) {
   state.model = model;
   state.predictions = [];
   $("model-select").value = model.name;
-  document.body.dataset.task = model.task === "detect" ? "detect" : "classify";
+  document.body.dataset.task = ["detect", "segment"].includes(model.task) ? model.task : "classify";
   $("model-info").textContent = modelInfo(model).filter(Boolean).join(" · ");
   $("model-info").title = $("model-info").textContent;
-  if (model.task !== "detect") setClasses(model);
+  if (model.task === "classify") setClasses(model);
   emit("model", model);
 }
 

@@ -33,6 +33,8 @@ export function emit(event, ...args) {
 }
 
 export const isDetector = () => Boolean(state.model && state.model.task === "detect");
+// the classifier's panels stand aside for a detector or a segmenter (each has its own panel)
+export const isClassifier = () => Boolean(state.model && state.model.task === "classify");
 
 // ---------------------------------------------------------------- layers
 

@@ -4,7 +4,7 @@
 import { imageBase, seg } from "../lib/api.js";
 import { $, clamp, fillSelect, mount as put, openFullSize } from "../lib/dom.js";
 import { clearImage, loadImage } from "../lib/slots.js";
-import { browsableLayers, emit, isDetector, layerChannels, layerItem, on, state } from "../lib/state.js";
+import { browsableLayers, emit, isClassifier, layerChannels, layerItem, on, state } from "../lib/state.js";
 
 const MARKUP = `
 <section class="panel classify-only" id="activations-panel" aria-labelledby="activations-title">
@@ -34,7 +34,7 @@ const MARKUP = `
 const view = { channel: 0, channels: 0, grid: false };
 
 function setModel(model) {
-  if (isDetector()) return;
+  if (!isClassifier()) return;
   state.layers = browsableLayers(model);
   fillSelect($("layer-select"), state.layers.map(layerItem));
   const first = state.layers.find((l) => l.kind === "conv") || state.layers[0];
@@ -84,7 +84,7 @@ function setGrid(on) {
 }
 
 function loadHeatmap() {
-  if (isDetector()) return;
+  if (!isClassifier()) return;
   if (!state.model || !state.imageId || !state.layer) {
     clearImage("heatmap", state.imageId ? "No layer to show" : "No image yet");
     return;

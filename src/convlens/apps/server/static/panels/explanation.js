@@ -5,7 +5,7 @@ import { imageBase, loadList, seg } from "../lib/api.js";
 import { $, el, fillSelect, humanize, formatMs, mount as put, openFullSize, showError } from "../lib/dom.js";
 import { FAMILY_LABELS, readSettings, renderSettings } from "../lib/forms.js";
 import { loadImage } from "../lib/slots.js";
-import { isDetector, layerItem, on, resolveClass, state } from "../lib/state.js";
+import { isClassifier, layerItem, on, resolveClass, state } from "../lib/state.js";
 
 const FAMILY_ORDER = ["cam", "gradient", "perturbation"];
 
@@ -100,7 +100,7 @@ function onSettingChanged(event) {
 }
 
 function setModel(model) {
-  if (isDetector()) return;
+  if (!isClassifier()) return;
   // every layer with a map (blocks too: CAMs are usually taken at a block's output)
   const layers = model.explain_layers || model.layers || [];
   const fallback = layers.length ? layers[layers.length - 1].name : null;
@@ -140,7 +140,7 @@ function scheduleExplain(delay = 300) {
 function runExplain() {
   clearTimeout(timer);
   const { model, imageId } = state;
-  if (!model || !method || !imageId || isDetector()) return;
+  if (!model || !method || !imageId || !isClassifier()) return;
   const target = checkClassInput();
   const settings = readSettings($("method-settings"));
   const problem = target.error || settings.error;
@@ -211,7 +211,7 @@ export function mount() {
   $("hold-scale").addEventListener("change", holdScale);
   $("overlay").addEventListener("click", openFullSize);
   on("model", setModel);
-  on("image", () => isDetector() || scheduleExplain(0));
+  on("image", () => !isClassifier() || scheduleExplain(0));
   on("predictions", () => updateExplainTarget());
   on("explain-class", explainClass);
   return loadList("/api/methods", "methods").then((list) => {

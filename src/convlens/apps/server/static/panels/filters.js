@@ -4,7 +4,7 @@
 import { seg } from "../lib/api.js";
 import { $, el, mount as put, openFullSize } from "../lib/dom.js";
 import { clearImage, loadImage } from "../lib/slots.js";
-import { isDetector, on, state } from "../lib/state.js";
+import { isClassifier, on, state } from "../lib/state.js";
 
 const MARKUP = `
 <div id="filters-panel" class="subpanel" hidden>
@@ -26,7 +26,7 @@ function toggleFilters() {
 }
 
 function loadFilters() {
-  if (isDetector()) return;
+  if (!isClassifier()) return;
   if (!open || !state.model) return;
   if (!state.layer) return clearImage("filters", "No layer selected");
   const url = `/api/models/${seg(state.model.name)}/layers/${seg(state.layer)}/filters.png`;

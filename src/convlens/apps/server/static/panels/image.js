@@ -4,7 +4,7 @@
 import { getJSON, imageBase, loadList, seg } from "../lib/api.js";
 import { $, el, mount as put, showError } from "../lib/dom.js";
 import { loadImage } from "../lib/slots.js";
-import { emit, isDetector, on, state } from "../lib/state.js";
+import { emit, isClassifier, on, state } from "../lib/state.js";
 
 const MARKUP = `
 <section class="panel" id="image-panel" aria-labelledby="image-title">
@@ -82,7 +82,7 @@ function setImage(info, what) {
 }
 
 function loadPicture() {
-  if (isDetector() || !state.imageId) return;
+  if (!isClassifier() || !state.imageId) return;
   loadImage("picture", `${imageBase()}/picture.png`, { meta: { image: state.imageId } });
 }
 
@@ -133,7 +133,7 @@ export function mount() {
   on("image", loadPicture);
   // a crowd toon frame first when the first model is a detector
   on("start", () => {
-    const first = (isDetector() && samples.find((s) => s.kind === "toons")) || samples[0];
+    const first = (!isClassifier() && samples.find((s) => s.kind === "toons")) || samples[0];
     if (first) useSample(first.name);
   });
   return loadList("/api/samples", "sample images").then((list) => {

@@ -4,7 +4,7 @@
 
 import { api, ApiError, errorDetail, getJSON, seg } from "../lib/api.js";
 import { $, clamp, el, fillSelect, formatPercent, mount as put, showError } from "../lib/dom.js";
-import { isDetector, layerChannels, layerItem, on, resolveClass, state } from "../lib/state.js";
+import { isClassifier, layerChannels, layerItem, on, resolveClass, state } from "../lib/state.js";
 
 const MARKUP = `
 <section id="jobs-panel" class="panel wide-panel" aria-labelledby="jobs-title" hidden>
@@ -68,7 +68,7 @@ const jobs = {
 };
 
 function fillJobLayers(model) {
-  if (isDetector()) return;
+  if (!isClassifier()) return;
   const items = state.layers.map(layerItem);
   const preferred = items.some((i) => i.value === model.default_layer) ? model.default_layer : state.layer;
   fillSelect($("job-layer"), items, preferred);

@@ -3,7 +3,7 @@
 
 import { latest, seg, STALE } from "../lib/api.js";
 import { $, el, fillSelect, mount as put, showError } from "../lib/dom.js";
-import { isDetector, on, state } from "../lib/state.js";
+import { isClassifier, on, state } from "../lib/state.js";
 
 const MARKUP = `
 <section id="layers-panel" class="panel wide-panel classify-only" aria-labelledby="layers-title">
@@ -46,7 +46,7 @@ function row(layer) {
 }
 
 async function loadTable() {
-  if (isDetector() || !state.model) return;
+  if (!isClassifier() || !state.model) return;
   const model = state.model;
   const kind = kindsOf === model.name ? $("layers-kind").value : "";
   const table = $("layers-table");

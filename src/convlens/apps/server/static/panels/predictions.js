@@ -3,7 +3,7 @@
 
 import { imageBase, latest, STALE } from "../lib/api.js";
 import { $, clamp, el, formatMs, formatPercent, mount as put, showError } from "../lib/dom.js";
-import { emit, isDetector, on, state } from "../lib/state.js";
+import { emit, isClassifier, on, state } from "../lib/state.js";
 
 const MARKUP = `
 <h3 class="classify-only">Predictions <span id="predictions-time" class="muted small"></span></h3>
@@ -12,7 +12,7 @@ const MARKUP = `
 </div>`;
 
 async function loadPredictions() {
-  if (isDetector() || !state.imageId) return;
+  if (!isClassifier() || !state.imageId) return;
   const box = $("predictions");
   box.dataset.state = "loading";
   box.classList.add("loading");
