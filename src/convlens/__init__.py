@@ -123,8 +123,8 @@ __all__ = [
     "sample",
     "samples",
     "sanity_check",
-    "shared_scale",
     "segment",
+    "shared_scale",
     "tcav",
     "train",
 ]

@@ -233,6 +233,7 @@ class JobRunner:
             tmp = folder.with_name(folder.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
+
             def note(text: str) -> None:
                 self.store.update(job_id, message=text)
 

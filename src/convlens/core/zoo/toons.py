@@ -83,7 +83,8 @@ def toon_detector() -> Detector:
         score_threshold=0.3,
         to_input=lambda x: x,
         layer="backbone",
-        input_size=tuple(record["training"]["data"]["size"]),  # trained at 128 x 128
+        # trained at 128 x 128: pictures of another size are resized to it
+        input_size=tuple(shipped_record("toon-detector")["training"]["data"]["size"]),
     )
 
 
