@@ -127,7 +127,7 @@ def test_several_classes_at_once_equal_separate_calls(tiny, method):
 
 @pytest.mark.parametrize("method", ["gradcam", "saliency", "layercam", "gradient_x_input"])
 def test_many_pictures_are_explained_in_chunks_with_the_same_numbers(tiny, method, monkeypatch):
-    from convlens.techniques.attribution import base
+    from convlens.techniques.attribution import batching
     from convlens.techniques.attribution.explain import picture_chunk
 
     options: dict = {}
@@ -136,7 +136,7 @@ def test_many_pictures_are_explained_in_chunks_with_the_same_numbers(tiny, metho
     targets = ["alpha", "beta", "alpha", "gamma", "beta", "alpha", "gamma"]
     whole = get_method(method).fn(tiny, x, targets, **options)
     # a budget of 3 pictures per call: chunks of 3, 3 and 1
-    monkeypatch.setattr(base, "DEFAULT_MEMORY_BUDGET_MB", 3 * 2 * 79 * 4 / 2**20)
+    monkeypatch.setattr(batching, "DEFAULT_MEMORY_BUDGET_MB", 3 * 2 * 79 * 4 / 2**20)
     assert picture_chunk(tiny, get_method(method), {}) == 3
     chunked = cl.explain(tiny, x, method, targets, **options)
     torch.testing.assert_close(chunked.map, whole.map)

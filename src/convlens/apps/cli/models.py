@@ -110,7 +110,7 @@ def methods(
 ) -> None:
     """The attribution methods convlens knows (or one method's settings)."""
     with user_errors():
-        from convlens.techniques.attribution.base import ALIASES, get_method
+        from convlens.techniques.attribution.base import get_method, method_aliases
         from convlens.techniques.attribution.base import methods as registry
 
         if name is not None:
@@ -125,7 +125,7 @@ def methods(
         for column in ("family", "layer", "description", "paper"):
             table.add_column(column)
         aliases: dict[str, list[str]] = {}
-        for alias, target in ALIASES.items():
+        for alias, target in method_aliases(task).items():
             aliases.setdefault(target, []).append(alias)
         for info in table_of.values():
             shown = info.name + (

@@ -20,7 +20,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from convlens.apps.server.forms import MethodForm, method_form
-from convlens.apps.server.state import _LRU, ServerState
+from convlens.apps.server.state import (
+    _LRU,
+    MB,
+    ServerState,
+    explanation_bytes,
+    picture_bytes,
+)
 from convlens.apps.server.web import NO_STORE, PNG, options, png, work
 from convlens.core.registry import Setting
 from convlens.core.util import jsonable
@@ -99,15 +105,21 @@ def describe(state: ServerState, key: str) -> dict[str, Any]:
     }
 
 
+def segmentation_bytes(found: Any) -> int:
+    """What a segmentation holds: its class map, its probabilities and its picture."""
+    size = sum(t.numel() * t.element_size() for t in (found.class_map, found.probabilities))
+    if found.picture is not None:
+        size += picture_bytes(found.picture)
+    return int(size) + 4096
+
+
 class _Panel:
     """The panel's work over the state: segmentations and region explanations, cached."""
 
     def __init__(self, state: ServerState) -> None:
         self.state = state
-        self.found = _LRU(float("inf"), lambda _v: 1, count=128)
-        self.explained = _LRU(
-            state.config.cache_mb * 1024 * 1024 / 4, lambda v: v[0].map.numel() * 4, count=64
-        )
+        self.found = _LRU(state.config.cache_mb * MB / 4, lambda v: segmentation_bytes(v[0]))
+        self.explained = _LRU(state.config.explain_cache_mb * MB, lambda v: explanation_bytes(v[0]))
 
     def segmentation(self, key: str, image_id: str) -> tuple[Any, float, bool]:
         """(Segmentation, seconds, cached) of an upload, computed under the model's lock."""
