@@ -757,3 +757,30 @@ def test_fingerprint_follows_the_weights():
     with torch.no_grad():
         net[0].weight[0, 0, 0, 0] += 1e-6
     assert C.fingerprint(model) != C.fingerprint(same)
+
+
+def test_activation_pass_on_an_engine_gives_the_same_result(toon_model, tmp_path):
+    """engine=: the concept and random pictures' activations computed on a data set engine
+    (decoding in a worker process) give the rows of the in-process pass."""
+    from convlens.core.engine import SerialEngine
+    from convlens.workflows.datasets.engines import LocalEngine
+
+    root = _write_sets(tmp_path / "c", ["red", "blue", "random_0", "random_1", "random_2"])
+    targets = _class_pictures("jessie", 8)
+    kw = dict(layers="pool1,pool2", n_random=3, permutations=199)
+    here = cl.tcav(toon_model, "jessie", targets, root, **kw)
+    for engine in (SerialEngine(), LocalEngine(workers=1)):
+        seen: list[int] = []
+
+        def counted(*a, seen=seen, mapped=engine.map, **k):
+            seen.append(len(a[2]))
+            return mapped(*a, **k)
+
+        engine.map = counted  # type: ignore[method-assign]
+        there = cl.tcav(toon_model, "jessie", targets, root, engine=engine, **kw)
+        assert len(seen) == 5  # one map per set, the 5 sets' pictures read by the engine
+        assert len(there.rows) == len(here.rows) == 4
+        for a, b in zip(here.rows, there.rows, strict=True):
+            assert (a["concept"], a["layer"]) == (b["concept"], b["layer"])
+            assert b["score"] == pytest.approx(a["score"], abs=0.02, nan_ok=True), (a, b)
+            assert b["significant"] == a["significant"], (a, b)

@@ -10,14 +10,17 @@ from typing import Any
 
 import torch
 
+from convlens.core.engine import Engine
 from convlens.core.hooks import folded_batchnorm, preserved
 from convlens.core.model import Model
+from convlens.techniques.activations import layer_batches
 from convlens.techniques.concepts.cavs import CLASSIFIERS
 from convlens.techniques.concepts.collect import (
     _Cache,
     _collect,
     _input_batches,
     _layer_shapes,
+    _reduce,
     fingerprint,
 )
 from convlens.techniques.concepts.result import TCAVResult
@@ -47,6 +50,7 @@ def tcav(
     seed: int = 0,
     batch_size: int = 32,
     cache_dir: str | os.PathLike[str] | None = None,
+    engine: Engine | None = None,
     progress: Progress | None = None,
 ) -> TCAVResult:
     """Test which concepts the model uses for class ``target`` (TCAV, Kim et al. 2018).
@@ -86,6 +90,12 @@ def tcav(
     batch_size, cache_dir:
         Pictures per forward pass; a folder for per-picture numbers keyed by content (model
         weights, layers, network input), or ``None``.
+    engine:
+        Run the activation pass over the concept and random pictures on this engine
+        (``cl.dataset.engine("local")``: decoding in worker processes; ``"ray"``: actors), for
+        large sets given as files or folders; sets given as network-input tensors, and the
+        target pictures' gradient pass, run here. Same numbers as without it (tested); the
+        cache is not used for the sets an engine reads.
     progress:
         ``progress(done, total)`` over the pictures run and the layers analysed.
     """
@@ -101,7 +111,16 @@ def tcav(
     counter = _Counter(progress, total)
     cache = _Cache(cache_dir, fingerprint(handle) if cache_dir is not None else "", names)
     passes = _passes(
-        handle, [*sets, *randoms], target_set, names, target_index, test, batch_size, cache, counter
+        handle,
+        [*sets, *randoms],
+        target_set,
+        names,
+        target_index,
+        test,
+        batch_size,
+        cache,
+        counter,
+        engine,
     )
     started = time.perf_counter()
     options: dict[str, Any] = {
@@ -247,6 +266,26 @@ class _Passes:
     timings: dict[str, float]
 
 
+def _collect_on(
+    engine: Engine,
+    handle: Model,
+    images: list[Any],
+    names: list[str],
+    batch_size: int,
+    counter: _Counter,
+    reduce: str,
+) -> dict[str, torch.Tensor]:
+    """What :func:`_collect` gives without a target, from passes run on ``engine``."""
+    parts: dict[str, list[torch.Tensor]] = {}
+    for _names, outputs in layer_batches(
+        handle, images, names, engine=engine, batch_size=batch_size
+    ):
+        for key, value in _reduce(outputs, names, None, reduce).items():
+            parts.setdefault(key, []).append(value)
+        counter.tick(len(_names))
+    return {key: torch.cat(values) for key, values in parts.items()}
+
+
 def _passes(
     handle: Model,
     sets: Sequence[ConceptSet],
@@ -257,6 +296,7 @@ def _passes(
     batch_size: int,
     cache: _Cache,
     counter: _Counter,
+    engine: Engine | None = None,
 ) -> _Passes:
     """Every network pass the test needs, with the user's model left as it was: activations
     of the concept and random pictures (flattened for the set tests, channel statistics for
@@ -270,8 +310,10 @@ def _passes(
         with folded_batchnorm(module, keep=names):
             started = time.perf_counter()
             acts = {
-                s.name: _collect(
-                    handle, s.images, names, None, batch_size, cache, counter.tick, reduce
+                s.name: (
+                    _collect(handle, s.images, names, None, batch_size, cache, counter.tick, reduce)
+                    if engine is None or isinstance(s.images, torch.Tensor)
+                    else _collect_on(engine, handle, s.images, names, batch_size, counter, reduce)
                 )
                 for s in sets
             }
