@@ -108,3 +108,21 @@ def test_scales_scores_completeness_and_jobs(page, tmp_path):
     assert "toon-cnn" in explain_row and "methods gradcam, saliency" in explain_row
     assert "1 picture" in explain_row
     assert "n 4" in evaluate_row and "steps 4" in evaluate_row
+
+
+def test_a_long_explanation_shows_progress_and_can_be_cancelled(page):
+    """RISE with 8,000 masks: the panel shows how far it is, and Cancel stops it (the server's
+    run is gone: its progress endpoint answers 404)."""
+    page.select_option("#method-select", "rise")
+    page.fill("#setting-masks", "8000")
+    page.click("#run-button")
+    page.wait_for_function(
+        "/running… \\d+ %/.test(document.querySelector('#explain-time').innerText)",
+        timeout=60_000,
+    )
+    assert page.locator("#explain-cancel").is_visible()
+    page.click("#explain-cancel")
+    page.wait_for_function(
+        "document.querySelector('#explain-time').innerText === 'cancelled'", timeout=30_000
+    )
+    assert not page.locator("#explain-cancel").is_visible()

@@ -331,3 +331,26 @@ def test_rise_reports_progress_after_every_batch(tiny, image4):
     same = cl.explain(tiny, image4[:1], "rise", masks=256, cell=2, batch_size=256, seed=0)
     again = cl.explain(tiny, image4[:1], "rise", masks=256, cell=2, batch_size=32, seed=0)
     assert torch.allclose(same.map, again.map, atol=1e-6)  # batches change nothing else
+
+
+def test_cli_messages_are_one_clean_line(tmp_path):
+    """A missing picture names itself without ``[Errno 2]``; a pickled model is refused before
+    torch can print its own warnings (issue 18, finding 6). Run as a real process, so that
+    anything torch writes to stderr is seen."""
+    import subprocess
+    import sys
+
+    from conftest import TinyNet
+
+    pickled = tmp_path / "whole.pt"
+    torch.save(TinyNet(), pickled)
+    cli = [sys.executable, "-c", "from convlens.apps.cli import app; app()"]
+    for args, expected in (
+        (["predict", "toon-cnn", str(tmp_path / "missing.png")], "missing.png"),
+        (["layers", str(pickled)], "--trust-pickle"),
+    ):
+        done = subprocess.run([*cli, *args], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 2, done.stderr
+        lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error:"), lines
+        assert expected in lines[0] and "Errno" not in lines[0] and "Warning" not in lines[0]
