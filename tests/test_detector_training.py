@@ -71,8 +71,8 @@ def test_train_task_detect_refuses_what_does_not_apply(crowd, tmp_path):
     runner = CliRunner()
     refused = _train(crowd, tmp_path / "x", "--rotation", "10", "--size", "32")
     assert refused.exit_code == 2 and "--rotation, --size" in refused.output
-    bad_task = runner.invoke(app, ["train", str(crowd), "--task", "segment"])
-    assert bad_task.exit_code == 2 and "classify or detect" in bad_task.output
+    bad_task = runner.invoke(app, ["train", str(crowd), "--task", "regress"])
+    assert bad_task.exit_code == 2 and "classify, detect or segment" in bad_task.output
     (tmp_path / "empty").mkdir()
     empty = _train(tmp_path / "empty", tmp_path / "y")
     assert empty.exit_code == 2 and "index.json" in empty.output

@@ -71,7 +71,7 @@ def test_a_huge_channel_range_is_refused_before_it_is_expanded(server):
 def test_the_job_queue_is_capped(tmp_path):
     release = threading.Event()
 
-    def run(kind, model, params, folder, progress):
+    def run(kind, model, params, folder, progress, note):
         release.wait(30)
         return []
 
@@ -241,7 +241,7 @@ def test_a_job_target_of_the_wrong_type_is_a_422(server, target):
 
 
 def test_job_results_have_a_quota_pruning_and_delete(tmp_path):
-    def run(kind, model, params, folder, progress):
+    def run(kind, model, params, folder, progress, note):
         (folder / "out.bin").write_bytes(b"x" * params["size"])
         return ["out.bin"]
 

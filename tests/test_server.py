@@ -338,7 +338,9 @@ def test_dataset_job_runs_the_toons_or_uploads_and_opens_the_report(tmp_path):
 
     state = ServerState.start(ServerConfig(models=["toon-cnn"], data_dir=tmp_path / "d"))
     try:
-        client = TestClient(create_app(state), raise_server_exceptions=False)
+        client = TestClient(
+            create_app(state), base_url="http://127.0.0.1", raise_server_exceptions=False
+        )
         body = {"kind": "dataset", "model": "toon-cnn", "params": {"methods": ["gradcam"], "n": 6}}
         record = _wait(client, client.post("/api/jobs", json=body).json()["id"])
         assert record["status"] == "done", record

@@ -21,7 +21,9 @@ def server(tmp_path_factory):
     state = ServerState.start(
         ServerConfig(models=["toon-segmenter", "toon-cnn"], data_dir=tmp_path_factory.mktemp("d"))
     )
-    client = TestClient(create_app(state), raise_server_exceptions=False)
+    client = TestClient(
+        create_app(state), base_url="http://127.0.0.1", raise_server_exceptions=False
+    )
     yield state, client
     state.close()
 

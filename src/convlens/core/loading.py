@@ -33,7 +33,7 @@ file. Checkpoints are read with ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -168,66 +168,46 @@ def _handle(found: Any, options: dict[str, Any], task: str | None) -> Handle:
 
 def _as_detector(source: Any, options: dict[str, Any]) -> Detector:
     """A :class:`~convlens.core.detector.Detector` from a Detector, a Model's network or a
-    detection module, with ``options`` as its settings."""
-    unknown_options = sorted(set(options) - set(DETECTOR_OPTIONS))
-    if unknown_options:
-        raise ModelLoadError(
-            f"a detector takes the options {', '.join(DETECTOR_OPTIONS)}; got "
-            f"{', '.join(unknown_options)}"
-        )
-    if isinstance(source, Model):
-        source = source.module
-    if isinstance(source, nn.Module):
-        names = getattr(source, "labels", None)
-        labels = list(names) if isinstance(names, list | tuple) else None
-        source = Detector(source, labels, name=type(source).__name__)
-    if not isinstance(source, Detector):
-        raise ModelLoadError(f"expected a detector, got {type(source).__name__}")
-    if not options:
-        return source
-    settings: dict[str, Any] = {
-        "labels": source.labels,
-        "name": source.name,
-        "score_threshold": source.score_threshold,
-        "iou_threshold": source.iou_threshold,
-        "max_detections": source.max_detections,
-        "layer": source.layer,
-        "input_size": source.input_size,
-    }
-    settings.update(options)
-    labels = settings.pop("labels")
-    return Detector(source.module, labels, to_input=source.to_input, **settings)
+    detection module, with ``options`` (:data:`DETECTOR_OPTIONS`) as its settings."""
+    return _task_handle(Detector, "detector", DETECTOR_OPTIONS, source, options, ("to_input",))
 
 
 def _as_segmenter(source: Any, options: dict[str, Any]) -> Segmenter:
     """A :class:`~convlens.core.segmenter.Segmenter` from a Segmenter, a Model's network or a
     segmentation module, with ``options`` (:data:`SEGMENTER_OPTIONS`) as its settings."""
-    unknown_options = sorted(set(options) - set(SEGMENTER_OPTIONS))
+    return _task_handle(Segmenter, "segmenter", SEGMENTER_OPTIONS, source, options)
+
+
+def _task_handle(
+    kind: Any,
+    what: str,
+    allowed: Sequence[str],
+    source: Any,
+    options: dict[str, Any],
+    kept: Sequence[str] = (),
+) -> Any:
+    """A ``kind`` handle (Detector, Segmenter) made from one, from a Model's network or from a
+    bare module (its ``labels`` attribute, if any, as the class names), with ``options``
+    (names in ``allowed``, each also an attribute of the handle) replacing its settings;
+    ``kept`` are further attributes carried over unchanged."""
+    unknown_options = sorted(set(options) - set(allowed))
     if unknown_options:
         raise ModelLoadError(
-            f"a segmenter takes the options {', '.join(SEGMENTER_OPTIONS)}; got "
-            f"{', '.join(unknown_options)}"
+            f"a {what} takes the options {', '.join(allowed)}; got {', '.join(unknown_options)}"
         )
     if isinstance(source, Model):
         source = source.module
     if isinstance(source, nn.Module):
         names = getattr(source, "labels", None)
         labels = list(names) if isinstance(names, list | tuple) else None
-        source = Segmenter(source, labels, name=type(source).__name__)
-    if not isinstance(source, Segmenter):
-        raise ModelLoadError(f"expected a segmenter, got {type(source).__name__}")
+        source = kind(source, labels, name=type(source).__name__)
+    if not isinstance(source, kind):
+        raise ModelLoadError(f"expected a {what}, got {type(source).__name__}")
     if not options:
         return source
-    settings: dict[str, Any] = {
-        "labels": source.labels,
-        "name": source.name,
-        "preprocess": source.preprocess,
-        "layer": source.layer,
-        "background": source.background,
-    }
-    settings.update(options)
+    settings = {name: getattr(source, name) for name in allowed} | options
     labels = settings.pop("labels")
-    return Segmenter(source.module, labels, **settings)
+    return kind(source.module, labels, **{k: getattr(source, k) for k in kept}, **settings)
 
 
 def _with_options(model: Model, options: dict[str, Any]) -> Model:

@@ -51,12 +51,12 @@ class BoxExplanation(Explanation):
     def energy_in_box(self, box: Sequence[float] | None = None) -> float:
         """Share of the positive attribution inside the target box, or ``box`` (x0, y0, x1, y1)
         (1 = all of it; NaN when nothing is positive)."""
-        positive = self.map.clamp_min(0)
+        positive = self.map.clamp_min(0).double()  # float32 sums may put the share above 1
         total = float(positive.sum())
         if total <= 0:
             return math.nan
         x0, y0, x1, y1 = (round(float(v)) for v in (self.target.box if box is None else box))
-        return float(positive[max(y0, 0) : y1, max(x0, 0) : x1].sum()) / total
+        return min(1.0, float(positive[max(y0, 0) : y1, max(x0, 0) : x1].sum()) / total)
 
     def peak(self) -> tuple[int, int]:
         """(x, y) of the largest value."""

@@ -48,6 +48,9 @@ class _Cache:
         self.hits = 0
         self.misses = 0
 
+    def counts(self) -> dict[str, int]:
+        return {"hits": self.hits, "misses": self.misses}
+
     def keys(self, inputs: torch.Tensor, kind: str) -> list[str] | None:
         if self.folder is None:
             return None

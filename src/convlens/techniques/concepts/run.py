@@ -1,4 +1,13 @@
-"""The entry point, :func:`tcav`."""
+"""The entry point, :func:`tcav`.
+
+The tests (``test=``). ``"local"`` (the default; :mod:`.local`, assumptions there): where the
+concept appears in each target picture, does the class logit rise along the CAV more than for
+random pictures relabelled as the concept (exact permutation test, two-sided, with the
+direction)? ``"sets"``: is the concept's TCAV score a plausible draw from the scores random
+sets get in its place (valid, but the sign-count score saturates and it rarely finds
+anything)? ``"paper"``: the paper's two-sample t-test, whose false-positive rate is far above
+``alpha`` (its runs share one concept set). Measured: README.
+"""
 
 from __future__ import annotations
 
@@ -75,13 +84,7 @@ def tcav(
     alpha:
         Significance level after the Bonferroni correction over concepts x layers.
     test:
-        ``"local"`` (default, :mod:`.local`, assumptions there): where the
-        concept appears in each target picture, does the class logit rise along the CAV more
-        than for random pictures relabelled as the concept (exact permutation test, two-sided,
-        with the direction)? ``"sets"``: is the concept's TCAV score a plausible draw from the
-        scores random sets get in its place (valid, but the sign-count score saturates and it
-        rarely finds anything)? ``"paper"``: the paper's two-sample t-test, whose false-positive
-        rate is far above ``alpha`` (its runs share one concept set). Measured: README.
+        ``"local"`` (default), ``"sets"`` or ``"paper"``: see this module's docstring.
     permutations:
         Relabellings for the local test; default ``max(999, 5 m / alpha - 1)`` for ``m``
         concepts x layers, so that p can fall well below the corrected level.
@@ -91,11 +94,9 @@ def tcav(
         Pictures per forward pass; a folder for per-picture numbers keyed by content (model
         weights, layers, network input), or ``None``.
     engine:
-        Run the activation pass over the concept and random pictures on this engine
-        (``cl.dataset.engine("local")``: decoding in worker processes; ``"ray"``: actors), for
-        large sets given as files or folders; sets given as network-input tensors, and the
-        target pictures' gradient pass, run here. Same numbers as without it (tested); the
-        cache is not used for the sets an engine reads.
+        Run the activation pass over concept and random pictures given as files or folders on
+        this engine (``cl.dataset.engine("local")``: decoding in worker processes; ``"ray"``:
+        actors), without the cache; tensors and the target pictures' gradients run here.
     progress:
         ``progress(done, total)`` over the pictures run and the layers analysed.
     """
@@ -123,27 +124,18 @@ def tcav(
         engine,
     )
     started = time.perf_counter()
-    options: dict[str, Any] = {
-        "relative": relative,
-        "classifier": classifier,
-        "regularization": regularization,
-        "test_fraction": test_fraction,
-        "alpha": alpha,
-        "test": test,
-        "permutations": permutations,
-        "seed": seed,
-    }
+    options: dict[str, Any] = dict(
+        relative=relative, classifier=classifier, regularization=regularization, seed=seed,
+        test_fraction=test_fraction, alpha=alpha, test=test, permutations=permutations,
+    )  # fmt: skip
     result = _analysis(passes, concept_names, [s.name for s in randoms], names, options, counter)
-    result.target = target_name
-    result.target_index = target_index
+    result.target, result.target_index = target_name, target_index
     result.timings = {**passes.timings, "cavs_and_scores_s": time.perf_counter() - started}
-    result.settings["target_images"] = len(target_set)
-    result.settings["set_sizes"] = {s.name: len(s) for s in [*sets, *randoms]}
-    result.settings["batch_size"] = batch_size
-    result.settings["cache"] = (
-        None
-        if cache_dir is None
-        else {"dir": os.fspath(cache_dir), "hits": cache.hits, "misses": cache.misses}
+    result.settings.update(
+        target_images=len(target_set),
+        set_sizes={s.name: len(s) for s in [*sets, *randoms]},
+        batch_size=batch_size,
+        cache=None if cache_dir is None else {"dir": os.fspath(cache_dir), **cache.counts()},
     )
     return result
 
