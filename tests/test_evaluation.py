@@ -133,6 +133,9 @@ def test_evaluation_table_json_and_errors():
     loaded = json.loads(result.to_json())
     assert loaded["images"] == 4 and loaded["results"][0]["mean"] == 1.0
     assert "Student-t" in loaded["interval"]
+    # the page and the record say which model saw which data (issue 18)
+    assert loaded["model"] == model.name and model.name
+    assert loaded["data"] and f"{model.name} on {loaded['data']}" in text
     assert "<table>" in result._repr_html_()
     with pytest.raises(ValueError, match="metrics among"):
         evaluate(model, data(2), ["saliency"], ["accuracy"])

@@ -29,7 +29,7 @@ from convlens.core.tasks import as_detector, as_handle
 from convlens.techniques.attribution.base import Target, get_method
 from convlens.workflows import metrics as m
 from convlens.workflows.detection_eval import evaluate_detector
-from convlens.workflows.masked import _batches, _check_count, _targets, as_masked
+from convlens.workflows.masked import _batches, _check_count, _targets, as_masked, describe_data
 
 Progress = Callable[[int, int], None]
 
@@ -84,6 +84,8 @@ class Evaluation:
     images: int
     level: float = 0.95
     settings: dict[str, Any] = field(default_factory=dict)
+    model_name: str = ""  # the model evaluated, and the data it was shown
+    data_name: str = ""
 
     def rows(self) -> list[dict[str, Any]]:
         out = []
@@ -105,6 +107,8 @@ class Evaluation:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "model": self.model_name,
+            "data": self.data_name,
             "images": self.images,
             "level": self.level,
             "interval": "Student-t interval of the mean over images",
@@ -130,7 +134,8 @@ class Evaluation:
         from rich.table import Table
 
         table = Table(
-            title=f"{self.images} images · mean ± {self.level:.0%} CI (t) · ↑/↓ better",
+            title=f"{self.model_name or 'model'} on {self.data_name or 'the data'}: "
+            f"{self.images} images · mean ± {self.level:.0%} CI (t) · ↑/↓ better",
             title_justify="left",
         )
         for i, name in enumerate(self._header()):
@@ -212,6 +217,7 @@ def evaluate(
             progress=progress,
         )
     assert isinstance(handle, Model)
+    source = os.fspath(data) if isinstance(data, (str, os.PathLike)) else None
     data = as_masked(data)
     chosen, wanted, options = _checked(methods, metrics, options, batch_size, n)
     total_images = len(data) if n is None else min(n, len(data))
@@ -254,6 +260,8 @@ def evaluate(
             "tolerance": tolerance,
             "options": {k: dict(v) for k, v in options.items()},
         },
+        model_name=handle.name,
+        data_name=describe_data(data, source),
     )
 
 
