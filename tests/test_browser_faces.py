@@ -98,8 +98,12 @@ def test_scales_scores_completeness_and_jobs(page, tmp_path):
     page.fill("#job-eval-n", "4")
     page.fill("#job-eval-steps", "4")
     page.click("#job-start")
+    page.select_option("#job-kind", "dataset")  # a data set run on toons, its report first
+    page.fill("#job-dataset-methods", "gradcam")
+    page.fill("#job-dataset-n", "6")
+    page.click("#job-start")
     page.wait_for_function(
-        "document.querySelectorAll('#jobs-table tr[data-status=\"done\"]').length === 2",
+        "document.querySelectorAll('#jobs-table tr[data-status=\"done\"]').length === 3",
         timeout=180_000,
     )
     rows = page.locator("#jobs-table tbody tr").all_inner_texts()
@@ -108,6 +112,10 @@ def test_scales_scores_completeness_and_jobs(page, tmp_path):
     assert "toon-cnn" in explain_row and "methods gradcam, saliency" in explain_row
     assert "1 picture" in explain_row
     assert "n 4" in evaluate_row and "steps 4" in evaluate_row
+    dataset = page.locator("#jobs-table tbody tr", has_text="dataset")
+    assert "n 6" in dataset.inner_text()
+    report = dataset.locator(".job-results a").first.get_attribute("href")
+    assert report is not None and report.endswith(".html")
 
 
 def test_a_long_explanation_shows_progress_and_can_be_cancelled(page):

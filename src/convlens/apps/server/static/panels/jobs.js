@@ -16,6 +16,7 @@ const MARKUP = `
         <option value="tcav">TCAV</option>
         <option value="explain">Explanations of this picture</option>
         <option value="evaluate">Evaluation on toons</option>
+        <option value="dataset">Data set run on toons (report)</option>
       </select>
     </label>
     <span class="job-fields" data-kind="featurevis">
@@ -42,10 +43,14 @@ const MARKUP = `
       <label>Pictures <input id="job-eval-n" type="number" min="2" max="1000" step="1" value="50"></label>
       <label>Steps <input id="job-eval-steps" type="number" min="2" max="100" step="1" value="20"></label>
     </span>
+    <span class="job-fields" data-kind="dataset" hidden>
+      <label>Methods <input id="job-dataset-methods" value="gradcam" size="20"></label>
+      <label>Toons <input id="job-dataset-n" type="number" min="2" max="2000" step="1" value="60"></label>
+    </span>
     <datalist id="job-layer-names"></datalist>
     <button id="job-start" type="submit" class="primary">Start</button>
   </form>
-  <p id="jobs-note" class="muted small detect-only">Jobs (feature visualization, TCAV, explanations, evaluation) take a classifier: choose one in the Model menu to start one.</p>
+  <p id="jobs-note" class="muted small detect-only">Jobs (feature visualization, TCAV, explanations, evaluation, data set runs) take a classifier: choose one in the Model menu to start one.</p>
   <div class="table-wrap">
     <table id="jobs-table" class="data-table">
       <thead>
@@ -134,6 +139,9 @@ function jobParams(kind) {
       n: wholeNumber("job-eval-n", "Pictures"),
       steps: wholeNumber("job-eval-steps", "Steps"),
     };
+  }
+  if (kind === "dataset") {
+    return { methods: methodList("job-dataset-methods"), n: wholeNumber("job-dataset-n", "Toons") };
   }
   if (kind === "featurevis") {
     const layer = $("job-layer").value;
