@@ -57,6 +57,8 @@ def test_describes_models_methods_and_samples(server):
     occlusion = {s["name"]: s for s in methods["occlusion"]["settings"]}
     assert occlusion["window"]["type"] == "int" and occlusion["window"]["default"] == 16
     assert "blur" in occlusion["fill"]["choices"]
+    rise = {s["name"]: s for s in methods["rise"]["settings"]}  # seconds on a CPU, not a minute
+    assert (rise["masks"]["default"], rise["masks"]["max"]) == (500, 8000)
     assert methods["gradcam"]["needs_layer"] and not methods["saliency"]["needs_layer"]
     samples = client.get("/api/samples").json()
     assert any(s["name"] == "chelsea" for s in samples)
