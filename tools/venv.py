@@ -54,12 +54,20 @@ def flat_requirements(project: dict, extras: list[str]) -> list[str]:
 
 
 def in_use(venv: Path) -> bool:
-    """Whether ``venv`` may still be wanted: a running process was started from it, or a
-    checkout linked to it within ``KEEP_DAYS`` (several checkouts, e.g. git worktrees on
-    different branches, share the cache; pruning one's environment under it would break it)."""
+    """Whether ``venv`` may still be wanted: it is being built, a running process was started
+    from it, or a checkout linked to it within ``KEEP_DAYS`` (several checkouts, e.g. git
+    worktrees on different branches, share the cache; pruning one's environment under it would
+    break it)."""
     used = venv / USED
     if used.exists() and time.time() - used.stat().st_mtime < KEEP_DAYS * 86400:
         return True
+    lock = venv.with_name(f"{venv.name}.lock")
+    if lock.exists():
+        with open(lock) as held:
+            try:
+                fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True  # another checkout is building it right now
     marker = str(venv).encode()
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
