@@ -92,18 +92,22 @@ Progress = Callable[[int, int], None]
 # -- occlusion ---------------------------------------------------------------------------------
 
 
+# the settings' ranges and help, shared with the region occlusion of a segmenter
+SETTINGS = {
+    "window": spec("occluding square, pixels", min=1, max=4096),
+    "stride": spec("step of the window, pixels", min=1, max=4096),
+    "fill": spec("what covers the occluded pixels", choices=FILLS, type="reference"),
+    "score": spec("what the perturbation changes", choices=SCORES),
+}
+
+
 @register(
     "occlusion",
     family="perturbation",
     paper="Zeiler & Fergus 2014, arXiv:1311.2901",
     description="score drop when a sliding window is covered, averaged per pixel",
     signed=True,
-    settings={
-        "window": spec("occluding square, pixels", min=1, max=4096),
-        "stride": spec("step of the window, pixels", min=1, max=4096),
-        "fill": spec("what covers the occluded pixels", choices=FILLS, type="reference"),
-        "score": spec("what the perturbation changes", choices=SCORES),
-    },
+    settings=SETTINGS,
 )
 def occlusion(
     model: Model,

@@ -39,6 +39,14 @@ from convlens.techniques.attribution.perturbation import (
 )
 
 MASK_BLOCK = 128  # RISE masks drawn (and held) at a time
+# the settings' ranges and help, shared with the region RISE of a segmenter
+SETTINGS = {
+    "masks": spec("random masks", min=1, max=100_000, step=50),
+    "cell": spec("mask grid cells per side", min=2, max=256),
+    "p": spec("share of cells kept", min=0.01, max=0.99, step=0.01),
+    "fill": spec("what covers the masked pixels", choices=FILLS, type="reference"),
+    "score": spec("what the perturbation changes", choices=SCORES),
+}
 
 
 @register(
@@ -47,13 +55,7 @@ MASK_BLOCK = 128  # RISE masks drawn (and held) at a time
     paper="Petsiuk, Das & Saenko 2018, arXiv:1806.07421",
     description="average of random smooth masks weighted by the target's probability",
     signed=False,
-    settings={
-        "masks": spec("random masks", min=1, max=100_000, step=50),
-        "cell": spec("mask grid cells per side", min=2, max=256),
-        "p": spec("share of cells kept", min=0.01, max=0.99, step=0.01),
-        "fill": spec("what covers the masked pixels", choices=FILLS, type="reference"),
-        "score": spec("what the perturbation changes", choices=SCORES),
-    },
+    settings=SETTINGS,
 )
 def rise(
     model: Model,

@@ -52,14 +52,13 @@ from torch import nn
 from convlens.core import render
 from convlens.core.hooks import forward_hooks, preserved
 from convlens.core.model import Model, Preprocessing
-from convlens.core.registry import spec
 from convlens.core.render import to_pil
 from convlens.core.segmenter import Segmenter, connected_region, segmentation_logits
 from convlens.core.tasks import as_segmenter
 from convlens.core.util import jsonable
 from convlens.techniques.attribution import cam, occlusion, rise
 from convlens.techniques.attribution.base import Explanation, get_method, methods, register
-from convlens.techniques.attribution.perturbation import FILLS, SCORES, Fill, Progress
+from convlens.techniques.attribution.perturbation import Fill, Progress
 
 PAPER = (
     "Vinogradova, Dibrov & Myers 2020, Towards Interpretable Semantic Segmentation via "
@@ -527,12 +526,7 @@ def _perturbed(name: str, found: Any, problem: _Problem) -> RegionExplanation:
     description="The drop of the region's summed class score when a window of the picture "
     "is covered, averaged per pixel. Incremental where the network traces.",
     signed=True,
-    settings={
-        "window": spec("occluding square, pixels", min=1, max=4096),
-        "stride": spec("step of the window, pixels", min=1, max=4096),
-        "fill": spec("what covers the occluded pixels", choices=FILLS, type="reference"),
-        "score": spec("what the perturbation changes", choices=SCORES),
-    },
+    settings=occlusion.SETTINGS,
 )
 def region_occlusion(
     segmenter: Segmenter,
@@ -575,13 +569,7 @@ def region_occlusion(
     description="Random smooth masks, each weighted by the class probability summed over the "
     "region in the masked picture. No gradients needed.",
     signed=False,
-    settings={
-        "masks": spec("random masks", min=1, max=100_000, step=50),
-        "cell": spec("mask grid cells per side", min=2, max=256),
-        "p": spec("share of cells kept", min=0.01, max=0.99, step=0.01),
-        "fill": spec("what covers the masked pixels", choices=FILLS, type="reference"),
-        "score": spec("what the perturbation changes", choices=SCORES),
-    },
+    settings=rise.SETTINGS,
 )
 def region_rise(
     segmenter: Segmenter,
