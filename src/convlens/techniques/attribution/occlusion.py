@@ -98,6 +98,10 @@ SETTINGS = {
     "stride": spec("step of the window, pixels", min=1, max=4096),
     "fill": spec("what covers the occluded pixels", choices=FILLS, type="reference"),
     "score": spec("what the perturbation changes", choices=SCORES),
+    "incremental": spec(
+        "incremental inference (recompute only what a window changes): auto where the network "
+        "traces, true, or false for plain batches"
+    ),
 }
 
 
@@ -107,7 +111,10 @@ SETTINGS = {
     paper="Zeiler & Fergus 2014, arXiv:1311.2901",
     description="score drop when a sliding window is covered, averaged per pixel",
     signed=True,
-    settings=SETTINGS,
+    settings={
+        **SETTINGS,
+        "exact_ssim": spec("with an approximate mode, also run the exact map for its SSIM"),
+    },
 )
 def occlusion(
     model: Model,
