@@ -153,6 +153,9 @@ def test_torchvision_classifier_from_the_hub_cache(hub, monkeypatch):
     assert model.preprocess == cl.Preprocessing(crop=224, resize=256, interpolation="bilinear")
     assert model.label(285) == "Egyptian cat" and model.class_index("tabby cat") == 281
     assert model.name == "resnet18"
+    from torchvision.models import ResNet18_Weights  # torchvision's own loader is back after
+
+    assert "get_state_dict" not in ResNet18_Weights.__dict__
 
 
 def test_weights_tags_and_strict_loading(hub):

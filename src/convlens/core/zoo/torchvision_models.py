@@ -39,7 +39,7 @@ from convlens.core.model import Preprocessing
 from convlens.core.naming import unknown
 from convlens.core.zoo.parts import CatalogueEntry, ModelParts
 from convlens.core.zoo.registry import _torchvision, imagenet_classes
-from convlens.core.zoo.weights import Progress, WeightsFile, fetch
+from convlens.core.zoo.weights import OfflineError, Progress, WeightsFile, fetch
 
 _SECTIONS = (("classify", ""), ("detect", "detection"), ("segment", "segmentation"))
 _READING = threading.Lock()
@@ -146,26 +146,28 @@ def labels(weights: Any) -> list[str] | list[list[str]] | None:
 
 
 @contextmanager
-def _reading_from(url: str, path: Path) -> Iterator[None]:
-    """Inside the block, torchvision's weights enums read ``url`` from ``path`` with
-    ``torch.load(weights_only=True)`` (torchvision's own loader unpickles with
-    ``weights_only=False`` and may download); any other URL goes to torchvision's loader as
-    before. One builder at a time."""
-    from torchvision.models import _api
+def _reading_from(weights: Any, path: Path) -> Iterator[None]:
+    """Inside the block, ``weights.get_state_dict()`` (what torchvision's builders call) reads
+    the file already fetched to ``path`` with ``torch.load(weights_only=True)``: torchvision's
+    own loader unpickles with ``weights_only=False`` and would download. Any other weights of
+    the same enum are refused, never fetched. One builder at a time."""
+    kind = type(weights)
+    own = kind.__dict__.get("get_state_dict")
 
-    original = _api.load_state_dict_from_url
-
-    def read(wanted: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        if wanted != url:
-            return original(wanted, *args, **kwargs)
+    def read(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        if self is not weights:
+            raise OfflineError(f"torchvision asked for {self} building {weights}: not fetched")
         return torch.load(path, map_location="cpu", weights_only=True)
 
     with _READING:
-        _api.load_state_dict_from_url = read  # type: ignore[assignment]
+        kind.get_state_dict = read
         try:
             yield
         finally:
-            _api.load_state_dict_from_url = original
+            if own is None:
+                del kind.get_state_dict
+            else:
+                kind.get_state_dict = own
 
 
 def build(
@@ -177,7 +179,7 @@ def build(
     file = WeightsFile.from_url(weights.url, size_mb=weights.meta.get("_file_size"))
     path = fetch(file, offline=offline, progress=progress, what=name)
     builder = _torchvision().models.get_model_builder(arch)
-    with _reading_from(weights.url, path):
+    with _reading_from(weights, path):
         module = builder(weights=weights, progress=False)
     module.eval()
     return ModelParts(
