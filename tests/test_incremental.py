@@ -352,10 +352,13 @@ def test_approximate_modes_report_ssim_to_the_exact_map_on_a_real_picture(mobile
     span = float(exact.map.max() - exact.map.min())
     expected = stats.ssim(drilled.map.double(), exact.map.double(), data_range=span)
     assert ssim == pytest.approx(float(expected[0]), abs=1e-9)
-    # the projective-field cap: MobileNetV2's fields cover its last 7 x 7 maps, so a cap of
-    # 0.8 (6 of 7 positions) moves the map (SSIM about 0.54); from 0.86 (7 of 7) it is exact
+    # the projective-field cap: MobileNetV2's fields cover its last 7 x 7 and 4 x 4 maps; a cap
+    # of 0.8 (the 6 of 7 positions around each window) keeps the map (SSIM 0.97), 0.5 (4 of 7,
+    # 2 of 4) does not (SSIM 0.08); from 0.86 every box is whole and the map exact
     capped = occlusion(small, picture, window=16, stride=8, approximate="cap", cap=0.8)
-    assert 0.3 < _ssim(capped.map[0].double(), exact.map[0].double()) < 0.9
+    assert 0.95 < _ssim(capped.map[0].double(), exact.map[0].double()) < 1.0
+    halved = occlusion(small, picture, window=16, stride=8, approximate="cap", cap=0.5)
+    assert _ssim(halved.map[0].double(), exact.map[0].double()) < 0.3
     whole = occlusion(small, picture, window=16, stride=8, approximate="cap", cap=0.86)
     assert float((whole.map - exact.map).abs().max()) <= 1e-4 * float(exact.map.abs().max())
     assert whole.extras["ssim"] is None and capped.extras["ssim"] is None  # only when asked
@@ -388,6 +391,30 @@ def test_a_cap_that_cannot_apply_says_so():
     with pytest.warns(UserWarning, match="the cap is not applied"):
         result = occlusion(model, _pictures(1), 0, window=8, stride=8, approximate="cap")
     assert result.extras["incremental"].startswith("plain: torch.fx cannot trace")
+
+
+def test_a_capped_box_keeps_the_part_around_its_window():
+    # 16 x 16 -> 4 x 4 (stride 4), then a 3 x 3 convolution; an 8 x 8 window at the bottom
+    # right changes rows and columns 2-3 of the first map, so the second map's box would be
+    # 5 x 5 before the border cuts it to the whole 4 x 4; a cap of 0.75 keeps 3 of 4 rows and
+    # columns: those around the window's centre (1-3), not the middle of the cut box (0-2)
+    net = _randomised(
+        nn.Sequential(nn.Conv2d(3, 4, 3, stride=4, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, 1, 1)),
+        seed=5,
+    )
+    picture = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(6))
+    zero, corner = torch.zeros(1, dtype=torch.long), torch.tensor([[8, 8]])
+    starts, patches = occluded_patches(picture, torch.zeros_like(picture), zero, corner, (8, 8))
+    capped = Incremental(net, picture, cap=0.75)(zero, starts, patches)
+    occluded = picture.clone()
+    occluded[..., 8:, 8:] = 0
+    with torch.inference_mode():
+        exact, clean = net(occluded), net(picture)
+    changed = (capped - clean).abs().amax(1)[0] > 0
+    assert changed[1:, 1:].all() and not changed[0].any() and not changed[:, 0].any()
+    # the exact change lies in the kept part, so here the capped output is the exact one
+    torch.testing.assert_close(capped, exact, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(exact[..., 3, 3], clean[..., 3, 3])
 
 
 # -- CUDA ---------------------------------------------------------------------------------------

@@ -19,12 +19,15 @@ class Box:
 
     ``values`` (B, C, h, w): the output inside each window's box, one size for the batch;
     ``starts`` (B, 2) long: each box's top-left corner (row, column) in the node's full
-    (N, C, H, W) output; ``images`` (B,) long: which of the N clean pictures each window changes.
+    (N, C, H, W) output; ``images`` (B,) long: which of the N clean pictures each window changes;
+    ``centres`` (B, 2) float or None: where each window's own centre lands in this node's map
+    (tracked only under a cap, which keeps the part of a box around it).
     """
 
     values: torch.Tensor
     starts: torch.Tensor
     images: torch.Tensor
+    centres: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,14 @@ class Window:
 
     def reach(self, axis: int) -> int:
         return self.dilation[axis] * (self.kernel[axis] - 1)
+
+    def centres(self, centres: torch.Tensor) -> torch.Tensor:
+        """(B, 2) where input positions ``centres`` (B, 2) land in the output: the output
+        whose window is centred on them (fractional)."""
+        device, dtype = centres.device, centres.dtype
+        before = torch.tensor(self.before, device=device, dtype=dtype)
+        half = torch.tensor([self.reach(0), self.reach(1)], device=device, dtype=dtype) / 2
+        return (centres + before - half) / torch.tensor(self.stride, device=device, dtype=dtype)
 
     def run(self, region: torch.Tensor, corners: torch.Tensor) -> torch.Tensor:
         """The operation on an unpadded ``region`` (B, C, h, w) whose outputs start at

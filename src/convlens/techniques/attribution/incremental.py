@@ -31,9 +31,9 @@ tensor and a per-channel constant, and concatenation along channels. In-place op
 out of place (refused when another node reads the overwritten tensor afterwards).
 
 Approximation (Krypton's projective-field threshold): ``cap=tau`` stops a box from growing past
-``ceil(tau * side)`` of its map's side; the box is cut around its centre and the clean values
-are used outside it, so boxes never reach the mixing layers at full size. ``cap=None`` (the
-default) is exact.
+``ceil(tau * side)`` of its map's side; the box keeps the part around where its window's
+centre lands in that map (tracked layer by layer) and the clean values are used outside it, so
+boxes never reach the mixing layers at full size. ``cap=None`` (the default) is exact.
 
 Where this does not apply: RISE and D-RISE multiply the whole picture by a smooth random mask,
 and Score-CAM by an upsampled activation map, so every pixel of every copy changes and the
@@ -365,7 +365,11 @@ class Incremental:
             )
         if patches.shape[-2] > height or patches.shape[-1] > width:
             raise ValueError(f"expected patches within {height} x {width}, got {patches.shape}")
-        return self._run(Box(patches, starts, images))[self._order[-1]]
+        centres = None
+        if self.cap is not None:  # the cap keeps each box's part around its window's centre
+            size = torch.tensor(patches.shape[-2:], device=starts.device)
+            centres = starts.double() + (size.double() - 1) / 2
+        return self._run(Box(patches, starts, images, centres))[self._order[-1]]
 
     def _run(self, box: Box, keep: bool = False) -> dict[fx.Node, Any]:
         """Every changed node's state for the batch of ``box``: a :class:`Box`, or a full value
@@ -400,7 +404,7 @@ class Incremental:
                     lambda n: box.values if n in states else self._clean[n],
                 )
                 values = self._ops[node](args, kwargs)
-                return self._boxed(node, Box(values, box.starts, box.images))
+                return self._boxed(node, replace(box, values=values))
             if kind == "window":
                 return self._boxed(node, self._window(node, boxes[0]))
             if kind == "union":
@@ -454,19 +458,20 @@ class Incremental:
         input box (at most ``ceil(tau * side)`` with a cap), computed from the input region
         they read, taken from the padded clean input with the box pasted in."""
         window = self._windows[node]
+        centres = None if box.centres is None else window.centres(box.centres)
         firsts, sizes = [], []
         for axis in (0, 1):
             stride, reach, out = window.stride[axis], window.reach(axis), window.out[axis]
             count = min(out, (box.values.shape[2 + axis] - 1 + reach) // stride + 1)
             first = ceil_div(box.starts[:, axis] + window.before[axis] - reach, stride)
-            first, count = self._capped(first, count, count, out)
+            first, count = self._capped(first, count, centres, axis, out)
             firsts.append(first.clamp(0, out - count))
             sizes.append((count - 1) * stride + reach + 1)
         starts = torch.stack(firsts, 1)
         corners = starts * torch.tensor(window.stride, device=starts.device)
         source = self._source(node.args[0], window)  # type: ignore[arg-type]
         gathered = region(source, window.before, box, corners, (sizes[0], sizes[1]))
-        return Box(window.run(gathered, starts), starts, box.images)
+        return Box(window.run(gathered, starts), starts, box.images, centres)
 
     def _union(self, node: fx.Node, states: dict[fx.Node, Any]) -> Any:
         """An element-wise or concatenating node of changed maps: its box is the smallest one
@@ -474,13 +479,15 @@ class Incremental:
         it from its clean map with its own box pasted in."""
         boxes = [(n, states[n]) for n in node.all_input_nodes if n in states]
         shape = self._clean[node].shape[-2:]
+        known = [b.centres for _, b in boxes if b.centres is not None]
+        centres = torch.stack(known).mean(0) if known else None
         firsts, sizes = [], []
         for axis in (0, 1):
             low = torch.stack([b.starts[:, axis] for _, b in boxes]).amin(0)
             high = torch.stack([b.starts[:, axis] + b.values.shape[2 + axis] for _, b in boxes])
             spans = high.amax(0) - low
             size = min(int(spans.max()), shape[axis])
-            low, size = self._capped(low, size, spans, shape[axis])
+            low, size = self._capped(low, size, centres, axis, shape[axis])
             firsts.append(low.clamp(0, shape[axis] - size))
             sizes.append(size)
         if tuple(sizes) == tuple(shape):
@@ -492,20 +499,21 @@ class Incremental:
         args, kwargs = fx.node.map_arg(
             (node.args, node.kwargs), lambda n: regions[n] if n in regions else self._clean[n]
         )
-        return Box(self._ops[node](args, kwargs), starts, boxes[0][1].images)
+        return Box(self._ops[node](args, kwargs), starts, boxes[0][1].images, centres)
 
     def _capped(
-        self, first: torch.Tensor, count: int, spans: torch.Tensor | int, side: int
+        self, first: torch.Tensor, count: int, centres: torch.Tensor | None, axis: int, side: int
     ) -> tuple[torch.Tensor, int]:
-        """With a cap, a box longer than ``ceil(tau * side)`` keeps its middle part."""
-        if self.cap is None:
+        """With a cap, a box longer than ``ceil(tau * side)`` keeps the part of that length
+        centred on its window's centre (``centres`` (B, 2) in this map; the caller shifts a
+        box that runs past the border back inside). Centring on the box itself would be wrong
+        once a box has grown to the whole map: its middle no longer says where the window is."""
+        if self.cap is None or centres is None:
             return first, count
         limit = max(1, math.ceil(self.cap * side))
         if count <= limit:
             return first, count
-        extra = (spans - limit) // 2
-        shift = extra.clamp(min=0) if isinstance(extra, torch.Tensor) else max(0, extra)
-        return first + shift, limit
+        return (centres[:, axis] - (limit - 1) / 2).round().long(), limit
 
     def _source(self, node: fx.Node, window: Window | None = None) -> torch.Tensor:
         """A node's clean output, padded as ``window`` pads it (-inf for max pooling), as
