@@ -134,3 +134,17 @@ def test_a_long_explanation_shows_progress_and_can_be_cancelled(page):
         "document.querySelector('#explain-time').innerText === 'cancelled'", timeout=30_000
     )
     assert not page.locator("#explain-cancel").is_visible()
+
+
+def test_occlusion_approximate_modes_from_the_form(page):
+    """The approximate modes are form controls: "none" (exact) first and not sent; a chosen
+    mode says beside the map how much it computed and its SSIM to the exact map."""
+    page.select_option("#method-select", "occlusion")
+    options = page.locator("#setting-approximate option").all_inner_texts()
+    assert options == ["none", "drilldown", "cap"]
+    page.select_option("#setting-approximate", "drilldown")
+    page.check("#setting-exact_ssim")
+    page.click("#run-button")
+    text = _scale_text(page, "approximate")
+    share, ssim = re.search(r"drilldown, (\d+)% of windows computed, SSIM (\S+)", text).groups()
+    assert 25 <= int(share) < 100 and 0 < float(ssim) <= 1

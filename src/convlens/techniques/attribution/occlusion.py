@@ -92,6 +92,9 @@ Progress = Callable[[int, int], None]
 # -- occlusion ---------------------------------------------------------------------------------
 
 
+# the approximate modes and their settings' defaults
+APPROXIMATE = {"drilldown": {"drill_factor": 2, "drill_fraction": 0.5}, "cap": {"cap": 0.5}}
+
 # the settings' ranges and help, shared with the region occlusion of a segmenter
 SETTINGS = {
     "window": spec("occluding square, pixels", min=1, max=4096),
@@ -113,6 +116,34 @@ SETTINGS = {
     signed=True,
     settings={
         **SETTINGS,
+        "approximate": spec(
+            "approximate mode (faster, not the exact map): drilldown computes a coarse grid of "
+            "windows, then the windows where it varies most; cap limits how far a window's "
+            "change may grow in each layer; none is exact",
+            choices=tuple(APPROXIMATE),
+        ),
+        "cap": spec(
+            "cap mode: the share of each layer's map a window's change may cover (default 0.5)",
+            type="float",
+            min=0.01,
+            max=1,
+            step=0.01,
+        ),
+        "drill_factor": spec(
+            "drilldown mode: the coarse grid takes every n-th row and column of windows "
+            "(default 2)",
+            type="int",
+            min=2,
+            max=64,
+        ),
+        "drill_fraction": spec(
+            "drilldown mode: the share of the other windows computed, where the coarse grid "
+            "varies most (default 0.5)",
+            type="float",
+            min=0,
+            max=1,
+            step=0.05,
+        ),
         "exact_ssim": spec("with an approximate mode, also run the exact map for its SSIM"),
     },
 )
@@ -454,9 +485,6 @@ def _interpolation(picked: torch.Tensor, count: int) -> torch.Tensor:
     matrix.index_put_((torch.arange(count), low), 1 - share, accumulate=True)
     matrix.index_put_((torch.arange(count), high), share, accumulate=True)
     return matrix
-
-
-APPROXIMATE = {"drilldown": {"drill_factor": 2, "drill_fraction": 0.5}, "cap": {"cap": 0.5}}
 
 
 def _fast_options(

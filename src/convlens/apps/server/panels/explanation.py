@@ -192,4 +192,9 @@ def explanation_headers(attribution: Any, run: Run | None, scale: Any = None) ->
     error = attribution.extras.get("completeness_error")
     if error is not None:
         headers["X-Completeness-Error"] = f"{float(np.asarray(error).reshape(-1)[0]):.3g}"
+    mode = attribution.settings.get("approximate")
+    if mode is not None:  # occlusion's approximate modes: the share computed, SSIM when asked
+        ssim = attribution.extras.get("ssim")
+        told = f"{mode}, {attribution.extras.get('evaluated', 1.0):.0%} of windows computed"
+        headers["X-Approximate"] = told + (f", SSIM {ssim[0]:.3f} to the exact map" if ssim else "")
     return headers

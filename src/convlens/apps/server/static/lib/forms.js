@@ -13,7 +13,8 @@ export function settingRow(spec, saved, prefix = "setting") {
     input = el("input", { type: "checkbox", id });
     input.checked = value === true || value === "true";
   } else if (spec.type === "choice") {
-    const choices = spec.choices || [];
+    // a choice whose default is none (an approximate mode) offers "none" first: not sent
+    const choices = spec.default == null ? ["none", ...(spec.choices || [])] : spec.choices || [];
     input = el("select", { id }, ...choices.map((c) => el("option", { value: c }, String(c))));
     input.value = String(value ?? choices[0] ?? "");
   } else if (spec.type === "int" || spec.type === "float") {
@@ -58,6 +59,7 @@ export function readSettings(container) {
     const why = notInt ? "a whole number is needed" : input.validationMessage || "invalid value";
     if (bad && !error) error = `${humanize(name)}: ${why}`;
     if (input.value === "" && !input.required) continue; // an optional setting left empty
+    if (input.tagName === "SELECT" && input.value === "none") continue; // a choice left at none
     values[name] = input.value;
   }
   return { values, error };

@@ -223,6 +223,8 @@ function showScale(headers) {
   // Integrated Gradients: how far the map's sum is from the score's change (its completeness)
   const error = headers.get("X-Completeness-Error");
   if (error != null) parts.push(`completeness error ${error}`);
+  const approximate = headers.get("X-Approximate"); // occlusion's approximate modes
+  if (approximate != null) parts.push(`approximate: ${approximate}`);
   $("explain-scale").textContent = parts.join(" · ");
   $("explain-scale").title = error != null
     ? "completeness error: |sum of the map - (score(picture) - score(baseline))|, in logits; small beside the score means the steps were enough"
