@@ -7,8 +7,10 @@ standard transforms, Adam at 0.05, 128 steps, ImageNet normalisation inside the 
 1. One channel (``features.14:17``): Lucent's ``render_vis`` as it is used (the weights keep
    ``requires_grad``, so every step also computes every weight's gradient), Lucent with the
    weights frozen, and ``convlens.featurevis`` (which stops the forward pass at
-   ``features.14`` and differentiates with respect to the image only). Target: convlens at
-   least 1.5x faster than Lucent (ratio <= 0.67x).
+   ``features.14`` and differentiates with respect to the image only). Lucent runs with
+   ``fixed_image_size=128``, so that its network sees the same 128-px image as ours (by default
+   it upsamples anything smaller than 224 px to 224: that row is printed too, but it is not
+   like for like). Target: convlens at least 1.5x faster than Lucent (ratio <= 0.67x).
 2. A 32-channel layer (``features.14`` channels 0-31) as one batched run, per channel, against
    our own one-channel-at-a-time path (case 1's convlens row). Target: at least 2x faster per
    channel (ratio <= 0.5x).
@@ -64,9 +66,13 @@ def lucent_missing() -> str | None:
     return None
 
 
-def _lucent(model: torch.nn.Module, frozen: bool, clean: bool = True) -> Callable[[], Any]:
+def _lucent(
+    model: torch.nn.Module, frozen: bool, clean: bool = True, matched: bool = True
+) -> Callable[[], Any]:
     """One ``render_vis`` call; ``clean`` removes the hooks it leaves behind (else every
-    later call, ours included, would run them all: they pile up, 212 per call)."""
+    later call, ours included, would run them all: they pile up, 212 per call). Lucent
+    upsamples an image smaller than 224 px to 224 before the network; ``matched`` passes
+    ``fixed_image_size=SIZE`` so that the network sees the 128-px image, as convlens's does."""
     from lucent.optvis import param, render
 
     def run() -> Any:
@@ -80,6 +86,7 @@ def _lucent(model: torch.nn.Module, frozen: bool, clean: bool = True) -> Callabl
                 f"{LAYER.replace('.', '_')}:{CHANNEL}",
                 param_f=lambda: param.image(SIZE, fft=True, decorrelate=True),
                 thresholds=(STEPS,),
+                fixed_image_size=SIZE if matched else None,
                 show_image=False,
                 progress=False,
                 verbose=False,
@@ -112,6 +119,7 @@ def run(repeats: int = 25) -> list[Row]:
     if missing is None:
         variants["lucent render_vis"] = _lucent(module, frozen=False)
         variants["lucent render_vis, weights frozen"] = _lucent(module, frozen=True)
+        variants["lucent render_vis at 224 px"] = _lucent(module, frozen=False, matched=False)
     else:
         print(f"  lucent rows skipped: {missing}", flush=True)
     one = interleaved(variants, repeats=min(repeats, ONE_REPEATS), warmup=1)
