@@ -23,10 +23,12 @@ could not be checked. Before timing, every variant runs once at stride 16 (on a 
 case's stride, so that cuDNN has planned its convolutions for those shapes); then each is timed
 ``repeats`` times (``min(repeats, SLOW_REPEATS)``; one by default, the runs are long), the
 variants in a shuffled order each round. Rows: each variant's time and ratio to Captum's best,
-with the issue's targets (exact <= 1/3 on VGG-16 and ResNet-18, <= 1/2 on MobileNetV2 and ResNet-50;
-approximate <= 1/10); the largest |exact - plain| over the plain map's peak (target <= 1e-4) and
-the approximate maps' SSIM to the exact one (target >= 0.9, on the signed maps with the exact
-map's range as data range, 7x7 window, :func:`convlens.core.stats.ssim`).
+with the issue's targets (exact <= 1/3 on VGG-16 and ResNet-18, <= 1/2 on MobileNetV2 and
+ResNet-50; approximate <= 1/10); the largest |exact - plain| over the plain map's peak (target
+<= 1e-4); the approximate maps' SSIM to the exact one (target >= 0.9, on the signed maps with
+the exact map's range as data range, 7x7 window, :func:`convlens.core.stats.ssim`); and how
+many times fewer floating-point operations one window's boxes take than a forward pass (the
+bound on the exact path's lead at equal efficiency per operation).
 
     python benchmarks/run.py occlusion                      # every case, CPU, one thread
     PYTHONPATH=src python benchmarks/bench_occlusion.py --device cuda   # the same on a GPU
@@ -174,7 +176,31 @@ def case_rows(name: str, repeats: int) -> list[Row]:
         approximate = results[f"convlens approximate {mode}"].map
         ssim = _ssim(approximate[0].double(), exact[0].double())
         rows.append(Row(BENCH, f"{label} {mode} SSIM to exact (>= 0.9)", Quantity((ssim,), "")))
+    bound = Quantity((_flop_ratio(name),), "x")
+    rows.append(Row(BENCH, f"{label} FLOPs of a forward pass / of one window's boxes", bound))
     return rows
+
+
+def _flop_ratio(name: str) -> float:
+    """How many times fewer floating-point operations the exact incremental path runs for one
+    window (16 x 16, in the middle of the picture) than a whole forward pass
+    (``torch.utils.flop_counter``): the speed-up over a peer's forward passes that recomputing
+    only the changed boxes can give, at equal efficiency per operation."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from convlens.techniques.attribution.incremental import Incremental
+    from convlens.techniques.attribution.occlusion import occluded_patches
+
+    module, x = _model(name).module, _input()
+    engine = Incremental(module, x)
+    zero = torch.zeros(1, dtype=torch.long, device=x.device)
+    corner = torch.tensor([[104, 104]], device=x.device)
+    box = occluded_patches(x, torch.zeros_like(x), zero, corner, (WINDOW, WINDOW))
+    with FlopCounterMode(display=False) as whole, torch.inference_mode():
+        module(x)
+    with FlopCounterMode(display=False) as boxes:
+        engine(zero, *box)
+    return whole.get_total_flops() / boxes.get_total_flops()
 
 
 def run(repeats: int, cases: list[str] | None = None) -> list[Row]:
