@@ -460,7 +460,9 @@ def scorecam(
     ``k`` forward passes per image instead of ``C``. It approximates Score-CAM (a channel
     that is weak on average but whose mask scores high is missed); ``None`` (default) or
     ``k >= C`` is the exact method. At MobileNetV2's default layer (1,280 channels) ``k=64``
-    is 20 times fewer passes.
+    is 20 times fewer passes, and the map keeps its shape (Pearson r 0.97 and 0.99 with the
+    exact map on the astronaut and chelsea samples) while its values grow (the softmax spreads
+    over ``k`` scores, not ``C``): compare such maps on their own scales.
     """
     relu = _check_bool("relu", relu)
     align_corners = _check_bool("align_corners", align_corners)
