@@ -16,6 +16,7 @@ import pytest
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parent.parent / "out" / "test-artifacts"
 
 import playwright.sync_api as playwright_api  # noqa: E402
 import uvicorn  # noqa: E402
@@ -127,6 +128,8 @@ def test_a_long_box_explanation_shows_progress_and_can_be_cancelled(served):
     )
     assert size[0] == 384 and size[1] > 384 + 20, size
     assert "scale" not in _text(page, "#box-time")  # the scale is the bar, not text
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.locator("#detect-panel").screenshot(path=str(ARTIFACTS / "9-box-colour-bar.png"))
 
     # D-RISE with 4,000 masks takes about 20 s on two cores
     page.select_option("#box-method", "drise")
@@ -159,6 +162,7 @@ def test_a_long_region_explanation_shows_progress_and_can_be_cancelled(served):
     page.fill("#region-setting-masks", "8000")
     page.press("#region-setting-masks", "Tab")
     _progress_then_cancel(page, state, "region")
+    page.locator("#segment-panel").screenshot(path=str(ARTIFACTS / "10-region-cancelled.png"))
     image_id = page.evaluate("document.querySelector('#segment-picture').dataset.image")
     path = f"/api/models/toon-segmenter/images/{image_id}/segmentation/explain/layercam.png"
     assert _seconds(f"{base}{path}?target=1") < 3

@@ -63,7 +63,8 @@ def router(state: ServerState) -> APIRouter:
 
     @api.get("/api/runs/{run_id}")
     async def run_progress(run_id: str) -> dict[str, Any]:
-        """A request's model work while it goes: waiting or running, ``done`` of ``total``."""
+        """A request's model work while it goes (an explanation, a box's or a region's):
+        waiting or running, ``done`` of ``total``."""
         if run_id not in state.runs:
             raise LookupError(f"no run {run_id[:64]!r} in progress")
         return dict(state.runs[run_id].to_dict())
