@@ -204,8 +204,12 @@ def test_scorecam_by_hand():
     _close(cam.scorecam(model, x, 1, relu=False).map[0], -math.tanh(5 / 3) * x[0, 0])
 
 
-def _scorecam_reference(model: cl.Model, x: torch.Tensor, layer: str, target: int):
-    """The slow obvious loop: one image, one channel, one forward at a time."""
+def _scorecam_reference(
+    model: cl.Model, x: torch.Tensor, layer: str, target: int, channels: int | None = None
+):
+    """The slow obvious loop: one image, one channel, one forward at a time; with
+    ``channels=k``, only each image's k channels of highest mean activation, the others
+    weighted 0."""
     module = model.module
     kept: list[torch.Tensor] = []
     handle = module.get_submodule(layer).register_forward_hook(
@@ -217,8 +221,11 @@ def _scorecam_reference(model: cl.Model, x: torch.Tensor, layer: str, target: in
     activations = kept[0]
     maps = []
     for n in range(x.shape[0]):
+        means = [float(activations[n, c].mean()) for c in range(activations.shape[1])]
+        order = sorted(range(len(means)), key=lambda c: -means[c])
+        kept = sorted(order[:channels]) if channels is not None else list(range(len(means)))
         scores = []
-        for c in range(activations.shape[1]):
+        for c in kept:
             m = F.interpolate(activations[n, c][None, None], size=x.shape[-2:], mode="bilinear")[
                 0, 0
             ]
@@ -226,7 +233,7 @@ def _scorecam_reference(model: cl.Model, x: torch.Tensor, layer: str, target: in
             with torch.no_grad():
                 scores.append(module(x[n : n + 1] * m)[0, target])
         weights = torch.softmax(torch.stack(scores), 0)
-        maps.append(torch.relu((weights[:, None, None] * activations[n]).sum(0)))
+        maps.append(torch.relu((weights[:, None, None] * activations[n, kept]).sum(0)))
     return torch.stack(maps)
 
 
@@ -254,6 +261,71 @@ def test_scorecam_equals_a_slow_loop_and_batches_the_masked_copies():
     assert reported == [(3, 4), (4, 4)]
     assert result.settings["batch_size"] == 3
     _close(cam.scorecam(model, x, 2, layer="pool", batch_size=64).map, expected)
+
+
+def _gapnet_model() -> cl.Model:
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        net = GapNet()
+    return cl.Model(net, input_size=(3, 8, 8))
+
+
+def test_scorecam_with_every_channel_is_the_exact_method():
+    """``channels`` >= the layer's 6 channels takes the exact path: the same map, bit for bit."""
+    model = _gapnet_model()
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    exact = cam.scorecam(model, x, 4, layer="act")
+    _close(exact.map, _scorecam_reference(model, x, "act", 4))
+    for channels in (6, 7, 1000):
+        assert torch.equal(cam.scorecam(model, x, 4, layer="act", channels=channels).map, exact.map)
+    assert exact.settings["channels"] is None
+
+
+def test_scorecam_with_fewer_channels_matches_a_slow_loop():
+    """k < C: per image the k channels of highest mean activation, softmax over their scores,
+    the others weighted 0 (a slow reference loop); k = 1 is that one channel's activation."""
+    model = _gapnet_model()
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    reported: list[tuple[int, int]] = []
+    for channels in (1, 2, 4):
+        reported.clear()
+        result = cam.scorecam(
+            model,
+            x,
+            4,
+            layer="act",
+            channels=channels,
+            batch_size=3,
+            progress=lambda done, total: reported.append((done, total)),
+        )
+        _close(result.map, _scorecam_reference(model, x, "act", 4, channels=channels))
+        assert reported[-1] == (2 * channels, 2 * channels)  # 2 images x k masked passes
+        assert result.settings["channels"] == channels
+    activations = cl.activations(model, x, "act")["act"]
+    strongest = activations.mean(dim=(2, 3)).argmax(dim=1)
+    one = cam.scorecam(model, x, 4, layer="act", channels=1).map
+    for n in range(2):  # softmax of one score is 1: the map is that channel, ReLU'd
+        _close(one[n], activations[n, strongest[n]].clamp(min=0))
+    # the approximation differs from the exact map (else the test shows nothing)
+    assert not torch.allclose(
+        cam.scorecam(model, x, 4, layer="act", channels=2).map,
+        cam.scorecam(model, x, 4, layer="act").map,
+    )
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True, "8"])
+def test_scorecam_refuses_a_bad_channel_count(tiny, image4, bad):
+    with pytest.raises(ValueError, match="channels"):
+        cam.scorecam(tiny, image4, channels=bad)
+
+
+def test_scorecam_channels_is_a_registered_setting():
+    setting = next(s for s in get_method("scorecam").settings if s.name == "channels")
+    assert (setting.type, setting.default, setting.min, setting.optional) == ("int", None, 1, True)
+    assert "approximation" in setting.help
+    assert setting.parse("16") == 16 and setting.parse("none") is None
+    with pytest.raises(ValueError):
+        setting.parse("0")
 
 
 def test_gradcam_is_cam_on_a_gap_linear_head():

@@ -152,6 +152,26 @@ def test_demo_writes_a_self_contained_page(tmp_path):
     assert overlays == {f"chelsea__{m}.png" for m in DEMO_NAMES}
 
 
+def test_explain_takes_scorecams_channels(files):
+    """``--channels`` comes from Score-CAM's settings table: the map is the library's."""
+    out = files / "scorecam"
+    args = [str(files / "tiny_plugin.py"), str(files / "white.png"), "--method", "scorecam"]
+    result = runner.invoke(
+        app, ["explain", *args, "--layer", "pool", "--channels", "1", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["explanations"][0]["settings"]["channels"] == 1
+    with np.load(out / "scorecam.npz") as npz:
+        reference = cl.explain(
+            cl.load(files / "tiny_plugin.py"), files / "white.png", "scorecam", layer="pool",
+            channels=1,
+        )  # fmt: skip
+        np.testing.assert_allclose(npz["map"], reference.map.numpy())
+    bad = runner.invoke(app, ["explain", *args, "--channels", "0", "--out", str(out)])
+    assert bad.exit_code != 0 and "channels" in bad.output
+
+
 def test_explain_writes_overlays_maps_summary_and_page(files):
     out = files / "explain"
     result = runner.invoke(

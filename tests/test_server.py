@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient  # needs httpx2 (the dev extra)
 from PIL import Image
 
@@ -68,6 +69,28 @@ def test_describes_models_methods_and_samples(server):
         "/api/models/{model}/images/{image_id}/predictions"
         in client.get("/openapi.json").json()["paths"]
     )
+
+
+def test_scorecam_starts_at_its_fast_approximation(server, jessie):
+    """The explorer starts Score-CAM at the 64 strongest channels (seconds at MobileNetV2's
+    1,280, not a minute; the library's default stays exact); an empty field (not sent) is the
+    exact method, and the map is the library's for the same setting."""
+    from convlens.techniques.attribution import cam
+
+    state, client = server
+    methods = {m["name"]: m for m in client.get("/api/methods").json()}
+    channels = {s["name"]: s for s in methods["scorecam"]["settings"]}["channels"]
+    assert (channels["default"], channels["optional"], channels["min"]) == (64, True, 1)
+    assert "approximation" in channels["help"]
+    base = f"/api/models/toon-cnn/images/{jessie}/explain/scorecam.json"
+    inputs = state.forward("toon-cnn", jessie).inputs
+    model = state.classifier("toon-cnn")
+    for query, k in (("?channels=3", 3), ("", None)):
+        body = client.get(base + query).json()
+        assert body["settings"]["channels"] == k
+        expected = cam.scorecam(model, inputs, channels=k).map[0]
+        assert torch.allclose(torch.tensor(body["map"]), expected, atol=1e-6)
+    assert client.get(base + "?channels=0").status_code == 422
 
 
 def test_predictions_activations_and_explanations(server, jessie):

@@ -132,10 +132,13 @@ def test_box_explanations_equal_the_library(
     png = client.get(f"{url}.png?{query}")
     assert png.status_code == 200, png.text
     assert png.headers["content-type"] == "image/png" and png.headers["x-cache"] == "miss"
-    assert Image.open(io.BytesIO(png.content)).size == (384, 384)  # enlarged 3x
+    drawn = Image.open(io.BytesIO(png.content)).convert("RGB")
+    assert drawn.width == 384 and drawn.height > 384 + 20  # enlarged 3x, the colour bar below
     body = client.get(f"{url}.json?{query}").json()
     assert body["cached"] is True  # the PNG's explanation, not a second run
     want = explain_box(detector, crowd, index, method, **options)
+    # the library's figure with its colour bar (Figure.framed, as the explanation panel's)
+    assert np.array_equal(np.asarray(drawn), np.asarray(want.overlay().framed().convert("RGB")))
     assert body["method"] == method and body["target"]["index"] == index
     assert body["energy_in_box"] == pytest.approx(want.energy_in_box(), abs=1e-6)
     assert float(png.headers["x-energy-in-box"]) == pytest.approx(want.energy_in_box(), abs=1e-5)

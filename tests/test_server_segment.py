@@ -57,6 +57,9 @@ def test_the_segmenter_says_its_task_and_forms(server):
     layer = forms["gradcam"]["settings"][0]
     assert layer["name"] == "layer" and layer["default"] == "dec2" and "dec2" in layer["choices"]
     assert "region_methods" not in models["toon-cnn"]
+    # RISE starts at 250 masks, seconds on a CPU (the library's 1000 take 14 s on one thread)
+    masks = {s["name"]: s for s in forms["rise"]["settings"]}["masks"]
+    assert (masks["default"], masks["max"]) == (250, 8000)
 
 
 def test_segmentation_and_a_clicked_region_equal_the_library(server, crowd, crowd_id, segmenter):

@@ -28,7 +28,7 @@ from PIL import Image
 
 from convlens.apps.server import job_kinds
 from convlens.apps.server.forms import DRISE_BUDGET, MAX_DETECTIONS, box_form, box_methods
-from convlens.apps.server.jobs import Cancelled, JobRunner, JobStore
+from convlens.apps.server.jobs import JobRunner, JobStore
 from convlens.core.detector import Detection, Detections, Detector
 from convlens.core.errors import WrongTaskError
 from convlens.core.model import Model
@@ -485,26 +485,15 @@ class ServerState:
         """D-RISE's masked copies per detector call: 32, fewer for large pictures."""
         return max(1, min(32, 2**21 // (image.width * image.height)))
 
-    def explain_box(
-        self,
-        key: str,
-        image_id: str,
-        target: Detection,
-        method: str,
-        options: dict[str, Any],
-        cancelled: threading.Event | None = None,
-    ) -> tuple[BoxExplanation, float, bool]:
-        """One detection explained (``options`` parsed by the method's form): the explanation,
-        the seconds it took, and whether it came from the cache. Cached per (model, picture,
-        box, class, method, options), so changing a threshold that keeps the box reuses it.
-        Once ``cancelled`` is set (the page gave up waiting), D-RISE stops at its next batch
-        and :class:`Cancelled` is raised, which frees the model for the next request."""
-        from convlens.techniques.attribution.detection import explain_box
-
-        detector = self.detector(key)
-        image = self.detector_picture(image_id)
+    def _box_request(
+        self, key: str, image_id: str, target: Detection, method: str, options: dict[str, Any]
+    ) -> tuple[dict[str, Any], tuple[Any, ...]]:
+        """A box explanation's options as it runs (D-RISE: its masks checked against the
+        picture's size, its batch) and its cache key: (model, picture, box, class, method,
+        options), so changing a threshold that keeps the box reuses the map."""
         options = dict(options)
         if method == "drise":
+            image = self.detector_picture(image_id)
             masks = int(options.get("masks", box_form("drise").setting("masks").default))
             pixels = image.width * image.height
             if masks * pixels > DRISE_BUDGET:
@@ -515,36 +504,49 @@ class ServerState:
                 )
             options["masks"] = masks
             options["batch_size"] = self.drise_batch(image)
-        cache_key = (
-            key,
-            image_id,
-            target.box,
-            target.label,
-            method,
-            tuple(sorted(options.items())),
-        )
+        items = tuple(sorted(options.items()))
+        return options, (key, image_id, target.box, target.label, method, items)
 
-        def fetch() -> tuple[BoxExplanation, float, bool] | None:
-            found = self.explained.get(cache_key)
-            if found is None:
-                return None
-            return dataclasses.replace(found[0], target=target), found[1], True
+    def cached_box(
+        self, key: str, image_id: str, target: Detection, method: str, options: dict[str, Any]
+    ) -> tuple[BoxExplanation, float, bool] | None:
+        """The cached explanation of a box (see :meth:`explain_box`), or ``None``."""
+        _, cache_key = self._box_request(key, image_id, target, method, options)
+        found = self.explained.get(cache_key)
+        if found is None:
+            return None
+        return dataclasses.replace(found[0], target=target), found[1], True
 
-        cached = fetch()
-        if cached is not None:
-            return cached
+    def explain_box(
+        self,
+        key: str,
+        image_id: str,
+        target: Detection,
+        method: str,
+        options: dict[str, Any],
+        progress: Callable[[int, int], None] | None = None,
+        *,
+        locked: bool = False,
+    ) -> tuple[BoxExplanation, float, bool]:
+        """One detection explained (``options`` parsed by the method's form): the explanation,
+        the seconds it took, and whether it came from the cache (:meth:`cached_box`).
+        ``progress(done, total)`` follows D-RISE's batches (the explorer's :class:`Run`, which
+        raises :class:`Cancelled` there once the page gave up, freeing the model for the next
+        request); ``locked``: the caller holds the model's lock."""
+        from convlens.techniques.attribution.detection import explain_box
 
-        def stop_if_cancelled(_done: int = 0, _total: int = 0) -> None:
-            if cancelled is not None and cancelled.is_set():
-                raise Cancelled(f"the {method} explanation of box {target.index} was cancelled")
+        detector = self.detector(key)
+        image = self.detector_picture(image_id)
+        options, cache_key = self._box_request(key, image_id, target, method, options)
 
         def compute() -> tuple[BoxExplanation, float, bool]:
-            again = fetch()
+            again = self.cached_box(key, image_id, target, method, options)
             if again is not None:
                 return again
-            stop_if_cancelled()
+            if progress is not None:
+                progress(0, 0)  # a run cancelled while it waited stops here
             start = time.perf_counter()
-            extra = {"progress": stop_if_cancelled} if method == "drise" else {}
+            extra = {"progress": progress} if method == "drise" and progress else {}
             result = explain_box(detector, image, target, method, **options, **extra)
             if "batch_size" in options:
                 result.settings["batch_size"] = options["batch_size"]
@@ -552,4 +554,4 @@ class ServerState:
             self.explained.put(cache_key, (result, seconds))
             return result, seconds, False
 
-        return self.run_locked(key, compute)
+        return compute() if locked else self.run_locked(key, compute)

@@ -12,6 +12,7 @@ or someone cancels it, it stops at its next progress report, or before it starts
 from __future__ import annotations
 
 import asyncio
+import inspect
 import re
 import threading
 import time
@@ -32,6 +33,7 @@ PNG = "image/png"
 NO_STORE = {"Cache-Control": "no-store"}
 RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 POLL_S = 0.01  # how often a request waiting for a model's lock looks again
+EXPLORER_BATCH = 32  # copies per batch of the perturbation and sampling methods in the explorer
 
 
 @dataclass
@@ -126,6 +128,17 @@ async def cancellable(
         watcher.cancel()
         if run_id and state.runs.get(run_id) is run:
             del state.runs[run_id]
+
+
+def run_extras(fn: Any, settings: dict[str, Any], run: Run) -> dict[str, Any]:
+    """What the explorer adds to a method's call: its progress (read at ``/api/runs/{id}``,
+    and where a cancelled run stops), and small batches when the request sets none, so that a
+    run whose client has gone stops within a moment."""
+    accepted = inspect.signature(fn).parameters
+    extra: dict[str, Any] = {"progress": run.progress} if "progress" in accepted else {}
+    if "batch_size" in accepted and "batch_size" not in settings:
+        extra["batch_size"] = EXPLORER_BATCH
+    return extra
 
 
 async def _watch(request: Request, cancelled: threading.Event) -> None:

@@ -3,15 +3,15 @@ request's thresholds, and one box explained (D-RISE, box Grad-CAM, box Layer-CAM
 
 Detections are cached per (model, picture, thresholds) and box explanations per (model,
 picture, box, method, options) in the state, so a threshold change that keeps a box reuses its
-map. A box explanation stops at D-RISE's next batch once the page closes the connection (it
-asked for another box), which frees the model for the next request.
+map. A box explanation is a :class:`~convlens.apps.server.web.Run`, as the explanation panel's:
+its progress is read at ``/api/runs/<run>`` and it stops at D-RISE's next batch once cancelled
+there or once the page closes the connection (it asked for another box), which frees the model
+for the next request.
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
-import threading
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -19,7 +19,7 @@ from fastapi.responses import Response
 
 from convlens.apps.server.forms import MAX_DETECTIONS, THRESHOLDS, box_form
 from convlens.apps.server.state import ServerState
-from convlens.apps.server.web import NO_STORE, PNG, options, png, work
+from convlens.apps.server.web import NO_STORE, PNG, Run, cancellable, options, png, work
 from convlens.core.util import jsonable
 
 Thresholds = tuple[float | None, float | None, int | None]
@@ -126,24 +126,21 @@ async def box_explanation_of(
     settings = _box_options(state, model, method, request)
     found, _, _ = await detections_of(state, model, image_id, thresholds)
     target = box(found, index)
-    # D-RISE can hold the model for seconds: when the page gives up (another box, other
-    # settings), the connection closes and D-RISE stops at its next batch
-    cancelled = threading.Event()
+    hit = state.cached_box(model, image_id, target, method, settings)
+    if hit is not None:
+        return hit
+    # D-RISE can hold the model for seconds: it is a Run (its progress at /api/runs/<run>,
+    # cancelled there, or when the page gives up and the connection closes), stopping at
+    # its next batch, which frees the model for the next request
 
-    async def watch() -> None:  # (Request.is_disconnected misses it behind a middleware)
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-        cancelled.set()
-
-    watcher = asyncio.ensure_future(watch())
-    try:
-        return await work(
-            state,
-            None,
-            lambda: state.explain_box(model, image_id, target, method, settings, cancelled),
+    def compute(run: Run) -> tuple[Any, float, bool]:
+        return state.explain_box(
+            model, image_id, target, method, settings, run.progress, locked=True
         )
-    finally:
-        watcher.cancel()
+
+    what = f"{method} of box {index} on {image_id}"
+    result, _ = await cancellable(state, request, model, what, compute)
+    return result
 
 
 def router(state: ServerState) -> APIRouter:
@@ -215,9 +212,11 @@ def _box_explanations(api: APIRouter, state: ServerState) -> None:
     ) -> Response:
         """Box ``index`` (among the detections at these thresholds) explained by ``method``
         (drise, gradcam, layercam; its options as query parameters, see ``/api/models``): the
-        map over the picture with the box drawn. Headers: ``X-Energy-In-Box`` (share of the
-        positive attribution inside the box), ``X-Peak`` (x,y), ``X-Ms`` (compute time),
-        ``X-Cache`` (hit or miss), ``X-Scale-Min`` / ``X-Scale-Max`` (the jet map's range)."""
+        map over the picture with the box drawn, its colour bar below (as the explanation
+        panel's: :meth:`~convlens.core.render.Figure.framed`). Headers: ``X-Energy-In-Box``
+        (share of the positive attribution inside the box), ``X-Peak`` (x,y), ``X-Ms``
+        (compute time), ``X-Cache`` (hit or miss), ``X-Scale-Min`` / ``X-Scale-Max`` (the jet
+        map's range)."""
         from convlens.core.render import png_bytes
 
         thresholds = (score_threshold, iou_threshold, max_detections)
@@ -225,7 +224,7 @@ def _box_explanations(api: APIRouter, state: ServerState) -> None:
             state, model, image_id, index, method, thresholds, request
         )
         figure = await work(state, None, explanation.overlay)
-        data = await work(state, None, lambda: png_bytes(figure.image))  # the bar: headers
+        data = await work(state, None, lambda: png_bytes(figure.framed()))  # its colour bar below
         energy = explanation.energy_in_box()
         x, y = explanation.peak()
         headers = {

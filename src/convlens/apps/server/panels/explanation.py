@@ -8,7 +8,6 @@ new method shows up here with no change; ``/api/methods`` lists them for the pag
 
 from __future__ import annotations
 
-import inspect
 import math
 from typing import Any
 from urllib.parse import quote
@@ -19,11 +18,18 @@ from fastapi.responses import Response
 
 from convlens.apps.server.forms import method_forms
 from convlens.apps.server.state import ServerState
-from convlens.apps.server.web import NO_STORE, PNG, Run, cancellable, layer_dict, options, work
+from convlens.apps.server.web import (
+    NO_STORE,
+    PNG,
+    Run,
+    cancellable,
+    layer_dict,
+    options,
+    run_extras,
+    work,
+)
 from convlens.apps.server.web import forward as forward_of
 from convlens.core.util import jsonable
-
-EXPLORER_BATCH = 32  # copies per batch of the perturbation and sampling methods in the explorer
 
 
 def describe(state: ServerState, key: str) -> dict[str, Any]:
@@ -57,7 +63,8 @@ def router(state: ServerState) -> APIRouter:
 
     @api.get("/api/runs/{run_id}")
     async def run_progress(run_id: str) -> dict[str, Any]:
-        """A request's model work while it goes: waiting or running, ``done`` of ``total``."""
+        """A request's model work while it goes (an explanation, a box's or a region's):
+        waiting or running, ``done`` of ``total``."""
         if run_id not in state.runs:
             raise LookupError(f"no run {run_id[:64]!r} in progress")
         return dict(state.runs[run_id].to_dict())
@@ -144,17 +151,6 @@ def router(state: ServerState) -> APIRouter:
         }
 
     return api
-
-
-def run_extras(fn: Any, settings: dict[str, Any], run: Run) -> dict[str, Any]:
-    """What the explorer adds to a method's call: its progress (read at ``/api/runs/{id}``,
-    and where a cancelled run stops), and small batches when the request sets none, so that a
-    run whose client has gone stops within a moment."""
-    accepted = inspect.signature(fn).parameters
-    extra: dict[str, Any] = {"progress": run.progress} if "progress" in accepted else {}
-    if "batch_size" in accepted and "batch_size" not in settings:
-        extra["batch_size"] = EXPLORER_BATCH
-    return extra
 
 
 def scale_of(text: str | None) -> tuple[float, float] | None:

@@ -5,7 +5,10 @@ over the region) where the page was clicked.
 A click at (x, y), in the upload's pixels, picks the connected region of the class found
 there (:func:`~convlens.techniques.attribution.segmentation.region_mask`); ``target`` without a
 point explains every pixel of that class. Segmentations are cached per (model, picture) and
-region explanations per (model, picture, method, class, region, options).
+region explanations per (model, picture, method, class, region, options). A region explanation
+is a :class:`~convlens.apps.server.web.Run`, as the explanation panel's: occlusion and RISE
+report their progress at ``/api/runs/<run>`` and stop at their next batch once cancelled there
+or once the page closes the connection.
 """
 
 from __future__ import annotations
@@ -27,7 +30,16 @@ from convlens.apps.server.state import (
     explanation_bytes,
     picture_bytes,
 )
-from convlens.apps.server.web import NO_STORE, PNG, options, png, work
+from convlens.apps.server.web import (
+    NO_STORE,
+    PNG,
+    Run,
+    cancellable,
+    options,
+    png,
+    run_extras,
+    work,
+)
 from convlens.core.registry import Setting
 from convlens.core.util import jsonable
 
@@ -48,9 +60,9 @@ def _segmenter(state: ServerState, key: str) -> Any:
     return handle
 
 
-def _layers(state: ServerState, key: str) -> tuple[list[str], str | None]:
+def _layers(state: ServerState, key: str, locked: bool = False) -> tuple[list[str], str | None]:
     """The layers a region CAM can read and the default one (none when the segmenter names
-    none and has no backbone)."""
+    none and has no backbone); ``locked``: the caller holds the model's lock."""
     from convlens.techniques.attribution.segmentation import default_segment_layer, map_layers
 
     segmenter = _segmenter(state, key)
@@ -59,7 +71,11 @@ def _layers(state: ServerState, key: str) -> tuple[list[str], str | None]:
     except ValueError:
         default = None
     try:
-        layers = state.run_locked(key, lambda: map_layers(segmenter))
+        layers = (
+            map_layers(segmenter)
+            if locked
+            else state.run_locked(key, lambda: map_layers(segmenter))
+        )
     except Exception:  # a network the blank picture does not suit: its default only
         layers = []
     if default is not None and default not in layers:
@@ -121,8 +137,11 @@ class _Panel:
         self.found = _LRU(state.config.cache_mb * MB / 4, lambda v: segmentation_bytes(v[0]))
         self.explained = _LRU(state.config.explain_cache_mb * MB, lambda v: explanation_bytes(v[0]))
 
-    def segmentation(self, key: str, image_id: str) -> tuple[Any, float, bool]:
-        """(Segmentation, seconds, cached) of an upload, computed under the model's lock."""
+    def segmentation(
+        self, key: str, image_id: str, *, locked: bool = False
+    ) -> tuple[Any, float, bool]:
+        """(Segmentation, seconds, cached) of an upload, computed under the model's lock
+        (``locked``: the caller holds it)."""
         segmenter = _segmenter(self.state, key)
         image = self.state.image(image_id)
         limit = self.state.config.max_detect_pixels
@@ -144,14 +163,16 @@ class _Panel:
             self.found.put((key, image_id), entry)
             return entry
 
-        return (*self.state.run_locked(key, compute), False)
+        return (*(compute() if locked else self.state.run_locked(key, compute)), False)
 
-    def region(self, key: str, image_id: str, query: dict[str, str]) -> tuple[int, Any]:
+    def region(
+        self, key: str, image_id: str, query: dict[str, str], *, locked: bool = False
+    ) -> tuple[int, Any]:
         """The class and region (H, W, bool) a request asks for: the connected region at the
         point ``x``, ``y`` (upload pixels), or every pixel of class ``target``."""
         from convlens.techniques.attribution.segmentation import region_mask
 
-        found, _, _ = self.segmentation(key, image_id)
+        found, _, _ = self.segmentation(key, image_id, locked=locked)
         image = self.state.image(image_id)
         height, width = found.size
         if "x" in query or "y" in query:
@@ -174,37 +195,88 @@ class _Panel:
             raise ValueError("expected x= and y= (a point of the region) or target= (a class)")
         return index, region
 
-    def explain(
-        self, key: str, image_id: str, method: str, query: dict[str, str]
-    ) -> tuple[Any, float, bool]:
-        """One region explained (``query``: the region and the method's settings, checked
-        against its form): (RegionExplanation, seconds, cached)."""
-        forms = {f.name: f for f in region_forms(*_layers(self.state, key))}
+    def _request(
+        self, key: str, image_id: str, method: str, query: dict[str, str], locked: bool
+    ) -> tuple[Any, dict[str, Any], int, Any, tuple[Any, ...]]:
+        """What a request asks for: the method's entry, its settings (checked against its
+        form), the class and region, and the cache key."""
+        from convlens.techniques.attribution.base import get_method
+
+        forms = {f.name: f for f in region_forms(*_layers(self.state, key, locked))}
         if method not in forms:
             from convlens.core.naming import unknown
 
             raise unknown("region explanation method", method, list(forms))
         settings = forms[method].parse({k: v for k, v in query.items() if k not in REGION})
-        index, region = self.region(key, image_id, query)
+        index, region = self.region(key, image_id, query, locked=locked)
         digest = hashlib.sha256(region.numpy().tobytes()).hexdigest()[:16]
         cache_key = (key, image_id, method, index, digest, repr(sorted(settings.items())))
+        return get_method(method, "segment"), settings, index, region, cache_key
+
+    def cached(
+        self, key: str, image_id: str, method: str, query: dict[str, str]
+    ) -> tuple[Any, float, bool] | None:
+        """The cached explanation a request asks for (see :meth:`explain`), or ``None``; the
+        request is checked (a bad one raises) either way."""
+        *_, cache_key = self._request(key, image_id, method, query, False)
+        found = self.explained.get(cache_key)
+        return None if found is None else (*found, True)
+
+    def explain(
+        self,
+        key: str,
+        image_id: str,
+        method: str,
+        query: dict[str, str],
+        run: Run | None = None,
+        *,
+        locked: bool = False,
+    ) -> tuple[Any, float, bool]:
+        """One region explained (``query``: the region and the method's settings, checked
+        against its form): (RegionExplanation, seconds, cached). With the explorer's ``run``,
+        occlusion and RISE report their progress to it (and stop there once it is
+        cancelled); ``locked``: the caller holds the model's lock."""
+        info, settings, index, region, cache_key = self._request(
+            key, image_id, method, query, locked
+        )
         cached = self.explained.get(cache_key)
         if cached is not None:
             return (*cached, True)
-        found, _, _ = self.segmentation(key, image_id)
+        found, _, _ = self.segmentation(key, image_id, locked=locked)
         segmenter = _segmenter(self.state, key)
         picture = found.picture
+        extra = run_extras(info.fn, settings, run) if run is not None else {}
 
         def compute() -> tuple[Any, float]:
             from convlens.techniques.attribution.segmentation import explain_region
 
             start = time.perf_counter()
-            result = explain_region(segmenter, picture, index, method, region=region, **settings)
+            result = explain_region(
+                segmenter, picture, index, method, region=region, **settings, **extra
+            )
             entry = (result, time.perf_counter() - start)
             self.explained.put(cache_key, entry)
             return entry
 
-        return (*self.state.run_locked(key, compute), False)
+        return (*(compute() if locked else self.state.run_locked(key, compute)), False)
+
+
+async def _explained(
+    state: ServerState, panel: _Panel, model: str, image_id: str, method: str, request: Request
+) -> tuple[Any, float, bool]:
+    """The explanation a request asks for: from the cache, or computed as a :class:`Run`
+    (its progress at ``/api/runs/<run>``; cancelled there or when the client leaves)."""
+    query = options(request)
+    hit = await work(state, None, lambda: panel.cached(model, image_id, method, query))
+    if hit is not None:
+        return hit
+
+    def compute(run: Run) -> tuple[Any, float, bool]:
+        return panel.explain(model, image_id, method, query, run, locked=True)
+
+    what = f"{method} of a region of {image_id}"
+    result, _ = await cancellable(state, request, model, what, compute)
+    return result
 
 
 def router(state: ServerState) -> APIRouter:
@@ -267,10 +339,7 @@ def router(state: ServerState) -> APIRouter:
         ``X-Peak`` (x,y), ``X-Ms``, ``X-Cache``."""
         from convlens.core.render import png_bytes
 
-        query = options(request)
-        result, seconds, cached = await work(
-            state, None, lambda: panel.explain(model, image_id, method, query)
-        )
+        result, seconds, cached = await _explained(state, panel, model, image_id, method, request)
         data = await work(state, None, lambda: png_bytes(result.overlay(min_side=0)))
         energy = result.energy_in_region()
         x, y = result.peak()
@@ -292,10 +361,7 @@ def router(state: ServerState) -> APIRouter:
         """The raw map (H, W) at the segmentation's size, sign kept, as a nested list, with
         the region's class, pixels, energy in the region (null when nothing is positive), the
         settings used and the seconds it took."""
-        query = options(request)
-        result, seconds, cached = await work(
-            state, None, lambda: panel.explain(model, image_id, method, query)
-        )
+        result, seconds, cached = await _explained(state, panel, model, image_id, method, request)
         return {
             **result.summary(),
             "settings": {k: jsonable(v) for k, v in result.settings.items()},

@@ -19,8 +19,9 @@ export function settingRow(spec, saved, prefix = "setting") {
     input.value = String(value ?? choices[0] ?? "");
   } else if (spec.type === "int" || spec.type === "float") {
     const step = spec.step ?? (spec.type === "int" ? 1 : "any");
-    // a setting whose default is none (a seed) may stay empty: it is then not sent
-    const optional = spec.default == null;
+    // an optional setting (a seed; Score-CAM's channels, where none means all) may stay empty: it is
+    // then not sent and the library's default holds
+    const optional = spec.optional || spec.default == null;
     const placeholder = optional ? "none" : null;
     input = el("input", { type: "number", id, required: !optional, step, min: spec.min, max: spec.max, placeholder });
     input.value = value == null ? "" : String(value);

@@ -7,6 +7,7 @@
 import { abort, imageBase, latest, pending, seg, STALE } from "../lib/api.js";
 import { $, el, fillSelect, formatMs, formatPercent, mount as put, openFullSize, showError } from "../lib/dom.js";
 import { FAMILY_LABELS, readSettings, renderSettings } from "../lib/forms.js";
+import { RunWatch } from "../lib/runs.js";
 import { clearImage, loadImage } from "../lib/slots.js";
 import { isDetector, on, state } from "../lib/state.js";
 
@@ -49,6 +50,7 @@ const MARKUP = `
       <div id="box-settings" class="settings" aria-label="Box explanation settings"></div>
       <div class="run-row">
         <button id="box-run" type="button" class="primary" disabled>Explain</button>
+        <button id="box-cancel" type="button" class="small-button" hidden>Cancel</button>
         <span id="box-time" class="mono small"></span>
         <span id="box-target" class="muted small ellipsis">Click a box to explain it</span>
       </div>
@@ -73,7 +75,7 @@ const shown = {
   boxKey: null, // "label:x0,y0,x1,y1" of the chosen box (kept across threshold changes)
   method: null, // the selected entry of model.box_methods
   settings: {}, // method name -> {setting name: value chosen by the user}
-  ticker: 0,
+  watch: null, // the box explanation in flight: its progress and its Cancel button (mount())
 };
 
 function setModel(model) {
@@ -299,7 +301,7 @@ function chooseBox(index) {
 }
 
 function clearBox(message) {
-  clearInterval(shown.ticker);
+  shown.watch?.end(shown.watch.id);
   shown.box = null;
   shown.boxKey = null;
   for (const node of document.querySelectorAll("#detect-panel [aria-pressed='true']")) node.setAttribute("aria-pressed", "false");
@@ -346,34 +348,31 @@ function runBoxExplain() {
   const params = new URLSearchParams(shown.query);
   for (const [name, value] of Object.entries(settings.values)) params.set(name, value);
   const index = shown.box;
-  const url = `${imageBase()}/detections/${index}/explain/${seg(method.name)}.png?${params}`;
   const label = BOX_METHOD_LABELS[method.name] || method.name;
-  const started = performance.now();
-  clearInterval(shown.ticker);
-  $("box-time").textContent = "running…";
-  shown.ticker = setInterval(() => {
-    $("box-time").textContent = `running… ${((performance.now() - started) / 1000).toFixed(0)} s`;
-  }, 1000);
+  // its progress at /api/runs/<id>, and its cancel; the previous map stays dimmed under it
+  const runId = shown.watch.begin();
+  params.set("run", runId);
+  const url = `${imageBase()}/detections/${index}/explain/${seg(method.name)}.png?${params}`;
   $("box-energy").replaceChildren(el("span", { class: "muted" }, `${label} of box #${index}…`));
   loadImage("box-overlay", url, {
     meta: { method: method.name, box: String(index) },
     onLoad: (res, ms) => {
-      clearInterval(shown.ticker);
+      shown.watch.end(runId);
+      // the map with its colour bar below (the bar makes it taller than the picture)
+      const img = $("box-overlay");
+      if (img.naturalWidth) $("box-overlay-frame").style.aspectRatio = `${img.naturalWidth} / ${img.naturalHeight}`;
       const compute = parseFloat(res.headers.get("X-Ms") || "");
       const cached = res.headers.get("X-Cache") === "hit";
-      const low = res.headers.get("X-Scale-Min");
-      const high = res.headers.get("X-Scale-Max");
-      const scale = low && high ? ` · jet scale ${low} … ${high}` : ""; // the map's colour range
-      $("box-time").textContent = (cached
+      $("box-time").textContent = cached
         ? `cached (${formatMs(compute)} when computed)`
-        : `${formatMs(compute)} (${formatMs(ms)} total)`) + scale;
+        : `${formatMs(compute)} (${formatMs(ms)} total)`;
       showEnergy(res, index, label);
     },
     onError: (message) => {
-      clearInterval(shown.ticker);
-      $("box-time").textContent = "failed";
-      $("box-energy").replaceChildren(el("span", { class: "error-text" }, message));
-      showError(`Box explanation (${label}): ${message}`);
+      const cancelled = shown.watch.end(runId);
+      $("box-time").textContent = cancelled ? "cancelled" : "failed";
+      $("box-energy").replaceChildren(el("span", { class: cancelled ? "muted" : "error-text" }, cancelled ? `${label} of box #${index} was cancelled` : message));
+      if (!cancelled) showError(`Box explanation (${label}): ${message}`);
     },
   });
 }
@@ -422,6 +421,7 @@ export function mount() {
   $("box-method").addEventListener("change", (e) => setBoxMethod(e.target.value));
   $("box-settings").addEventListener("change", onBoxSettingChanged);
   $("box-run").addEventListener("click", runBoxExplain);
+  shown.watch = new RunWatch("box", "box-time", "box-cancel");
   $("detect-boxes").addEventListener("keydown", onBoxKey);
   $("box-overlay").addEventListener("click", openFullSize);
   on("model", setModel);

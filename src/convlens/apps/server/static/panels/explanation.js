@@ -4,6 +4,7 @@
 import { imageBase, loadList, seg } from "../lib/api.js";
 import { $, el, fillSelect, humanize, formatMs, mount as put, openFullSize, showError } from "../lib/dom.js";
 import { FAMILY_LABELS, readSettings, renderSettings } from "../lib/forms.js";
+import { RunWatch } from "../lib/runs.js";
 import { loadImage } from "../lib/slots.js";
 import { isClassifier, layerItem, on, resolveClass, state } from "../lib/state.js";
 
@@ -55,8 +56,7 @@ let methods = [];
 let method = null; // the selected entry of /api/methods
 const chosen = {}; // method name -> {setting name: value chosen by the user}
 let timer = 0;
-let runSeq = 0;
-const progress = { id: null, timer: 0, cancelled: false }; // the request in flight
+let watch = null; // the request in flight: its progress and its Cancel button (mount())
 let shownScale = null; // [vmin, vmax] of the map on show (its colour bar)
 let heldScale = null; // the range the next maps are drawn on, while "Keep this scale" is ticked
 
@@ -157,59 +157,30 @@ function runExplain() {
   if (method.needs_layer && $("explain-layer-select").value) params.set("layer", $("explain-layer-select").value);
   for (const [name, value] of Object.entries(settings.values)) params.set(name, value);
   if (heldScale) params.set("scale", heldScale.join(","));
-  const runId = `explain-${++runSeq}-${Date.now().toString(36)}`;
-  params.set("run", runId); // its progress at /api/runs/<id>, and its cancel
+  // its progress at /api/runs/<id>, and its cancel; the previous map stays dimmed under it
+  // (the frame's loading state) until it is done
+  const runId = watch.begin();
+  params.set("run", runId);
   const query = params.toString();
   const url = `${imageBase()}/explain/${seg(method.name)}.png${query ? `?${query}` : ""}`;
   const name = method.name;
 
-  $("explain-time").textContent = "running…";
   updateExplainTarget(target.index);
-  watchRun(runId);
   loadImage("overlay", url, {
     meta: { method: name, target: target.index == null ? "top-1" : String(target.index) },
     onLoad: (res, ms) => {
-      stopWatching(runId);
+      watch.end(runId);
       const compute = parseFloat(res.headers.get("X-Ms") || ""); // the server's own compute time
       const total = formatMs(ms);
       $("explain-time").textContent = Number.isFinite(compute) ? `${formatMs(compute)} (${total} total)` : total;
       showScale(res.headers);
     },
     onError: (message) => {
-      const cancelled = progress.id === runId && progress.cancelled;
-      stopWatching(runId);
+      const cancelled = watch.end(runId);
       $("explain-time").textContent = cancelled ? "cancelled" : "failed";
       if (!cancelled) showError(`Explanation (${name}): ${message}`);
     },
   });
-}
-
-// While a map is computed: its progress (waiting for the model, or done of total) and a Cancel
-// button; the previous map stays dimmed under it (the frame's loading state) until it is done.
-function watchRun(runId) {
-  stopWatching(progress.id);
-  Object.assign(progress, { id: runId, cancelled: false });
-  $("explain-cancel").hidden = false;
-  progress.timer = setInterval(async () => {
-    const res = await fetch(`/api/runs/${encodeURIComponent(runId)}`).catch(() => null);
-    if (!res || !res.ok || progress.id !== runId) return;
-    const run = await res.json();
-    const share = run.total ? ` ${Math.floor((100 * run.done) / run.total)} %` : "";
-    $("explain-time").textContent = run.status === "waiting" ? "waiting for the model…" : `running…${share}`;
-  }, 700);
-}
-
-function stopWatching(runId) {
-  if (!runId || progress.id !== runId) return;
-  clearInterval(progress.timer);
-  progress.id = null;
-  $("explain-cancel").hidden = true;
-}
-
-async function cancelRun() {
-  if (!progress.id) return;
-  progress.cancelled = true;
-  await fetch(`/api/runs/${encodeURIComponent(progress.id)}`, { method: "DELETE" }).catch(() => null);
 }
 
 function showScale(headers) {
@@ -248,7 +219,7 @@ export function mount() {
   classInput.addEventListener("keydown", (e) => e.key === "Enter" && runExplain());
   $("run-button").addEventListener("click", runExplain);
   $("hold-scale").addEventListener("change", holdScale);
-  $("explain-cancel").addEventListener("click", cancelRun);
+  watch = new RunWatch("explain", "explain-time", "explain-cancel");
   $("overlay").addEventListener("click", openFullSize);
   on("model", setModel);
   on("image", () => !isClassifier() || scheduleExplain(0));

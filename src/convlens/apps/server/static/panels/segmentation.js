@@ -6,6 +6,7 @@
 import { getJSON, imageBase, latest, seg, STALE } from "../lib/api.js";
 import { $, el, fillSelect, formatMs, formatPercent, mount as put, openFullSize, showError } from "../lib/dom.js";
 import { FAMILY_LABELS, readSettings, renderSettings } from "../lib/forms.js";
+import { RunWatch } from "../lib/runs.js";
 import { clearImage, loadImage } from "../lib/slots.js";
 import { on, state } from "../lib/state.js";
 
@@ -36,6 +37,7 @@ const MARKUP = `
       </div>
       <div id="region-settings" class="settings" aria-label="Region explanation settings"></div>
       <div class="run-row">
+        <button id="region-cancel" type="button" class="small-button" hidden>Cancel</button>
         <span id="region-time" class="mono small"></span>
         <span id="region-target" class="muted small ellipsis">Click a region to explain it</span>
       </div>
@@ -50,7 +52,8 @@ const MARKUP = `
 
 const LABELS = { gradcam: "Seg-Grad-CAM", layercam: "Layer-CAM", occlusion: "Occlusion", rise: "RISE" };
 const isSegmenter = () => Boolean(state.model && state.model.task === "segment");
-const shown = { point: null, target: null, method: null, settings: {} };
+// watch: the region explanation in flight, its progress and its Cancel button (mount())
+const shown = { point: null, target: null, method: null, settings: {}, watch: null };
 
 function setModel(model) {
   shown.point = null;
@@ -90,6 +93,7 @@ async function showPicture() {
     $(id).style.aspectRatio = `${width} / ${height}`;
   }
   shown.point = null;
+  shown.watch.end(shown.watch.id);
   $("region-energy").replaceChildren();
   $("region-target").textContent = "Click a region to explain it";
   clearImage("region-overlay", "Click a region of the picture");
@@ -167,6 +171,7 @@ async function explainRegion() {
   }
   const label = LABELS[method.name] || method.name;
   const where = shown.point ? `the region at (${shown.point.x}, ${shown.point.y})` : `every ${shown.target.name} pixel`;
+  $("region-overlay-frame").classList.add("loading"); // the map on show is stale from here
   if (shown.point) {
     try {
       const region = await getJSON(`${imageBase()}/segmentation/region?x=${shown.point.x}&y=${shown.point.y}`);
@@ -177,11 +182,14 @@ async function explainRegion() {
   } else {
     $("region-target").textContent = where;
   }
-  $("region-time").textContent = "running…";
+  // its progress at /api/runs/<id>, and its cancel; the previous map stays dimmed under it
+  const runId = shown.watch.begin();
+  params.set("run", runId);
   $("region-energy").replaceChildren(el("span", { class: "muted" }, `${label} of ${where}…`));
   loadImage("region-overlay", `${imageBase()}/segmentation/explain/${seg(method.name)}.png?${params}`, {
     meta: { method: method.name },
     onLoad: (res, ms) => {
+      shown.watch.end(runId);
       const compute = parseFloat(res.headers.get("X-Ms") || "");
       $("region-time").textContent =
         res.headers.get("X-Cache") === "hit" ? `cached (${formatMs(compute)} when computed)` : `${formatMs(compute)} (${formatMs(ms)} total)`;
@@ -197,9 +205,10 @@ async function explainRegion() {
       );
     },
     onError: (message) => {
-      $("region-time").textContent = "failed";
-      $("region-energy").replaceChildren(el("span", { class: "error-text" }, message));
-      showError(`Region explanation (${label}): ${message}`);
+      const cancelled = shown.watch.end(runId);
+      $("region-time").textContent = cancelled ? "cancelled" : "failed";
+      $("region-energy").replaceChildren(el("span", { class: cancelled ? "muted" : "error-text" }, cancelled ? `${label} of ${where} was cancelled` : message));
+      if (!cancelled) showError(`Region explanation (${label}): ${message}`);
     },
   });
 }
@@ -217,6 +226,7 @@ export function mount() {
   $("region-method").addEventListener("change", (e) => setMethod(e.target.value));
   $("region-settings").addEventListener("change", onSettingChanged);
   $("region-overlay").addEventListener("click", openFullSize);
+  shown.watch = new RunWatch("region", "region-time", "region-cancel");
   on("model", setModel);
   on("image", () => isSegmenter() && showPicture());
 }
