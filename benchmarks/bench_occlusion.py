@@ -176,8 +176,33 @@ def case_rows(name: str, repeats: int) -> list[Row]:
         approximate = results[f"convlens approximate {mode}"].map
         ssim = _ssim(approximate[0].double(), exact[0].double())
         rows.append(Row(BENCH, f"{label} {mode} SSIM to exact (>= 0.9)", Quantity((ssim,), "")))
+    rows += _drill_curve(label, results["convlens incremental exact"], stride)
     bound = Quantity((_flop_ratio(name),), "x")
     rows.append(Row(BENCH, f"{label} FLOPs of a forward pass / of one window's boxes", bound))
+    return rows
+
+
+DRILL_CURVE = ((2, 0.5), (2, 0.25), (2, 0.0), (3, 0.25), (4, 0.25))
+
+
+def _drill_curve(label: str, exact: Any, stride: int) -> list[Row]:
+    """Drill-down's trade-off on this case without running the network again: each setting of
+    ``DRILL_CURVE`` (factor, fraction) replayed on the exact map's window drops, giving the
+    share of windows it would compute and its map's SSIM to the exact one."""
+    from convlens.techniques.attribution.occlusion import _cover, _spread, drill_down
+
+    drops = exact.extras["window_drops"].double().cpu()
+    cover = _cover(exact.map.shape[-1], WINDOW, stride, torch.device("cpu"))
+    reference = exact.map[0].double().cpu()
+    rows = []
+    for factor, fraction in DRILL_CURVE:
+        values, done = drill_down(lambda jobs: drops.flatten()[jobs], tuple(drops.shape),
+                                  factor, fraction)  # fmt: skip
+        ssim = _ssim(_spread(values, cover, cover)[0], reference)
+        case = f"{label} drill-down {factor}/{fraction} replayed:"
+        share = float(done.double().mean())
+        rows.append(Row(BENCH, f"{case} share of windows computed", Quantity((share,), "")))
+        rows.append(Row(BENCH, f"{case} SSIM to exact", Quantity((ssim,), "")))
     return rows
 
 
