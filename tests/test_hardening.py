@@ -5,6 +5,7 @@ Each test states the finding it covers; findings 1 and 4 are in test_cli.py / te
 
 from __future__ import annotations
 
+import contextlib
 import io
 import socket
 import threading
@@ -146,9 +147,9 @@ def test_hosts_origins_and_content_types(server):
     assert client.get("/api/jobs").json() == []
 
 
-def test_an_abandoned_explanation_stops_and_frees_the_model(tmp_path):
-    """RISE with 8000 masks takes minutes on two cores; once its client leaves, it stops at its
-    next batch, and the next request does not wait for it."""
+@contextlib.contextmanager
+def _live(tmp_path):
+    """A real toon-cnn server on a free loopback port: (base URL, port, a test client)."""
     import uvicorn
 
     with socket.socket() as s:
@@ -160,25 +161,40 @@ def test_an_abandoned_explanation_stops_and_frees_the_model(tmp_path):
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    base = f"http://127.0.0.1:{port}"
     try:
         end = time.monotonic() + 30
         while not server.started and time.monotonic() < end:
             time.sleep(0.05)
-        client = TestClient(create_app(state), base_url=LOCAL)
+        yield f"http://127.0.0.1:{port}", port, TestClient(create_app(state), base_url=LOCAL)
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        state.close()
+
+
+def _running(base: str, run_id: str) -> dict:
+    """The run's progress once it has done some of its work (60 s at most)."""
+    progress: dict = {}
+    end = time.monotonic() + 60
+    while not progress.get("done") and time.monotonic() < end:
+        time.sleep(0.1)
+        try:
+            with urllib.request.urlopen(f"{base}/api/runs/{run_id}", timeout=10) as reply:
+                progress = __import__("json").loads(reply.read())
+        except urllib.error.HTTPError:
+            pass
+    return progress
+
+
+def test_an_abandoned_explanation_stops_and_frees_the_model(tmp_path):
+    """RISE with 8000 masks takes minutes on two cores; once its client leaves, it stops at its
+    next batch, and the next request does not wait for it."""
+    with _live(tmp_path) as (base, port, client):
         image_id = upload(client, toons.generate(1, split="test", seed=3).pixels[0])
         path = f"/api/models/toon-cnn/images/{image_id}/explain/rise.png?masks=8000&run=r1"
         with socket.create_connection(("127.0.0.1", port)) as dropped:
             dropped.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
-            progress: dict = {}
-            end = time.monotonic() + 60
-            while not progress.get("done") and time.monotonic() < end:
-                time.sleep(0.1)
-                try:
-                    with urllib.request.urlopen(f"{base}/api/runs/r1", timeout=10) as reply:
-                        progress = __import__("json").loads(reply.read())
-                except urllib.error.HTTPError:
-                    pass
+            progress = _running(base, "r1")
             assert progress["status"] == "running" and 0 < progress["done"] < 8000
         left = time.perf_counter()
         gone = False
@@ -194,10 +210,27 @@ def test_an_abandoned_explanation_stops_and_frees_the_model(tmp_path):
         with urllib.request.urlopen(url, timeout=60) as reply:
             assert reply.status == 200 and int(reply.headers["X-Wait-Ms"]) < 5000
         assert time.perf_counter() - start < 10
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        state.close()
+
+
+def test_a_long_explanation_leaves_the_model_to_the_quick_panels(tmp_path):
+    """Many-pass methods run on the model's long lane (its own copy and lock): while a RISE of
+    8000 masks runs, predictions and a Grad-CAM of another picture wait for nothing."""
+    with _live(tmp_path) as (base, port, client):
+        first, second = (
+            upload(client, toons.generate(2, split="test", seed=4).pixels[i]) for i in (0, 1)
+        )
+        path = f"/api/models/toon-cnn/images/{first}/explain/rise.png?masks=8000&run=r2"
+        with socket.create_connection(("127.0.0.1", port)) as waiting:
+            waiting.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+            assert _running(base, "r2")["status"] == "running"
+            url = f"{base}/api/models/toon-cnn/images/{second}/explain/gradcam.png"
+            with urllib.request.urlopen(url, timeout=60) as reply:
+                assert reply.status == 200 and int(reply.headers["X-Wait-Ms"]) < 1000
+            predictions = f"{base}/api/models/toon-cnn/images/{second}/predictions"
+            with urllib.request.urlopen(predictions, timeout=60) as reply:
+                assert reply.status == 200
+            still = _running(base, "r2")  # the RISE went on meanwhile
+            assert still["status"] == "running" and still["done"] < 8000
 
 
 # -- finding 6: bodies, targets, results, tokens, echoes --------------------------------------

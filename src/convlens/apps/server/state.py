@@ -221,6 +221,8 @@ class ServerState:
         self.executor = ThreadPoolExecutor(self.config.workers + 4, thread_name_prefix="convlens")
         self.runs: dict[str, Any] = {}  # the requests' model work in progress, by run id
         self.model_locks: dict[str, threading.Lock] = {}
+        # the long lane: a classifier's own copy and lock for its many-pass explanations
+        self.long_lanes: dict[str, tuple[Model, threading.Lock]] = {}
         config = self.config
         self.images = _LRU(config.images_mb * MB, picture_bytes)
         self.forwards = _LRU(config.cache_mb * MB, lambda f: f.nbytes)
@@ -364,6 +366,17 @@ class ServerState:
         """The lock of model ``key`` (one call per model at a time); unknown models: 404."""
         self.model(key)
         return self.model_locks[key]
+
+    def long_lane(self, key: str) -> tuple[Model, threading.Lock]:
+        """Classifier ``key``'s long lane: a copy of the model with a lock of its own, where the
+        many-pass explanations (those that report progress: occlusion, RISE, Score-CAM, IG,
+        SmoothGrad) run, so that predictions, activations and one-pass maps never queue behind
+        them. Made on first use (one more copy of the weights per classifier); the caller holds
+        the model's own lock while it is made, so no hook of a running call is copied."""
+        with self._locks_lock:
+            if key not in self.long_lanes:
+                self.long_lanes[key] = (copy.deepcopy(self.classifier(key)), threading.Lock())
+            return self.long_lanes[key]
 
     def run_locked(self, key: str, fn: Callable[[], T]) -> T:
         """``fn()`` with the model's lock held (one call per model at a time)."""

@@ -71,15 +71,19 @@ class Run:
 
 
 async def work(
-    state: ServerState, key: str | None, fn: Callable[[], T], run: Run | None = None
+    state: ServerState,
+    key: str | None,
+    fn: Callable[[], T],
+    run: Run | None = None,
+    lock: threading.Lock | None = None,
 ) -> T:
     """``fn()`` in the worker pool; with a model ``key``, holding that model's lock (waited for
-    here, on the event loop). With a ``run``, nothing starts once it is cancelled, and its
-    waiting and computing times are recorded."""
+    here, on the event loop), or ``lock`` when given (the model's long lane). With a ``run``,
+    nothing starts once it is cancelled, and its waiting and computing times are recorded."""
     loop = asyncio.get_running_loop()
     if key is None:
         return await loop.run_in_executor(state.executor, fn)
-    lock = state.model_lock(key)
+    lock = lock or state.model_lock(key)
     start = time.perf_counter()
     while not lock.acquire(blocking=False):
         if run is not None:
@@ -110,11 +114,16 @@ async def work(
 
 
 async def cancellable(
-    state: ServerState, request: Request, key: str, what: str, fn: Callable[[Run], T]
+    state: ServerState,
+    request: Request,
+    key: str,
+    what: str,
+    fn: Callable[[Run], T],
+    lock: threading.Lock | None = None,
 ) -> tuple[T, Run]:
-    """``fn(run)`` on model ``key`` as a :class:`Run` (``fn`` passes ``run.progress`` to the
-    method): listed under the request's ``run`` query parameter while it goes, and cancelled
-    once the client disconnects."""
+    """``fn(run)`` on model ``key`` (under ``lock`` when given, see :func:`work`) as a
+    :class:`Run` (``fn`` passes ``run.progress`` to the method): listed under the request's
+    ``run`` query parameter while it goes, and cancelled once the client disconnects."""
     run = Run(what)
     run_id = request.query_params.get("run", "")
     if run_id and not RUN_ID.fullmatch(run_id):
@@ -123,11 +132,17 @@ async def cancellable(
         state.runs[run_id] = run
     watcher = asyncio.ensure_future(_watch(request, run.cancelled))
     try:
-        return await work(state, key, lambda: fn(run), run), run
+        return await work(state, key, lambda: fn(run), run, lock), run
     finally:
         watcher.cancel()
         if run_id and state.runs.get(run_id) is run:
             del state.runs[run_id]
+
+
+def many_passes(fn: Any) -> bool:
+    """Whether a method runs many passes (it reports progress): such runs go to the model's
+    long lane (:meth:`ServerState.long_lane`)."""
+    return "progress" in inspect.signature(fn).parameters
 
 
 def run_extras(fn: Any, settings: dict[str, Any], run: Run) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from convlens.apps.server.web import (
     Run,
     cancellable,
     layer_dict,
+    many_passes,
     options,
     run_extras,
     work,
@@ -106,14 +107,19 @@ def router(state: ServerState) -> APIRouter:
         if found is not None:
             return found[0], None
         forward = await forward_of(state, model, image_id)
+        lock = None
+        if many_passes(info.fn):
+            handle, lock = await work(state, model, lambda: state.long_lane(model))
+        runner = handle
 
         def compute(run: Run) -> Any:
             extra = run_extras(info.fn, settings, run)
-            result = run_method(handle, forward.inputs, info.name, target, **settings, **extra)
+            result = run_method(runner, forward.inputs, info.name, target, **settings, **extra)
             state.explained.put(key, (result, 0.0))
             return result
 
-        return await cancellable(state, request, model, f"{info.name} on {image_id}", compute)
+        what = f"{info.name} on {image_id}"
+        return await cancellable(state, request, model, what, compute, lock)
 
     @api.get("/api/models/{model}/images/{image_id}/explain/{method}.png")
     async def explain(model: str, image_id: str, method: str, request: Request) -> Response:
