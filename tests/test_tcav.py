@@ -419,8 +419,9 @@ def test_random_sets_posing_as_concepts_stay_within_the_level(toon_model):
         toon_model, list(pool), [layer], None, 64, nothing, lambda n: None, "stats"
     )
     index = toon_model.class_index("cassidy")
+    targets = _toon_targets("cassidy", 5152)
     found = collect._collect(
-        toon_model, _toon_targets("cassidy", 5152), [layer], index, 64, nothing, lambda n: None
+        toon_model, targets, [layer], index, 64, nothing, lambda n: None, steps=local.STEPS
     )
     hits = 0
     for trial in range(20):

@@ -1,6 +1,6 @@
 """One pass per picture: layer activations (and, for target pictures, the gradients of the
-class logit) read from every requested layer at once, with an optional on-disk cache keyed by
-content."""
+class logit, at the picture or integrated along a path to it) read from every requested layer,
+with an optional on-disk cache keyed by content."""
 
 from __future__ import annotations
 
@@ -135,6 +135,94 @@ def _run_layers(
     return found
 
 
+PATH_VALUES = 1 << 24  # layer values per batch of path points (memory for the backward pass)
+
+
+def _integrated(
+    model: Model, inputs: torch.Tensor, layers: Sequence[str], target: int, steps: int
+) -> dict[str, torch.Tensor]:
+    """What :func:`_run_layers` gives with a target, but ``"<layer>:grad"`` the gradient of the
+    class logit *integrated* along the straight path from a zero map to the picture's output
+    of that layer (the rest of the network as it is), by the midpoint rule in ``steps`` points:
+    ``IG(a) = (1 / K) sum_k grad f(alpha_k a)``, ``alpha_k = (k + 1/2) / K`` (integrated
+    gradients, Sundararajan et al. 2017, taken at the layer). ``IG(a) . a`` approximates
+    ``f(a) - f(0)`` (completeness), and ``IG(a) . d`` at a position is the mean over the path of
+    the derivative along ``d`` there. The layer's output is replaced by the path points stacked
+    along the batch, so only the network after the layer runs ``K`` times (one that cannot take
+    the wider batch there, e.g. a skip connection from before the layer, runs on its input
+    repeated ``K`` times instead)."""
+    module = model.module
+    acts: dict[str, torch.Tensor] = {}
+
+    def run(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        acts.clear()
+        with (
+            torch.no_grad(),
+            forward_hooks(module, layers, recorder(acts, layers)),
+            contextlib.suppress(StopForward),
+        ):
+            module(x)
+        missing = [n for n in layers if n not in acts]
+        if missing:
+            raise ValueError(f"layer(s) {missing} did not run in the forward pass")
+        found: dict[str, torch.Tensor] = {}
+        for name in layers:
+            a = acts[name].detach()
+            per = max(1, PATH_VALUES // max(1, a.numel()))
+            total = torch.zeros_like(a)
+            for start in range(0, steps, per):
+                alphas = (torch.arange(start, min(steps, start + per)) + 0.5) / steps
+                total += _path_gradient(module, x, name, target, a, alphas)
+            found[f"{name}:grad"] = (total / steps).float().cpu()
+            found[f"{name}:act"] = a.float().cpu()
+        return found
+
+    return call_fast(module, inputs, run)
+
+
+def _path_gradient(
+    module: torch.nn.Module,
+    inputs: torch.Tensor,
+    name: str,
+    target: int,
+    acts: torch.Tensor,
+    alphas: torch.Tensor,
+) -> torch.Tensor:
+    """(T, ...) the class logit's gradients at layer outputs ``alpha acts``, summed over
+    ``alphas`` (K,): one pass with the layer's output replaced by the (K T, ...) path points."""
+    K, T = len(alphas), len(acts)
+    scale = alphas.to(acts.dtype).view(K, *[1] * acts.dim())
+    path = (scale * acts.unsqueeze(0)).flatten(0, 1).requires_grad_(True)
+
+    def swap(_name: str, output: Any) -> torch.Tensor:
+        if not isinstance(output, torch.Tensor):
+            raise ValueError(
+                f"layer {_name!r} returns {type(output).__name__}, not a tensor, so the local "
+                "test's path cannot replace it: use steps=0"
+            )
+        return path
+
+    tries = [inputs, inputs.repeat(K, *[1] * (inputs.dim() - 1))] if K > 1 else [inputs]
+    for i, x in enumerate(tries):
+        last = i == len(tries) - 1
+        try:
+            with torch.enable_grad(), forward_hooks(module, [name], swap):
+                out = first_tensor(module(x))
+        except RuntimeError:
+            if last:
+                raise
+            continue
+        if out is not None and out.dim() == 2 and len(out) == K * T:
+            if not 0 <= target < out.shape[1]:
+                raise ValueError(f"target class {target} is outside the {out.shape[1]} outputs")
+            (grad,) = torch.autograd.grad(out[:, target].sum(), path)
+            return grad.view(K, T, *grad.shape[1:]).sum(0)
+        if last:
+            shape = None if out is None else tuple(out.shape)
+            raise ValueError(f"expected the network to return (N, classes) logits, got {shape}")
+    raise AssertionError("unreachable")
+
+
 def _flat(name: str, x: torch.Tensor) -> dict[str, torch.Tensor]:
     return {name: x.flatten(1)}
 
@@ -171,11 +259,16 @@ def _collect(
     cache: _Cache,
     tick: Callable[[int], None],
     reduce: str = "flat",
+    steps: int = 0,
 ) -> dict[str, torch.Tensor]:
     """Every picture's layer data, stacked: without ``target``, ``reduce`` (see
     :data:`REDUCTIONS`) of each layer's activations; with one, ``<layer>`` the flattened
-    gradients of its logit and ``<layer>:act`` the flattened activations."""
-    kind = f"activations:{reduce}" if target is None else f"gradients:{target}"
+    gradients of its logit (with ``steps`` > 0 integrated along the path from a zero map:
+    :func:`_integrated`) and ``<layer>:act`` the flattened activations."""
+    if target is None:
+        kind = f"activations:{reduce}"
+    else:
+        kind = f"gradients:{target}" if steps == 0 else f"integrated:{target}:{steps}"
     parts: dict[str, list[torch.Tensor]] = {}
     for inputs in _input_batches(model, images, batch_size):
         keys = cache.keys(inputs, kind)
@@ -184,9 +277,11 @@ def _collect(
         )
         todo = [i for i, f in enumerate(found) if f is None]
         if todo:
-            fresh = _reduce(
-                _run_layers(model, inputs[todo], layers, target), layers, target, reduce
-            )
+            if target is not None and steps > 0:
+                raw = _integrated(model, inputs[todo], layers, target, steps)
+            else:
+                raw = _run_layers(model, inputs[todo], layers, target)
+            fresh = _reduce(raw, layers, target, reduce)
             for j, i in enumerate(todo):
                 entry = {n: v[j] for n, v in fresh.items()}
                 found[i] = entry
