@@ -18,12 +18,13 @@ from convlens.techniques.concepts import collect, local
 
 class Skip(nn.Module):
     """A residual block whose skip starts *before* the layer ``body``: the network cannot take
-    a wider batch at ``body`` than at its input (the path falls back to a repeated input)."""
+    a wider batch at ``body`` than at its input (the path falls back to a repeated input); and
+    ``body`` starts with an in-place ReLU, which changes the output of ``conv`` in place."""
 
     def __init__(self) -> None:
         super().__init__()
         self.conv = nn.Conv2d(3, 4, 3, padding=1)
-        self.body = nn.Sequential(nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1))
+        self.body = nn.Sequential(nn.ReLU(inplace=True), nn.Conv2d(4, 4, 3, padding=1))
         self.act = nn.ReLU()
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(4 * 6 * 6, 8), nn.ReLU(), nn.Linear(8, 2))
 
@@ -46,8 +47,8 @@ def _at(model: cl.Model, x: torch.Tensor, layer: str, value: torch.Tensor | None
     seen: dict[str, torch.Tensor] = {}
 
     def swap(_name, out):
-        seen["v"] = (out if value is None else value).detach().requires_grad_(True)
-        return seen["v"]
+        seen["v"] = (out if value is None else value).detach().clone().requires_grad_(True)
+        return seen["v"].clone()
 
     with forward_hooks(model.module, [layer], swap):
         logit = model.module(x)[:, target]
@@ -55,7 +56,7 @@ def _at(model: cl.Model, x: torch.Tensor, layer: str, value: torch.Tensor | None
     return logit.detach(), grad, seen["v"].detach()
 
 
-@pytest.mark.parametrize("layer", ["body", "act"])  # a skip from before it / none after it
+@pytest.mark.parametrize("layer", ["conv", "body", "act"])  # in place / skip over it / plain
 def test_integrated_gradient_equals_a_loop_over_the_path(layer):
     """IG(a) = (1 / K) sum_k grad f(alpha_k a), alpha_k = (k + 1/2) / K, one pass per point in
     the reference; the stacked pass (``act``) and the repeated-input fallback (``body``, whose

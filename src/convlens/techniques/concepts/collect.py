@@ -200,7 +200,7 @@ def _path_gradient(
                 f"layer {_name!r} returns {type(output).__name__}, not a tensor, so the local "
                 "test's path cannot replace it: use steps=0"
             )
-        return path
+        return path.clone()  # not the leaf itself: the network may change it in place
 
     tries = [inputs, inputs.repeat(K, *[1] * (inputs.dim() - 1))] if K > 1 else [inputs]
     for i, x in enumerate(tries):
