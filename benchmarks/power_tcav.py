@@ -25,7 +25,7 @@ Usage (each part stays under ~10 minutes on one core; results go to JSON lines):
     PYTHONPATH=src python benchmarks/power_tcav.py table power.jsonl
     PYTHONPATH=src python benchmarks/power_tcav.py intervention   # the ground truth
     PYTHONPATH=src python benchmarks/power_tcav.py diagnose       # why the set tests fail
-    PYTHONPATH=src python benchmarks/power_tcav.py calibration    # the level, 300 trials a cell
+    PYTHONPATH=src python benchmarks/power_tcav.py calibration    # the level, --trials 300 a cell
 """
 
 from __future__ import annotations

@@ -688,7 +688,7 @@ def test_cli_writes_table_json_csv_and_chart(tmp_path):
     assert saved["test"] == "local" and saved["settings"]["steps"] == local.STEPS
     helped = CliRunner().invoke(app, ["tcav", "--help"], env={"COLUMNS": "240"})
     assert "[default: local]" in helped.output and "local (the default" in helped.output
-    assert "--steps" in helped.output and "[default: 8]" in helped.output
+    assert "--steps" in helped.output and "[default: 4]" in helped.output
     assert "with the paper's t-test" not in helped.output
     paper = CliRunner().invoke(app, [*args, "--test", "paper"])
     assert paper.exit_code == 0 and "test 'paper'" in paper.output, paper.output

@@ -56,19 +56,31 @@ def _at(model: cl.Model, x: torch.Tensor, layer: str, value: torch.Tensor | None
     return logit.detach(), grad, seen["v"].detach()
 
 
-@pytest.mark.parametrize("layer", ["conv", "body", "act"])  # in place / skip over it / plain
-def test_integrated_gradient_equals_a_loop_over_the_path(layer):
-    """IG(a) = (1 / K) sum_k grad f(alpha_k a), alpha_k = (k + 1/2) / K, one pass per point in
-    the reference; the stacked pass (``act``) and the repeated-input fallback (``body``, whose
-    skip connection starts before it) give the same numbers."""
+@pytest.mark.parametrize(
+    "layers", [["conv"], ["body"], ["act"], ["conv", "act"], ["act", "conv", "body"]]
+)
+@pytest.mark.parametrize("values", [collect.PATH_VALUES, 1])  # all points in one pass / one each
+def test_integrated_gradient_equals_a_loop_over_the_path(layers, values, monkeypatch):
+    """IG(a) = (1 / K) sum_k grad f(alpha_k a), alpha_k = (k + 1/2) / K, one pass per point and
+    layer in the reference. One stacked pass serves ``conv`` and ``act`` together (the
+    in-place ReLU after ``conv`` works on a copy); ``body``, whose skip connection starts
+    before it, cannot be stacked and runs on a repeated input; the same numbers either way,
+    and in passes of one point each."""
+    monkeypatch.setattr(collect, "PATH_VALUES", values)
     model = _skip_model()
     x = torch.randn(5, 3, 6, 6, generator=torch.Generator().manual_seed(1))
     K = 6
-    got = collect._integrated(model, x, [layer], 1, K)
-    _, _, a = _at(model, x, layer, None, 1)
-    expected = sum(_at(model, x, layer, (k + 0.5) / K * a, 1)[1] for k in range(K)) / K
-    torch.testing.assert_close(got[f"{layer}:grad"], expected, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(got[f"{layer}:act"], a)
+    got = collect._integrated(model, x, layers, 1, K)
+    for layer in layers:
+        _, _, a = _at(model, x, layer, None, 1)
+        expected = sum(_at(model, x, layer, (k + 0.5) / K * a, 1)[1] for k in range(K)) / K
+        torch.testing.assert_close(got[f"{layer}:grad"], expected, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(got[f"{layer}:act"], a)
+    if "body" in layers:
+        with pytest.raises(collect._Unstackable):
+            collect._stacked(model.module, x, layers, 1, K)
+    else:
+        collect._stacked(model.module, x, layers, 1, K)  # one pass, no fallback
 
 
 def test_integrated_gradient_is_complete():
@@ -103,7 +115,7 @@ def test_cassidys_yellow_is_found_at_pool1_and_a_posing_random_set_is_not():
     """Fresh toons (seed 6262, used nowhere else), the README's set sizes (100 per concept, 10
     random sets of 100, 30 target pictures), pool1, the default test: painting cassidy's hair
     yellow raises her logit by 6 (the intervention), and the integrated derivative finds it,
-    far beyond the null (measured z +70); "dark" (blue, black: after one convolution they look
+    far beyond the null (measured z +74); "dark" (blue, black: after one convolution they look
     alike in the dark parts of the character) is not found, nor are a random set posing as a
     concept and green (no character's colour). With ``steps=0`` (the gradient at the picture,
     the statistic before) yellow is missed (z -0.4) and blue (z +4.1) and black (+2.6) come

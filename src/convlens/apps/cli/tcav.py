@@ -95,7 +95,7 @@ def tcav(
             help="Points on the local test's path from a zero map to each target picture's "
             "activation (0: the gradient at the picture, first order)."
         ),
-    ] = 8,
+    ] = 4,
     seed: Annotated[int, typer.Option(help="Seeds pool draws and train/test splits.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Pictures per forward pass.")] = 32,
     cache: Annotated[

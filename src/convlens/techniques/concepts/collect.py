@@ -147,80 +147,158 @@ def _integrated(
     ``IG(a) = (1 / K) sum_k grad f(alpha_k a)``, ``alpha_k = (k + 1/2) / K`` (integrated
     gradients, Sundararajan et al. 2017, taken at the layer). ``IG(a) . a`` approximates
     ``f(a) - f(0)`` (completeness), and ``IG(a) . d`` at a position is the mean over the path of
-    the derivative along ``d`` there. The layer's output is replaced by the path points stacked
-    along the batch, so only the network after the layer runs ``K`` times (one that cannot take
-    the wider batch there, e.g. a skip connection from before the layer, runs on its input
-    repeated ``K`` times instead)."""
+    the derivative along ``d`` there.
+
+    One pass serves every layer: each layer's output gets its ``K`` path points appended along
+    the batch (the pictures' own rows stay first), so the network before the first layer runs
+    once and only what follows a layer runs its points (:func:`_stacked`). A network that
+    cannot take the wider batch (a skip connection from before a layer) is run layer by layer
+    on its input repeated ``K`` times instead (:func:`_one_by_one`)."""
     module = model.module
-    acts: dict[str, torch.Tensor] = {}
 
     def run(x: torch.Tensor) -> dict[str, torch.Tensor]:
-        acts.clear()
-        with (
-            torch.no_grad(),
-            forward_hooks(module, layers, recorder(acts, layers)),
-            contextlib.suppress(StopForward),
-        ):
-            module(x)
-        missing = [n for n in layers if n not in acts]
-        if missing:
-            raise ValueError(f"layer(s) {missing} did not run in the forward pass")
-        found: dict[str, torch.Tensor] = {}
-        for name in layers:
-            a = acts[name].detach()
-            per = max(1, PATH_VALUES // max(1, a.numel()))
-            total = torch.zeros_like(a)
-            for start in range(0, steps, per):
-                alphas = (torch.arange(start, min(steps, start + per)) + 0.5) / steps
-                total += _path_gradient(module, x, name, target, a, alphas)
-            found[f"{name}:grad"] = (total / steps).float().cpu()
-            found[f"{name}:act"] = a.float().cpu()
-        return found
+        try:
+            return _stacked(module, x, layers, target, steps)
+        except _Unstackable:
+            return _one_by_one(module, x, layers, target, steps)
 
     return call_fast(module, inputs, run)
 
 
-def _path_gradient(
-    module: torch.nn.Module,
-    inputs: torch.Tensor,
-    name: str,
-    target: int,
-    acts: torch.Tensor,
-    alphas: torch.Tensor,
-) -> torch.Tensor:
-    """(T, ...) the class logit's gradients at layer outputs ``alpha acts``, summed over
-    ``alphas`` (K,): one pass with the layer's output replaced by the (K T, ...) path points."""
-    K, T = len(alphas), len(acts)
-    scale = alphas.to(acts.dtype).view(K, *[1] * acts.dim())
-    path = (scale * acts.unsqueeze(0)).flatten(0, 1).requires_grad_(True)
+class _Unstackable(Exception):
+    """The network did not give one logit row per picture and path point."""
 
-    def swap(_name: str, output: Any) -> torch.Tensor:
-        if not isinstance(output, torch.Tensor):
-            raise ValueError(
-                f"layer {_name!r} returns {type(output).__name__}, not a tensor, so the local "
-                "test's path cannot replace it: use steps=0"
-            )
-        return path.clone()  # not the leaf itself: the network may change it in place
 
-    tries = [inputs, inputs.repeat(K, *[1] * (inputs.dim() - 1))] if K > 1 else [inputs]
-    for i, x in enumerate(tries):
-        last = i == len(tries) - 1
+def _alphas(start: int, stop: int, steps: int) -> torch.Tensor:
+    return (torch.arange(start, stop, dtype=torch.float64) + 0.5) / steps
+
+
+def _points(acts: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:
+    """(K T, ...) the path points ``alpha acts`` for each alpha (K,), a leaf that needs grad."""
+    scale = alphas.to(acts.dtype).view(len(alphas), *[1] * acts.dim())
+    return (scale * acts.unsqueeze(0)).flatten(0, 1).requires_grad_(True)
+
+
+def _logits(out: Any, rows: int, target: int) -> torch.Tensor:
+    """The target's logits from a network output that must have ``rows`` rows."""
+    found = first_tensor(out)
+    if found is None or found.dim() != 2 or len(found) != rows:
+        raise _Unstackable
+    if not 0 <= target < found.shape[1]:
+        raise ValueError(f"target class {target} is outside the {found.shape[1]} outputs")
+    return found[:, target]
+
+
+def _stacked(
+    module: torch.nn.Module, x: torch.Tensor, layers: Sequence[str], target: int, steps: int
+) -> dict[str, torch.Tensor]:
+    """:func:`_integrated` in passes that append every layer's path points to its output (as
+    many points as :data:`PATH_VALUES` allows per layer and pass; usually all in one pass)."""
+    T = len(x)
+    acts: dict[str, torch.Tensor] = {}
+    totals: dict[str, torch.Tensor] = {}
+    done = dict.fromkeys(layers, 0)
+    leaves: dict[str, tuple[torch.Tensor, int]] = {}
+
+    def insert(name: str, output: Any) -> Any:
+        _check_tensor(name, output)
+        if name in leaves:  # a module called again in the same pass: left alone
+            return None
+        own = output[:T].detach()
+        acts.setdefault(name, own)
+        per = max(1, PATH_VALUES // max(1, own.numel()))
+        stop = min(steps, done[name] + per)
+        if stop <= done[name]:
+            return None
+        leaf = _points(own, _alphas(done[name], stop, steps))
+        leaves[name] = (leaf, stop)
+        return torch.cat([output[:T], leaf, output[T:]])  # a copy: in-place ops are safe on it
+
+    while min(done.values()) < steps:
+        leaves.clear()
         try:
-            with torch.enable_grad(), forward_hooks(module, [name], swap):
-                out = first_tensor(module(x))
-        except RuntimeError:
-            if last:
-                raise
-            continue
-        if out is not None and out.dim() == 2 and len(out) == K * T:
-            if not 0 <= target < out.shape[1]:
-                raise ValueError(f"target class {target} is outside the {out.shape[1]} outputs")
-            (grad,) = torch.autograd.grad(out[:, target].sum(), path)
-            return grad.view(K, T, *grad.shape[1:]).sum(0)
-        if last:
-            shape = None if out is None else tuple(out.shape)
-            raise ValueError(f"expected the network to return (N, classes) logits, got {shape}")
-    raise AssertionError("unreachable")
+            with torch.enable_grad(), forward_hooks(module, layers, insert):
+                out = module(x)
+        except RuntimeError as error:
+            raise _Unstackable from error
+        missing = [n for n in layers if n not in acts]
+        if missing:
+            raise ValueError(f"layer(s) {missing} did not run in the forward pass")
+        rows = T + sum(len(leaf) for leaf, _ in leaves.values())
+        names = list(leaves)
+        grads = torch.autograd.grad(_logits(out, rows, target).sum(), [leaves[n][0] for n in names])
+        for name, grad in zip(names, grads, strict=True):
+            summed = grad.view(-1, T, *grad.shape[1:]).sum(0)
+            totals[name] = totals[name] + summed if name in totals else summed
+            done[name] = leaves[name][1]
+    return {
+        key: value
+        for name in layers
+        for key, value in (
+            (f"{name}:grad", (totals[name] / steps).float().cpu()),
+            (f"{name}:act", acts[name].float().cpu()),
+        )
+    }
+
+
+def _check_tensor(name: str, output: Any) -> None:
+    if not isinstance(output, torch.Tensor):
+        raise ValueError(
+            f"layer {name!r} returns {type(output).__name__}, not a tensor, so the local test's "
+            "path cannot replace it: use steps=0"
+        )
+
+
+def _swap(leaf: torch.Tensor) -> Callable[[str, Any], torch.Tensor]:
+    """A hook that replaces a layer's output by (a copy of, so in-place ops are safe) ``leaf``."""
+
+    def swap(name: str, output: Any) -> torch.Tensor:
+        _check_tensor(name, output)
+        return leaf.clone()
+
+    return swap
+
+
+def _one_by_one(
+    module: torch.nn.Module, x: torch.Tensor, layers: Sequence[str], target: int, steps: int
+) -> dict[str, torch.Tensor]:
+    """:func:`_integrated` for a network that cannot take a wider batch at a layer: each layer
+    in turn, its output replaced by path points, the input repeated once per point."""
+    acts: dict[str, torch.Tensor] = {}
+    keep = recorder(acts, layers)
+
+    def copy(name: str, output: Any) -> None:  # as it comes out, before any in-place op after it
+        _check_tensor(name, output)
+        keep(name, output.detach().clone() if name not in acts else output)
+
+    with torch.no_grad(), forward_hooks(module, layers, copy), contextlib.suppress(StopForward):
+        module(x)
+    missing = [n for n in layers if n not in acts]
+    if missing:
+        raise ValueError(f"layer(s) {missing} did not run in the forward pass")
+    found: dict[str, torch.Tensor] = {}
+    for name in layers:
+        own = acts[name]
+        per = max(1, PATH_VALUES // max(1, own.numel()))
+        total = torch.zeros_like(own)
+        for start in range(0, steps, per):
+            leaf = _points(own, _alphas(start, min(steps, start + per), steps))
+            K = len(leaf) // len(own)
+            with torch.enable_grad(), forward_hooks(module, [name], _swap(leaf)):
+                out = module(x.repeat(K, *[1] * (x.dim() - 1)))
+            try:
+                logits = _logits(out, len(leaf), target)
+            except _Unstackable:
+                got = first_tensor(out)
+                shape = None if got is None else tuple(got.shape)
+                raise ValueError(
+                    f"expected the network to return (N, classes) logits, got {shape}"
+                ) from None
+            (grad,) = torch.autograd.grad(logits.sum(), leaf)
+            total += grad.view(K, len(own), *grad.shape[1:]).sum(0)
+        found[f"{name}:grad"] = (total / steps).float().cpu()
+        found[f"{name}:act"] = own.float().cpu()
+    return found
 
 
 def _flat(name: str, x: torch.Tensor) -> dict[str, torch.Tensor]:

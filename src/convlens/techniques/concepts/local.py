@@ -79,7 +79,7 @@ STOP = 10  # Besag-Clifford: stop relabelling once this many exceed the observed
 POWER = 0.8  # the power "pictures needed" warnings aim at
 WARN_BELOW = 10  # warn when an undecided effect would need at most this many times the pictures
 MIN_PRESENT = 5  # fewer target pictures showing the concept than this gives a warning
-STEPS = 8  # midpoint-rule points of the path from a zero map to the picture (0: the gradient)
+STEPS = 4  # midpoint-rule points of the path from a zero map to the picture (0: the gradient)
 
 
 def path_text(steps: int) -> str:
