@@ -174,9 +174,13 @@ def _alphas(start: int, stop: int, steps: int) -> torch.Tensor:
 
 
 def _points(acts: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:
-    """(K T, ...) the path points ``alpha acts`` for each alpha (K,), a leaf that needs grad."""
+    """(K T, ...) the path points ``alpha acts`` for each alpha (K,), a leaf that needs grad, in
+    the memory layout of ``acts`` (channels-last stays channels-last: oneDNN's fast kernels)."""
     scale = alphas.to(acts.dtype).view(len(alphas), *[1] * acts.dim())
-    return (scale * acts.unsqueeze(0)).flatten(0, 1).requires_grad_(True)
+    points = (scale * acts.unsqueeze(0)).flatten(0, 1)
+    if acts.dim() == 4 and acts.is_contiguous(memory_format=torch.channels_last):
+        points = points.contiguous(memory_format=torch.channels_last)
+    return points.requires_grad_(True)
 
 
 def _logits(out: Any, rows: int, target: int) -> torch.Tensor:
@@ -212,7 +216,8 @@ def _stacked(
             return None
         leaf = _points(own, _alphas(done[name], stop, steps))
         leaves[name] = (leaf, stop)
-        return torch.cat([output[:T], leaf, output[T:]])  # a copy: in-place ops are safe on it
+        later = [output[T:]] if len(output) > T else []  # (an empty part would drop the layout)
+        return torch.cat([output[:T], leaf, *later])  # a copy: in-place ops are safe on it
 
     while min(done.values()) < steps:
         leaves.clear()
