@@ -56,10 +56,10 @@ What this test computes, per layer (``C`` channels, ``P`` positions):
 Assumptions, stated: the concept pictures and the random pictures are each independent draws
 (exchangeable under H0); the test is conditional on the target pictures (it answers for them,
 so use enough of them to stand for the class); a zero map is "no feature" at the layer (true
-after a ReLU or a pooling of one; for a layer with signed outputs zero is the unit's resting
-value after batch norm, not an observed picture); the effect is the one averaged along the
-path from that zero map, which can differ from the effect of a change that starts at the
-picture (check against an intervention where you can).
+after a ReLU or a pooling of one; for a layer with signed outputs, such as a linear bottleneck,
+zero is only a reference point, not a picture the network has seen); the effect is the one
+averaged along the path from that zero map, which can differ from the effect of a change that
+starts at the picture (check against an intervention where you can).
 """
 
 from __future__ import annotations
