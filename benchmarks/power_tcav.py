@@ -25,7 +25,7 @@ Usage (each part stays under ~10 minutes on one core; results go to JSON lines):
     PYTHONPATH=src python benchmarks/power_tcav.py table power.jsonl
     PYTHONPATH=src python benchmarks/power_tcav.py intervention   # the ground truth
     PYTHONPATH=src python benchmarks/power_tcav.py diagnose       # why the set tests fail
-    PYTHONPATH=src python benchmarks/power_tcav.py calibration    # the level, 300 trials a cell
+    PYTHONPATH=src python benchmarks/power_tcav.py calibration    # the level, --trials 300 a cell
 """
 
 from __future__ import annotations
@@ -274,11 +274,12 @@ def diagnose(model: Any) -> str:
 def calibration(model: Any, trials: int = 300) -> str:
     """The level of the local test, precisely: per class and layer, ``trials`` fresh splits of
     1100 random toon pictures into 100 posing as a concept and 1000 random (fixed targets, as
-    the test conditions on them), p-values from 999 relabellings. Under H0 the share of
+    the test conditions on them, with the default path's integrated gradients), p-values from
+    999 relabellings. Under H0 the share of
     p < 0.05 is at most 5 %; the binomial 95 % interval is printed."""
     from convlens.core.stats import t_interval
     from convlens.data import toons
-    from convlens.techniques.concepts import collect, significance
+    from convlens.techniques.concepts import collect, local, significance
 
     seed = SEED - 3
     nothing = collect._Cache(None, "", [])
@@ -293,7 +294,9 @@ def calibration(model: Any, trials: int = 300) -> str:
     for cls in toons.CLASSES:
         pictures = [p for p, n in zip(data.pixels, data.label_names, strict=True) if n == cls]
         index = model.class_index(cls)
-        found = collect._collect(model, pictures, LAYERS, index, 64, nothing, lambda n: None)
+        found = collect._collect(
+            model, pictures, LAYERS, index, 64, nothing, lambda n: None, steps=local.STEPS
+        )
         for layer in LAYERS:
             ps = []
             for trial in range(trials):
@@ -381,6 +384,7 @@ def main() -> None:
     parser.add_argument("--draws", default="0:20", help="a:b, the draws to run")
     parser.add_argument("--tests", default="local", help="comma-separated: local,sets,paper")
     parser.add_argument("--out", default="power_tcav.jsonl")
+    parser.add_argument("--trials", type=int, default=300, help="per cell (part 'calibration')")
     args = parser.parse_args()
     torch.set_num_threads(1)
     import convlens as cl
@@ -392,7 +396,7 @@ def main() -> None:
         print(all_concepts(rows))
         return
     if args.part == "calibration":
-        print(calibration(cl.load("toon-cnn")))
+        print(calibration(cl.load("toon-cnn"), args.trials))
         return
     if args.part == "diagnose":
         print(diagnose(cl.load("toon-cnn")))

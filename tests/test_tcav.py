@@ -419,8 +419,9 @@ def test_random_sets_posing_as_concepts_stay_within_the_level(toon_model):
         toon_model, list(pool), [layer], None, 64, nothing, lambda n: None, "stats"
     )
     index = toon_model.class_index("cassidy")
+    targets = _toon_targets("cassidy", 5152)
     found = collect._collect(
-        toon_model, _toon_targets("cassidy", 5152), [layer], index, 64, nothing, lambda n: None
+        toon_model, targets, [layer], index, 64, nothing, lambda n: None, steps=local.STEPS
     )
     hits = 0
     for trial in range(20):
@@ -683,9 +684,11 @@ def test_cli_writes_table_json_csv_and_chart(tmp_path):
     assert "red" in result.output and "pool2" in result.output and "p corr" in result.output
     assert "test 'local'" in result.output and "test: local;" in result.output  # the default
     assert {p.name for p in out.iterdir()} == {"tcav.json", "tcav.csv", "tcav.png"}
-    assert json.loads((out / "tcav.json").read_text())["test"] == "local"
+    saved = json.loads((out / "tcav.json").read_text())
+    assert saved["test"] == "local" and saved["settings"]["steps"] == local.STEPS
     helped = CliRunner().invoke(app, ["tcav", "--help"], env={"COLUMNS": "240"})
     assert "[default: local]" in helped.output and "local (the default" in helped.output
+    assert "--steps" in helped.output and "[default: 4]" in helped.output
     assert "with the paper's t-test" not in helped.output
     paper = CliRunner().invoke(app, [*args, "--test", "paper"])
     assert paper.exit_code == 0 and "test 'paper'" in paper.output, paper.output

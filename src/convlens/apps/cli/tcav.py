@@ -31,9 +31,10 @@ TestOpt = Annotated[
     str,
     typer.Option(
         help="local (the default: where the concept appears in each target picture, the logit's "
-        "change along the CAV against random pictures relabelled as the concept, a permutation "
-        "test), sets (the concept's TCAV score against the random sets' scores) or paper (Kim "
-        "et al.'s t-test, kept for comparison: it flags noise)."
+        "derivative along the CAV, integrated along the path from a zero map to the picture, "
+        "against random pictures relabelled as the concept, a permutation test), sets (the "
+        "concept's TCAV score against the random sets' scores) or paper (Kim et al.'s t-test, "
+        "kept for comparison: it flags noise)."
     ),
 ]
 
@@ -88,6 +89,13 @@ def tcav(
     classifier: ClassifierOpt = "logistic",
     alpha: Annotated[float, typer.Option(help="Significance level (after Bonferroni).")] = 0.05,
     test: TestOpt = "local",
+    steps: Annotated[
+        int,
+        typer.Option(
+            help="Points on the local test's path from a zero map to each target picture's "
+            "activation (0: the gradient at the picture, first order)."
+        ),
+    ] = 4,
     seed: Annotated[int, typer.Option(help="Seeds pool draws and train/test splits.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Pictures per forward pass.")] = 32,
     cache: Annotated[
@@ -129,6 +137,7 @@ def tcav(
                 classifier=classifier,
                 alpha=alpha,
                 test=test,
+                steps=steps,
                 seed=seed,
                 batch_size=batch_size,
                 cache_dir=cache,

@@ -6,13 +6,16 @@ The package, step by step:
 1. **Passes** (:mod:`.collect`). Every picture of every concept set, of every
    random set and of the target class goes through the network once per batch; all requested
    layers are read from that one pass (it stops after the deepest one; concept pictures need
-   no gradient). Target pictures get one backward pass from the class **logit** to the layers.
+   no gradient). Target pictures get one backward pass from the class **logit** to the layers
+   (for the local test, one per layer with that layer's output replaced by ``steps`` points on
+   the path from a zero map to it: only the network after the layer runs them).
    With ``cache_dir`` each picture's numbers are stored under a key made of the model's
    weights, the layers and the picture's network input, never of a folder name.
 2. **The default test** (``test="local"``, :mod:`.local`): the CAV is the
    difference of the mean channel vectors of concept and random pictures; in each target
    picture, at the positions where the concept appears (its side of the nearest-mean rule),
-   the class logit's first-order change along the CAV is summed; the mean over target
+   the class logit's derivative along the CAV, integrated along the path from a zero map to
+   the picture's activation (a finite change, not only the slope), is summed; the mean over target
    pictures is compared with the same number for relabellings of the pooled concept and
    random pictures (an exact permutation test, two-sided, with the direction).
 3. **The set tests** (``"sets"``, ``"paper"``, :mod:`.significance`), as

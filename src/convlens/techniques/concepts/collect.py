@@ -1,6 +1,6 @@
 """One pass per picture: layer activations (and, for target pictures, the gradients of the
-class logit) read from every requested layer at once, with an optional on-disk cache keyed by
-content."""
+class logit, at the picture or integrated along a path to it) read from every requested layer,
+with an optional on-disk cache keyed by content."""
 
 from __future__ import annotations
 
@@ -135,6 +135,177 @@ def _run_layers(
     return found
 
 
+PATH_VALUES = 1 << 24  # layer values per batch of path points (memory for the backward pass)
+
+
+def _integrated(
+    model: Model, inputs: torch.Tensor, layers: Sequence[str], target: int, steps: int
+) -> dict[str, torch.Tensor]:
+    """What :func:`_run_layers` gives with a target, but ``"<layer>:grad"`` the gradient of the
+    class logit *integrated* along the straight path from a zero map to the picture's output
+    of that layer (the rest of the network as it is), by the midpoint rule in ``steps`` points:
+    ``IG(a) = (1 / K) sum_k grad f(alpha_k a)``, ``alpha_k = (k + 1/2) / K`` (integrated
+    gradients, Sundararajan et al. 2017, taken at the layer). ``IG(a) . a`` approximates
+    ``f(a) - f(0)`` (completeness), and ``IG(a) . d`` at a position is the mean over the path of
+    the derivative along ``d`` there.
+
+    One pass serves every layer: each layer's output gets its ``K`` path points appended along
+    the batch (the pictures' own rows stay first), so the network before the first layer runs
+    once and only what follows a layer runs its points (:func:`_stacked`). A network that
+    cannot take the wider batch (a skip connection from before a layer) is run layer by layer
+    on its input repeated ``K`` times instead (:func:`_one_by_one`)."""
+    module = model.module
+
+    def run(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        try:
+            return _stacked(module, x, layers, target, steps)
+        except _Unstackable:
+            return _one_by_one(module, x, layers, target, steps)
+
+    return call_fast(module, inputs, run)
+
+
+class _Unstackable(Exception):
+    """The network did not give one logit row per picture and path point."""
+
+
+def _alphas(start: int, stop: int, steps: int) -> torch.Tensor:
+    return (torch.arange(start, stop, dtype=torch.float64) + 0.5) / steps
+
+
+def _points(acts: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:
+    """(K T, ...) the path points ``alpha acts`` for each alpha (K,), a leaf that needs grad, in
+    the memory layout of ``acts`` (channels-last stays channels-last: oneDNN's fast kernels)."""
+    scale = alphas.to(acts.dtype).view(len(alphas), *[1] * acts.dim())
+    points = (scale * acts.unsqueeze(0)).flatten(0, 1)
+    if acts.dim() == 4 and acts.is_contiguous(memory_format=torch.channels_last):
+        points = points.contiguous(memory_format=torch.channels_last)
+    return points.requires_grad_(True)
+
+
+def _logits(out: Any, rows: int, target: int) -> torch.Tensor:
+    """The target's logits from a network output that must have ``rows`` rows."""
+    found = first_tensor(out)
+    if found is None or found.dim() != 2 or len(found) != rows:
+        raise _Unstackable
+    if not 0 <= target < found.shape[1]:
+        raise ValueError(f"target class {target} is outside the {found.shape[1]} outputs")
+    return found[:, target]
+
+
+def _stacked(
+    module: torch.nn.Module, x: torch.Tensor, layers: Sequence[str], target: int, steps: int
+) -> dict[str, torch.Tensor]:
+    """:func:`_integrated` in passes that append every layer's path points to its output (as
+    many points as :data:`PATH_VALUES` allows per layer and pass; usually all in one pass)."""
+    T = len(x)
+    acts: dict[str, torch.Tensor] = {}
+    totals: dict[str, torch.Tensor] = {}
+    done = dict.fromkeys(layers, 0)
+    leaves: dict[str, tuple[torch.Tensor, int]] = {}
+
+    def insert(name: str, output: Any) -> Any:
+        _check_tensor(name, output)
+        if name in leaves:  # a module called again in the same pass: left alone
+            return None
+        own = output[:T].detach()
+        acts.setdefault(name, own)
+        per = max(1, PATH_VALUES // max(1, own.numel()))
+        stop = min(steps, done[name] + per)
+        if stop <= done[name]:
+            return None
+        leaf = _points(own, _alphas(done[name], stop, steps))
+        leaves[name] = (leaf, stop)
+        later = [output[T:]] if len(output) > T else []  # (an empty part would drop the layout)
+        return torch.cat([output[:T], leaf, *later])  # a copy: in-place ops are safe on it
+
+    while min(done.values()) < steps:
+        leaves.clear()
+        try:
+            with torch.enable_grad(), forward_hooks(module, layers, insert):
+                out = module(x)
+        except RuntimeError as error:
+            raise _Unstackable from error
+        missing = [n for n in layers if n not in acts]
+        if missing:
+            raise ValueError(f"layer(s) {missing} did not run in the forward pass")
+        rows = T + sum(len(leaf) for leaf, _ in leaves.values())
+        names = list(leaves)
+        grads = torch.autograd.grad(_logits(out, rows, target).sum(), [leaves[n][0] for n in names])
+        for name, grad in zip(names, grads, strict=True):
+            summed = grad.view(-1, T, *grad.shape[1:]).sum(0)
+            totals[name] = totals[name] + summed if name in totals else summed
+            done[name] = leaves[name][1]
+    return {
+        key: value
+        for name in layers
+        for key, value in (
+            (f"{name}:grad", (totals[name] / steps).float().cpu()),
+            (f"{name}:act", acts[name].float().cpu()),
+        )
+    }
+
+
+def _check_tensor(name: str, output: Any) -> None:
+    if not isinstance(output, torch.Tensor):
+        raise ValueError(
+            f"layer {name!r} returns {type(output).__name__}, not a tensor, so the local test's "
+            "path cannot replace it: use steps=0"
+        )
+
+
+def _swap(leaf: torch.Tensor) -> Callable[[str, Any], torch.Tensor]:
+    """A hook that replaces a layer's output by (a copy of, so in-place ops are safe) ``leaf``."""
+
+    def swap(name: str, output: Any) -> torch.Tensor:
+        _check_tensor(name, output)
+        return leaf.clone()
+
+    return swap
+
+
+def _one_by_one(
+    module: torch.nn.Module, x: torch.Tensor, layers: Sequence[str], target: int, steps: int
+) -> dict[str, torch.Tensor]:
+    """:func:`_integrated` for a network that cannot take a wider batch at a layer: each layer
+    in turn, its output replaced by path points, the input repeated once per point."""
+    acts: dict[str, torch.Tensor] = {}
+    keep = recorder(acts, layers)
+
+    def copy(name: str, output: Any) -> None:  # as it comes out, before any in-place op after it
+        _check_tensor(name, output)
+        keep(name, output.detach().clone() if name not in acts else output)
+
+    with torch.no_grad(), forward_hooks(module, layers, copy), contextlib.suppress(StopForward):
+        module(x)
+    missing = [n for n in layers if n not in acts]
+    if missing:
+        raise ValueError(f"layer(s) {missing} did not run in the forward pass")
+    found: dict[str, torch.Tensor] = {}
+    for name in layers:
+        own = acts[name]
+        per = max(1, PATH_VALUES // max(1, own.numel()))
+        total = torch.zeros_like(own)
+        for start in range(0, steps, per):
+            leaf = _points(own, _alphas(start, min(steps, start + per), steps))
+            K = len(leaf) // len(own)
+            with torch.enable_grad(), forward_hooks(module, [name], _swap(leaf)):
+                out = module(x.repeat(K, *[1] * (x.dim() - 1)))
+            try:
+                logits = _logits(out, len(leaf), target)
+            except _Unstackable:
+                got = first_tensor(out)
+                shape = None if got is None else tuple(got.shape)
+                raise ValueError(
+                    f"expected the network to return (N, classes) logits, got {shape}"
+                ) from None
+            (grad,) = torch.autograd.grad(logits.sum(), leaf)
+            total += grad.view(K, len(own), *grad.shape[1:]).sum(0)
+        found[f"{name}:grad"] = (total / steps).float().cpu()
+        found[f"{name}:act"] = own.float().cpu()
+    return found
+
+
 def _flat(name: str, x: torch.Tensor) -> dict[str, torch.Tensor]:
     return {name: x.flatten(1)}
 
@@ -171,11 +342,16 @@ def _collect(
     cache: _Cache,
     tick: Callable[[int], None],
     reduce: str = "flat",
+    steps: int = 0,
 ) -> dict[str, torch.Tensor]:
     """Every picture's layer data, stacked: without ``target``, ``reduce`` (see
     :data:`REDUCTIONS`) of each layer's activations; with one, ``<layer>`` the flattened
-    gradients of its logit and ``<layer>:act`` the flattened activations."""
-    kind = f"activations:{reduce}" if target is None else f"gradients:{target}"
+    gradients of its logit (with ``steps`` > 0 integrated along the path from a zero map:
+    :func:`_integrated`) and ``<layer>:act`` the flattened activations."""
+    if target is None:
+        kind = f"activations:{reduce}"
+    else:
+        kind = f"gradients:{target}" if steps == 0 else f"integrated:{target}:{steps}"
     parts: dict[str, list[torch.Tensor]] = {}
     for inputs in _input_batches(model, images, batch_size):
         keys = cache.keys(inputs, kind)
@@ -184,9 +360,11 @@ def _collect(
         )
         todo = [i for i, f in enumerate(found) if f is None]
         if todo:
-            fresh = _reduce(
-                _run_layers(model, inputs[todo], layers, target), layers, target, reduce
-            )
+            if target is not None and steps > 0:
+                raw = _integrated(model, inputs[todo], layers, target, steps)
+            else:
+                raw = _run_layers(model, inputs[todo], layers, target)
+            fresh = _reduce(raw, layers, target, reduce)
             for j, i in enumerate(todo):
                 entry = {n: v[j] for n, v in fresh.items()}
                 found[i] = entry

@@ -156,6 +156,8 @@ class TCAVResult:
                 "rises where it is; shown: share of target pictures showing it; effect: the "
                 "local derivative in null standard deviations; sig: + raises, - lowers the logit"
             )
+            if "path" in self.settings:
+                head += f"\nderivative: {self.settings['path']}"
         else:
             head += (
                 "\nscores are the share of target pictures whose class logit rises along the CAV"

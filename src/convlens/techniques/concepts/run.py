@@ -1,12 +1,13 @@
 """The entry point, :func:`tcav`.
 
 The tests (``test=``). ``"local"`` (the default; :mod:`.local`, assumptions there): where the
-concept appears in each target picture, does the class logit rise along the CAV more than for
-random pictures relabelled as the concept (exact permutation test, two-sided, with the
-direction)? ``"sets"``: is the concept's TCAV score a plausible draw from the scores random
-sets get in its place (valid, but the sign-count score saturates and it rarely finds
-anything)? ``"paper"``: the paper's two-sample t-test, whose false-positive rate is far above
-``alpha`` (its runs share one concept set). Measured: README.
+concept appears in each target picture, does the class logit rise along the CAV (its gradient
+integrated along the path from a zero map to the picture's activation: a finite change, not
+only the slope at the picture) more than for random pictures relabelled as the concept (exact
+permutation test, two-sided, with the direction)? ``"sets"``: is the concept's TCAV score a
+plausible draw from the scores random sets get in its place (valid, but the sign-count score
+saturates and it rarely finds anything)? ``"paper"``: the paper's two-sample t-test, whose
+false-positive rate is far above ``alpha`` (its runs share one concept set). Measured: README.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from convlens.techniques.concepts.collect import (
     _reduce,
     fingerprint,
 )
+from convlens.techniques.concepts.local import STEPS, path_text
 from convlens.techniques.concepts.result import TCAVResult
 from convlens.techniques.concepts.sets import ConceptSet, _as_set, concept_sets
 from convlens.techniques.concepts.significance import _analyse, _analyse_local, _check_test
@@ -56,6 +58,7 @@ def tcav(
     alpha: float = 0.05,
     test: str = "local",
     permutations: int | None = None,
+    steps: int = STEPS,
     seed: int = 0,
     batch_size: int = 32,
     cache_dir: str | os.PathLike[str] | None = None,
@@ -88,6 +91,9 @@ def tcav(
     permutations:
         Relabellings for the local test; default ``max(999, 5 m / alpha - 1)`` for ``m``
         concepts x layers, so that p can fall well below the corrected level.
+    steps:
+        The local test's gradient is integrated along the path from a zero map to each target
+        picture's activation at the layer in this many points; ``0``: taken at the picture.
     seed:
         Every random choice (pool draws, splits, permutations) comes from it.
     batch_size, cache_dir:
@@ -101,7 +107,7 @@ def tcav(
         ``progress(done, total)`` over the pictures run and the layers analysed.
     """
     handle, target_index, target_name, names = _checked(
-        model, target, layers, batch_size, alpha, n_random, classifier, test
+        model, target, layers, batch_size, alpha, n_random, classifier, test, steps
     )
     sets, randoms = concept_sets(
         concepts, random, n_random=n_random, random_size=random_size, seed=seed
@@ -112,21 +118,14 @@ def tcav(
     counter = _Counter(progress, total)
     cache = _Cache(cache_dir, fingerprint(handle) if cache_dir is not None else "", names)
     passes = _passes(
-        handle,
-        [*sets, *randoms],
-        target_set,
-        names,
-        target_index,
-        test,
-        batch_size,
-        cache,
-        counter,
-        engine,
-    )
+        handle, [*sets, *randoms], target_set, names, target_index, test, batch_size, cache,
+        counter, engine, steps if test == "local" else 0,
+    )  # fmt: skip
     started = time.perf_counter()
     options: dict[str, Any] = dict(
         relative=relative, classifier=classifier, regularization=regularization, seed=seed,
         test_fraction=test_fraction, alpha=alpha, test=test, permutations=permutations,
+        steps=steps,
     )  # fmt: skip
     result = _analysis(passes, concept_names, [s.name for s in randoms], names, options, counter)
     result.target, result.target_index = target_name, target_index
@@ -149,7 +148,7 @@ def _analysis(
     counter: _Counter,
 ) -> TCAVResult:
     if options["test"] == "local":
-        return _analyse_local(
+        found = _analyse_local(
             passes.acts,
             passes.grads,
             passes.shapes,
@@ -162,7 +161,10 @@ def _analysis(
             seed=options["seed"],
             tick=counter.tick,
         )
-    options = {k: v for k, v in options.items() if k != "permutations"}
+        found.settings["steps"] = options["steps"]
+        found.settings["path"] = path_text(options["steps"])
+        return found
+    options = {k: v for k, v in options.items() if k not in ("permutations", "steps")}
     return _analyse(
         passes.acts,
         passes.grads,
@@ -184,6 +186,7 @@ def _checked(
     n_random: int,
     classifier: str,
     test: str,
+    steps: int,
 ) -> tuple[Model, int, str, list[str]]:
     """The model handle, the target's index and name, and the layer names, after checking
     every argument that can be checked before a picture is read."""
@@ -215,6 +218,8 @@ def _checked(
     if classifier not in CLASSIFIERS:
         raise unknown("CAV classifier", classifier, CLASSIFIERS)
     _check_test(test)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"expected steps >= 0 (0: the gradient at the picture), got {steps!r}")
     return handle, target_index, target_name, names
 
 
@@ -289,10 +294,12 @@ def _passes(
     cache: _Cache,
     counter: _Counter,
     engine: Engine | None = None,
+    steps: int = 0,
 ) -> _Passes:
     """Every network pass the test needs, with the user's model left as it was: activations
     of the concept and random pictures (flattened for the set tests, channel statistics for
-    the local one), and the target pictures' gradients and activations."""
+    the local one), and the target pictures' gradients (integrated along the path from a zero
+    map in ``steps`` points, when more than 0) and activations."""
     module = handle.module
     reduce = "stats" if test == "local" else "flat"
     with preserved(module, out_of_place=True):
@@ -312,7 +319,14 @@ def _passes(
             timings = {"activations_s": time.perf_counter() - started}
             started = time.perf_counter()
             grads = _collect(
-                handle, target_set.images, names, target_index, batch_size, cache, counter.tick
+                handle,
+                target_set.images,
+                names,
+                target_index,
+                batch_size,
+                cache,
+                counter.tick,
+                steps=steps,
             )
             timings["gradients_s"] = time.perf_counter() - started
             example = next(_input_batches(handle, target_set.images[:1], 1))

@@ -19,9 +19,10 @@ from convlens.techniques.concepts.result import NULL, Run, TCAVResult
 
 NEAR_CHANCE = 0.6  # mean held-out CAV accuracy below this gives a warning
 TESTS = {
-    "local": "where the concept appears in each target picture, the first-order change of the "
-    "class logit along the CAV, against relabellings of concept and random pictures (two-sided "
-    "permutation test)",
+    "local": "where the concept appears in each target picture, the class logit's derivative "
+    "along the CAV (integrated along the path from a zero map to the picture's activation, or "
+    "at the picture with steps=0), against relabellings of concept and random pictures "
+    "(two-sided permutation test)",
     "sets": "the concept's TCAV score against those of the random sets, each in a concept's "
     "place against the others (two-sided Student t prediction test, R - 1 df)",
     "paper": "Student's two-sided two-sample t-test, the concept's scores against its random "
@@ -272,7 +273,9 @@ def _analyse_local(
 ) -> TCAVResult:
     """The local test (:mod:`.local`) from picture statistics already taken:
     ``stats[set]["<layer>:mean"]`` (n, C) and ``["<layer>:grid"]`` (n, C, G), and the target
-    pictures' flattened ``targets["<layer>"]`` gradients and ``["<layer>:act"]`` activations."""
+    pictures' flattened ``targets["<layer>"]`` gradients (integrated along the path, as
+    :func:`~.collect._collect` gives them with ``steps``, or at the picture) and
+    ``["<layer>:act"]`` activations."""
     tested = [*concepts, *(f"{a}/{b}" for a, b in relative)]
     m = len(tested) * len(layers)
     B = permutations if permutations is not None else default_permutations(m, alpha)
