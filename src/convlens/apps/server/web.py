@@ -139,10 +139,13 @@ async def cancellable(
             del state.runs[run_id]
 
 
-def many_passes(fn: Any) -> bool:
-    """Whether a method runs many passes (it reports progress): such runs go to the model's
-    long lane (:meth:`ServerState.long_lane`)."""
-    return "progress" in inspect.signature(fn).parameters
+async def lane(state: ServerState, key: str, fn: Any) -> tuple[Any, threading.Lock | None]:
+    """The classifier a method ``fn`` runs on, and the lock to hold (``None``: the model's own):
+    a method that runs many passes (it reports progress) runs on the model's long lane
+    (:meth:`ServerState.long_lane`), made under the model's own lock on first use."""
+    if "progress" not in inspect.signature(fn).parameters:
+        return state.classifier(key), None
+    return await work(state, key, lambda: state.long_lane(key))
 
 
 def run_extras(fn: Any, settings: dict[str, Any], run: Run) -> dict[str, Any]:

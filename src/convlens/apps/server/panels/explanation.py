@@ -23,8 +23,8 @@ from convlens.apps.server.web import (
     PNG,
     Run,
     cancellable,
+    lane,
     layer_dict,
-    many_passes,
     options,
     run_extras,
     work,
@@ -107,10 +107,7 @@ def router(state: ServerState) -> APIRouter:
         if found is not None:
             return found[0], None
         forward = await forward_of(state, model, image_id)
-        lock = None
-        if many_passes(info.fn):
-            handle, lock = await work(state, model, lambda: state.long_lane(model))
-        runner = handle
+        runner, lock = await lane(state, model, info.fn)
 
         def compute(run: Run) -> Any:
             extra = run_extras(info.fn, settings, run)
