@@ -442,3 +442,50 @@ def test_on_cuda_the_windows_run_on_the_device(fp32_convolutions):
     assert fast.map.device.type == "cpu" and x.is_cuda
     engine = Incremental(module, x)
     assert engine.batch_size((7, 7), None) == 256  # sized from the device's free memory
+
+
+def test_tracing_leaves_networks_in_other_threads_alone():
+    # torch.fx patches nn.Module.__call__ for the whole process while it traces; a network run
+    # meanwhile in another thread (the explorer's other lane, a job) must run as usual
+    import threading
+    import time
+
+    class Slow(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            time.sleep(0.5)  # runs while fx traces: the other thread keeps working
+            return self.conv(x).relu()
+
+    other = _randomised(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 1)), 7)
+    picture = torch.randn(1, 3, 12, 12, generator=torch.Generator().manual_seed(8))
+    with torch.inference_mode():
+        expected = other(picture)
+    failures: list[BaseException] = []
+    runs = 0
+    started, stop = threading.Event(), threading.Event()
+
+    def run_other() -> None:
+        nonlocal runs
+        started.set()
+        while not stop.is_set():
+            try:
+                with torch.inference_mode():
+                    torch.testing.assert_close(other(picture), expected)
+                runs += 1
+            except BaseException as error:  # reported below
+                failures.append(error)
+                return
+
+    thread = threading.Thread(target=run_other)
+    thread.start()
+    started.wait()
+    try:
+        engine = Incremental(_randomised(Slow(), 9), picture)
+    finally:
+        stop.set()
+        thread.join()
+    assert failures == [] and runs > 0
+    assert engine.clean_output.shape == (1, 4, 12, 12)

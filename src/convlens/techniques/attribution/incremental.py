@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import math
 import operator
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -109,6 +110,35 @@ class NotIncremental(Exception):
     """The network cannot run incrementally; the message says why (callers fall back)."""
 
 
+class _OneThreadTracer(fx.Tracer):
+    """``torch.fx``'s tracer, harmless to other threads: while it traces, fx replaces
+    ``nn.Module.__call__`` and ``__getattr__`` for the whole process, so a network that another
+    thread runs meanwhile (the explorer's other lane, a background job) would be traced into
+    this graph and fail ("module is not installed as a submodule"). Calls from any thread but
+    the tracing one run as they would without fx."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._thread = threading.get_ident()
+
+    def call_module(self, m: nn.Module, forward: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+        if threading.get_ident() != self._thread:
+            return forward(*args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
+    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict[str, Any]) -> Any:
+        if threading.get_ident() != self._thread:
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
+
+
+def trace(module: nn.Module) -> fx.GraphModule:
+    """``torch.fx.symbolic_trace(module)``, safe while other threads run networks."""
+    tracer = _OneThreadTracer()
+    graph = tracer.trace(module)
+    return fx.GraphModule(tracer.root, graph, type(module).__name__)
+
+
 class Incremental:
     """A network traced with ``torch.fx`` and run once on clean pictures, then run on copies
     that each differ from one clean picture inside one box (see the module docstring).
@@ -137,7 +167,7 @@ class Incremental:
             raise ValueError(f"expected cap in (0, 1] or None, got {cap!r}")
         self.cap = cap
         try:
-            self._graph = fx.symbolic_trace(module)
+            self._graph = trace(module)
         except Exception as error:  # fx raises many kinds on code it cannot follow
             first = (str(error).strip().splitlines() or [""])[0]
             raise NotIncremental(
