@@ -5,73 +5,32 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
-import threading
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "out" / "test-artifacts"
 
-import playwright.sync_api as playwright_api  # noqa: E402
-import uvicorn  # noqa: E402
+import live  # noqa: E402
 
-if not CHROMIUM.exists():  # `make test` installs it (Makefile: browser)
+if not live.CHROMIUM.exists():  # `make test` installs it (Makefile: browser)
     pytest.skip("Debian's chromium is not installed: make browser", allow_module_level=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
 def url(tmp_path_factory):
-    from convlens.apps.server import ServerConfig, ServerState, create_app
-
-    port = _free_port()
-    state = ServerState.start(
-        ServerConfig(
-            models=["mobilenet_v2", "toon-cnn", "toon-detector"],
-            port=port,
-            data_dir=tmp_path_factory.mktemp("d"),
-        )
-    )
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(state), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    end = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > end:
-            raise RuntimeError("the server did not start")
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/"
-    server.should_exit = True
-    thread.join(10)
-    state.close()
+    models = ["mobilenet_v2", "toon-cnn", "toon-detector"]
+    with live.served(models, tmp_path_factory.mktemp("d")) as (_, port):
+        yield f"http://127.0.0.1:{port}/"
 
 
 @pytest.fixture(scope="module")
 def page(url):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True)
-        # bypass_csp: the page forbids eval, which Playwright's wait_for_function needs
-        context = browser.new_context(viewport={"width": 1280, "height": 860}, bypass_csp=True)
-        page = context.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda err: errors.append(str(err)))
-        page.goto(url)
-        yield page
-        browser.close()
-        assert errors == [], errors
+    with live.chromium_tab(url) as tab:
+        yield tab
 
 
 def _ready(page, selector: str, timeout: float = 60_000) -> None:

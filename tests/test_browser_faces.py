@@ -6,57 +6,24 @@ chromium, headless, against a toon-cnn server on a free loopback port."""
 from __future__ import annotations
 
 import re
-import threading
-import time
-from pathlib import Path
 
 import pytest
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-CHROMIUM = Path("/usr/bin/chromium")
 
-import playwright.sync_api as playwright_api  # noqa: E402
-import uvicorn  # noqa: E402
+import live  # noqa: E402
 
-if not CHROMIUM.exists():
+if not live.CHROMIUM.exists():
     pytest.skip("Debian's chromium is not installed: make browser", allow_module_level=True)
 
 
 @pytest.fixture(scope="module")
 def page(tmp_path_factory):
-    import socket
-
-    from convlens.apps.server import ServerConfig, ServerState, create_app
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    state = ServerState.start(
-        ServerConfig(models=["toon-cnn"], port=port, data_dir=tmp_path_factory.mktemp("d"))
-    )
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(state), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    end = time.monotonic() + 30
-    while not server.started and time.monotonic() < end:
-        time.sleep(0.05)
-    try:
-        with playwright_api.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True)
-            context = browser.new_context(viewport={"width": 1280, "height": 860}, bypass_csp=True)
-            tab = context.new_page()
-            errors: list[str] = []
-            tab.on("pageerror", lambda err: errors.append(str(err)))
-            tab.goto(f"http://127.0.0.1:{port}/")
-            yield tab
-            browser.close()
-            assert errors == [], errors
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        state.close()
+    with (
+        live.served(["toon-cnn"], tmp_path_factory.mktemp("d")) as (_, port),
+        live.chromium_tab(f"http://127.0.0.1:{port}/") as tab,
+    ):
+        yield tab
 
 
 def _scale_text(page, pattern: str) -> str:

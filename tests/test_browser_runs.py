@@ -7,7 +7,6 @@ a free loopback port."""
 
 from __future__ import annotations
 
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -15,55 +14,21 @@ from pathlib import Path
 import pytest
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "out" / "test-artifacts"
 
-import playwright.sync_api as playwright_api  # noqa: E402
-import uvicorn  # noqa: E402
+import live  # noqa: E402
 
-if not CHROMIUM.exists():  # `make test` installs it (Makefile: browser)
+if not live.CHROMIUM.exists():  # `make test` installs it (Makefile: browser)
     pytest.skip("Debian's chromium is not installed: make browser", allow_module_level=True)
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    import socket
-
-    from convlens.apps.server import ServerConfig, ServerState, create_app
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    state = ServerState.start(
-        ServerConfig(
-            models=["toon-detector", "toon-segmenter"],
-            port=port,
-            data_dir=tmp_path_factory.mktemp("d"),
-        )
-    )
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(state), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    end = time.monotonic() + 30
-    while not server.started and time.monotonic() < end:
-        time.sleep(0.05)
-    try:
-        with playwright_api.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True)
-            context = browser.new_context(viewport={"width": 1280, "height": 860}, bypass_csp=True)
-            tab = context.new_page()
-            errors: list[str] = []
-            tab.on("pageerror", lambda err: errors.append(str(err)))
-            tab.goto(f"http://127.0.0.1:{port}/")
-            yield tab, f"http://127.0.0.1:{port}", state
-            browser.close()
-            assert errors == [], errors
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        state.close()
+    models = ["toon-detector", "toon-segmenter"]
+    with live.served(models, tmp_path_factory.mktemp("d")) as (state, port):
+        base = f"http://127.0.0.1:{port}"
+        with live.chromium_tab(f"{base}/") as tab:
+            yield tab, base, state
 
 
 def _text(page, selector: str) -> str:

@@ -5,52 +5,24 @@ is the one the library explains at that point. Screenshots go to ``out/test-arti
 from __future__ import annotations
 
 import json
-import threading
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "out" / "test-artifacts"
 
-import playwright.sync_api as playwright_api  # noqa: E402
-import uvicorn  # noqa: E402
+import live  # noqa: E402
 
-if not CHROMIUM.exists():  # `make test` installs it (Makefile: browser)
+if not live.CHROMIUM.exists():  # `make test` installs it (Makefile: browser)
     pytest.skip("Debian's chromium is not installed: make browser", allow_module_level=True)
 
 
 @pytest.fixture(scope="module")
 def url(tmp_path_factory):
-    import socket
-
-    from convlens.apps.server import ServerConfig, ServerState, create_app
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    state = ServerState.start(
-        ServerConfig(
-            models=["toon-cnn", "toon-segmenter"], port=port, data_dir=tmp_path_factory.mktemp("d")
-        )
-    )
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(state), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    end = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > end:
-            raise RuntimeError("the server did not start")
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/"
-    server.should_exit = True
-    thread.join(10)
-    state.close()
+    with live.served(["toon-cnn", "toon-segmenter"], tmp_path_factory.mktemp("d")) as (_, port):
+        yield f"http://127.0.0.1:{port}/"
 
 
 def test_click_a_region_and_see_it_explained(url, tmp_path):
@@ -72,13 +44,7 @@ def test_click_a_region_and_see_it_explained(url, tmp_path):
     _, region = found.region_at(x, y)
     expected = cl.explain(segmenter, crowd, "gradcam", region=(x, y))
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True)
-        context = browser.new_context(viewport={"width": 1280, "height": 860}, bypass_csp=True)
-        page = context.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda err: errors.append(str(err)))
-        page.goto(url)
+    with live.chromium_tab(url) as page:
         page.wait_for_selector("#model-select option[value='toon-segmenter']", state="attached")
         page.select_option("#model-select", "toon-segmenter")
         page.wait_for_selector("#segment-panel", state="visible", timeout=30_000)
@@ -101,8 +67,6 @@ def test_click_a_region_and_see_it_explained(url, tmp_path):
         assert shown == pytest.approx(expected.energy_in_region(), abs=1e-5)
         assert f"{int(region.sum())} px" in page.locator("#region-target").inner_text()
         page.screenshot(path=str(ARTIFACTS / "8-segmenter-region.png"), full_page=True)
-        browser.close()
-    assert errors == [], errors
     with urllib.request.urlopen(url + "api/models") as reply:
         models = {m["name"]: m for m in json.loads(reply.read())}
     assert models["toon-segmenter"]["task"] == "segment"

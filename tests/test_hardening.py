@@ -13,6 +13,7 @@ import time
 import urllib.error
 import urllib.request
 
+import live
 import numpy as np
 import pytest
 import torch
@@ -150,26 +151,8 @@ def test_hosts_origins_and_content_types(server):
 @contextlib.contextmanager
 def _live(tmp_path):
     """A real toon-cnn server on a free loopback port: (base URL, port, a test client)."""
-    import uvicorn
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    state = ServerState.start(ServerConfig(models=["toon-cnn"], data_dir=tmp_path))
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(state), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        end = time.monotonic() + 30
-        while not server.started and time.monotonic() < end:
-            time.sleep(0.05)
+    with live.served(["toon-cnn"], tmp_path) as (state, port):
         yield f"http://127.0.0.1:{port}", port, TestClient(create_app(state), base_url=LOCAL)
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        state.close()
 
 
 def _running(base: str, run_id: str) -> dict:
