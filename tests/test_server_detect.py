@@ -262,25 +262,12 @@ def test_a_dropped_drise_request_frees_the_model(tmp_path):
     """A page that stops waiting (another box chosen) closes its connection; D-RISE stops at
     its next batch, so the next request does not wait for 4000 masks."""
     import socket
-    import threading
     import time
     import urllib.request
 
-    import uvicorn
+    import live
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    state = ServerState.start(ServerConfig(models=["toon-detector"], data_dir=tmp_path))
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(state), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        end = time.monotonic() + 30
-        while not server.started and time.monotonic() < end:
-            time.sleep(0.05)
+    with live.served(["toon-detector"], tmp_path) as (state, port):
         image_id = (
             TestClient(create_app(state), base_url="http://127.0.0.1")
             .post("/api/images/sample/crowd-1", json={})
@@ -297,10 +284,6 @@ def test_a_dropped_drise_request_frees_the_model(tmp_path):
         with urllib.request.urlopen(url, timeout=60) as reply:
             assert reply.status == 200
         assert time.perf_counter() - start < 8  # 4000 masks take ~20 s on two cores
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        state.close()
 
 
 def test_a_detector_without_gradients_offers_drise_only(tmp_path):
