@@ -272,6 +272,11 @@ def test_cli_offline_flag(hub, monkeypatch):
     result = CliRunner().invoke(app, ["--offline", "predict", "resnet18", str(picture)])
     assert result.exit_code == 2
     assert "downloads are off" in result.output and "Traceback" not in result.output
+    # online, without --download: refused in one line that says how to ask
+    monkeypatch.setenv("CONVLENS_OFFLINE", "0")  # --offline set it for the process
+    result = CliRunner().invoke(app, ["predict", "resnet18", str(picture)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "convlens --download" in result.output and not list(hub.glob("*.pth"))
 
 
 def test_download_into_the_hub_cache_with_progress(hub, tmp_path):
@@ -284,14 +289,21 @@ def test_download_into_the_hub_cache_with_progress(hub, tmp_path):
     wanted = weights.WeightsFile(source.as_uri(), f"tiny-{digest[:8]}.pth", digest[:8])
     with pytest.raises(zoo.OfflineError):
         weights.fetch(wanted)
+    with pytest.raises(zoo.OfflineError, match="downloads are off"):  # offline wins
+        weights.fetch(wanted, download=True)
+    with pytest.raises(zoo.OfflineError, match=r"only when asked: load\(\.\.\., download=True\)"):
+        weights.fetch(wanted, offline=False)  # online, but no download was asked for
+    assert not list(hub.iterdir())
     seen: list[tuple[int, int]] = []
-    path = weights.fetch(wanted, offline=False, progress=lambda d, t: seen.append((d, t)))
+    path = weights.fetch(
+        wanted, download=True, offline=False, progress=lambda d, t: seen.append((d, t))
+    )
     assert path == hub / wanted.filename and path.read_bytes() == source.read_bytes()
     assert seen[0] == (0, source.stat().st_size) and seen[-1][0] == source.stat().st_size
     assert weights.fetch(wanted) == path  # cached now: no download, offline is fine
     bad = weights.WeightsFile(source.as_uri(), "other-00000000.pth", "00000000")
     with pytest.raises(weights.DownloadError, match="nothing was kept"):
-        weights.fetch(bad, offline=False)
+        weights.fetch(bad, download=True, offline=False)
     assert sorted(p.name for p in hub.iterdir()) == [wanted.filename]
 
 

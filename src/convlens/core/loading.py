@@ -14,8 +14,9 @@ Accepted sources, tried in this order:
 * a catalogue name: any torchvision classifier, detector or segmenter (``"resnet50"``,
   ``"fasterrcnn_mobilenet_v3_large_fpn"``, ``"resnet50.IMAGENET1K_V1"``) or timm model
   (``"timm:convnext_nano"``), with its weights' own preprocessing and labels; weights from
-  torch's hub cache, else downloaded into it unless ``offline`` / ``CONVLENS_OFFLINE=1``
-  (:mod:`convlens.core.zoo.catalogue`);
+  torch's hub cache, downloaded into it only when asked (``download=True`` /
+  ``CONVLENS_DOWNLOAD=1``, never under ``offline`` / ``CONVLENS_OFFLINE=1``;
+  :mod:`convlens.core.zoo.weights`);
 * ``"package.module:factory"``, a callable returning a module or a handle.
 
 The handle's task follows from what was found: torchvision's detection networks, our
@@ -71,6 +72,7 @@ def load(
     factory: str | Callable[[], nn.Module] | None = None,
     trust_pickle: bool = False,
     task: str | None = None,
+    download: bool | None = None,
     offline: bool | None = None,
     progress: Progress | None = None,
     **options: Any,
@@ -82,8 +84,10 @@ def load(
     ``name``, ``input_size``; a detector's :data:`DETECTOR_OPTIONS`; a segmenter's
     :data:`SEGMENTER_OPTIONS`) and override what the source says. ``task`` (``classify`` /
     ``detect`` / ``segment``) forces the kind of handle.
-    ``offline=True`` (default: ``CONVLENS_OFFLINE``) refuses to download a catalogue model's
-    weights; ``progress(done, total)`` reports a download in bytes.
+    A catalogue model's weights missing from the hub cache are downloaded only with
+    ``download=True`` (default: ``CONVLENS_DOWNLOAD``); ``offline=True`` (default:
+    ``CONVLENS_OFFLINE``) refuses even then; ``progress(done, total)`` reports a download in
+    bytes.
     """
     if task not in (None, *TASKS):
         raise ModelLoadError(f"expected task='classify', 'detect' or 'segment', got {task!r}")
@@ -102,7 +106,7 @@ def load(
     if text in zoo.ZOO:
         return _handle(zoo.load(text), options, task)
     if catalogue.knows(text):
-        parts = catalogue.build(text, offline=offline, progress=progress)
+        parts = catalogue.build(text, download=download, offline=offline, progress=progress)
         for note in parts.notes:  # what the preprocessing could not reproduce exactly
             warnings.warn(f"{text}: {note}", stacklevel=2)
         return _from_parts(parts, options, task)

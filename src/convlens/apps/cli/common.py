@@ -24,20 +24,31 @@ errors = Console(stderr=True, soft_wrap=True)  # one line per message, never wra
 
 @app.callback()
 def _options(
+    download: Annotated[
+        bool,
+        typer.Option(
+            "--download",
+            help="Download a catalogue model's weights into torch's hub cache when they are "
+            "not there (as CONVLENS_DOWNLOAD=1); without it such models are refused.",
+        ),
+    ] = False,
     offline: Annotated[
         bool,
         typer.Option(
             "--offline",
-            help="Never download weights (as CONVLENS_OFFLINE=1): models whose weights are "
-            "not in torch's hub cache are refused.",
+            help="Never download weights (as CONVLENS_OFFLINE=1), even with --download or "
+            "CONVLENS_DOWNLOAD=1.",
         ),
     ] = False,
 ) -> None:
     """See what a convolutional network sees, and why it decides."""
-    if offline:
-        import os
+    import os
 
-        os.environ["CONVLENS_OFFLINE"] = "1"  # read by the catalogues when weights are missing
+    # read by the catalogues when weights are missing
+    if download:
+        os.environ["CONVLENS_DOWNLOAD"] = "1"
+    if offline:
+        os.environ["CONVLENS_OFFLINE"] = "1"
 
 
 ModelArg = Annotated[

@@ -180,7 +180,7 @@ def zoo(
     for row in rows:
         table.add_row(row["name"], row["task"], row["source"], row["weights"], row["description"])
     console.print(table)
-    from convlens.core.zoo import is_offline, timm_models
+    from convlens.core.zoo import is_offline, timm_models, wants_download
 
     if search is None and not cached:
         if timm_models.available():
@@ -190,7 +190,10 @@ def zoo(
             )
         else:
             console.print(f"timm models: {timm_models.INSTALL}")
-    state = "off (CONVLENS_OFFLINE=1 / --offline)" if is_offline() else "on"
+    if is_offline():
+        state = "off (CONVLENS_OFFLINE=1 / --offline)"
+    else:
+        state = "on" if wants_download() else "only when asked (--download / CONVLENS_DOWNLOAD=1)"
     console.print(f"downloads into torch's hub cache: {state}")
 
 

@@ -17,9 +17,17 @@ from convlens.core.zoo.registry import (
     register,
 )
 from convlens.core.zoo.toons import shipped_record
-from convlens.core.zoo.weights import OFFLINE_ENV, OfflineError, WeightsFile, is_offline
+from convlens.core.zoo.weights import (
+    DOWNLOAD_ENV,
+    OFFLINE_ENV,
+    OfflineError,
+    WeightsFile,
+    is_offline,
+    wants_download,
+)
 
 __all__ = [
+    "DOWNLOAD_ENV",
     "OFFLINE_ENV",
     "ZOO",
     "CatalogueEntry",
@@ -37,4 +45,5 @@ __all__ = [
     "names",
     "register",
     "shipped_record",
+    "wants_download",
 ]

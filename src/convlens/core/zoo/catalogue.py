@@ -59,16 +59,21 @@ def entry(name: str) -> CatalogueEntry:
 
 
 def build(
-    name: str, *, offline: bool | None = None, progress: Progress | None = None
+    name: str,
+    *,
+    download: bool | None = None,
+    offline: bool | None = None,
+    progress: Progress | None = None,
 ) -> ModelParts:
     """The :class:`ModelParts` of a catalogue name, its weights read strictly from the hub
-    cache (downloaded first when missing and allowed; ``progress(done, total)`` in bytes)."""
+    cache (downloaded first when missing, asked for and allowed, see :func:`.weights.fetch`;
+    ``progress(done, total)`` in bytes)."""
     found = split_name(name)
     if found is None:
         raise unknown("catalogue model", name, torchvision_models.names())
     source, rest = found
     module = torchvision_models if source == "torchvision" else timm_models
-    parts = module.build(rest, offline=offline, progress=progress)
+    parts = module.build(rest, download=download, offline=offline, progress=progress)
     parts.name = name
     return parts
 

@@ -5,7 +5,7 @@ The network is ``timm.create_model(name, pretrained=True)`` with the weights fil
 strict loading; the file comes from the hub cache (:func:`.weights.fetch`): torch's
 ``hub/checkpoints`` first (``timm--<hub id>.safetensors`` for weights on the Hugging Face hub,
 the URL's own name for the others, where timm itself caches them), then the Hugging Face cache
-timm downloads into (read only, never through the network), else downloaded when allowed.
+timm downloads into (read only, never through the network), else downloaded when asked and allowed.
 
 The preprocessing is timm's ``resolve_data_config`` for the model, mapped as timm's eval
 transform builds it:
@@ -164,11 +164,16 @@ def labels(module: Any, cfg: Any) -> list[str] | list[list[str]] | None:
 
 
 def build(
-    name: str, *, offline: bool | None = None, progress: Progress | None = None
+    name: str,
+    *,
+    download: bool | None = None,
+    offline: bool | None = None,
+    progress: Progress | None = None,
 ) -> ModelParts:
     timm = _timm()
     cfg = _config(name)
-    path = fetch(weights_file(cfg), offline=offline, progress=progress, what=f"timm:{name}")
+    file, what = weights_file(cfg), f"timm:{name}"
+    path = fetch(file, download=download, offline=offline, progress=progress, what=what)
     overlay = {"file": str(path), "source": "timm"}
     module = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay)
     module.eval()

@@ -171,13 +171,17 @@ def _reading_from(weights: Any, path: Path) -> Iterator[None]:
 
 
 def build(
-    name: str, *, offline: bool | None = None, progress: Progress | None = None
+    name: str,
+    *,
+    download: bool | None = None,
+    offline: bool | None = None,
+    progress: Progress | None = None,
 ) -> ModelParts:
     """torchvision's network for ``name`` with its weights (see the module docstring)."""
     weights = _weights(name)
     arch, _ = _split(name)
     file = WeightsFile.from_url(weights.url, size_mb=weights.meta.get("_file_size"))
-    path = fetch(file, offline=offline, progress=progress, what=name)
+    path = fetch(file, download=download, offline=offline, progress=progress, what=name)
     builder = _torchvision().models.get_model_builder(arch)
     with _reading_from(weights, path):
         module = builder(weights=weights, progress=False)

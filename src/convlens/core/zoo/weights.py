@@ -1,17 +1,19 @@
-"""Weights files of the catalogues: found in torch's hub cache, else downloaded into it.
+"""Weights files of the catalogues: found in torch's hub cache, else downloaded into it when
+asked.
 
 A catalogue model (:mod:`.catalogue`) names one :class:`WeightsFile`: where it can be fetched
 (``url``), the file name it has in the cache, and, for torchvision's files, the first hex
 digits of its SHA-256 (torchvision puts them in the file name, ``resnet50-11ad3fa6.pth``).
 :func:`fetch` looks for the file in torch's hub cache (``torch.hub.get_dir()/checkpoints``,
 i.e. ``$TORCH_HOME/hub/checkpoints``) and in the extra places the catalogue names (timm's
-Hugging Face cache); only when it is nowhere does it download, and only when downloads are
-allowed: ``CONVLENS_OFFLINE=1`` (or ``offline=True``, the CLI's ``--offline``) refuses with
-one line that says which file is missing and where it was expected. A download goes to a
-``.partial`` file beside its destination, is checked against the hash and only then renamed,
-so an interrupted download never leaves a file that looks complete. Progress is reported
-through a callback ``progress(done_bytes, total_bytes)`` (total 0 when the server does not
-say); the library never prints.
+Hugging Face cache). It downloads only when asked: ``download=True`` (``cl.load(name,
+download=True)``), ``CONVLENS_DOWNLOAD=1`` or the CLI's ``--download``; otherwise a missing
+file is refused with one line that says which file, where it was expected and how to fetch it.
+``CONVLENS_OFFLINE=1`` (or ``offline=True``, the CLI's ``--offline``) refuses even then. A
+download goes to a ``.partial`` file beside its destination, is checked against the hash and
+only then renamed, so an interrupted download never leaves a file that looks complete.
+Progress is reported through a callback ``progress(done_bytes, total_bytes)`` (total 0 when
+the server does not say); the library never prints.
 """
 
 from __future__ import annotations
@@ -31,12 +33,15 @@ from convlens.core.zoo.registry import MissingWeightsError
 
 Progress = Callable[[int, int], None]
 OFFLINE_ENV = "CONVLENS_OFFLINE"
+DOWNLOAD_ENV = "CONVLENS_DOWNLOAD"
+_TRUE = ("1", "true", "yes", "on")
 _CHUNK = 1 << 20
 _HASH_IN_NAME = re.compile(r"-([a-f0-9]{6,})\.")
 
 
 class OfflineError(MissingWeightsError):
-    """Weights that are not cached while downloads are off (``CONVLENS_OFFLINE=1``)."""
+    """Weights that are not cached and may not be downloaded: none was asked for, or
+    downloads are off (``CONVLENS_OFFLINE=1``)."""
 
 
 class DownloadError(MissingWeightsError):
@@ -69,7 +74,14 @@ def is_offline(offline: bool | None = None) -> bool:
     """``offline`` if given, else whether ``CONVLENS_OFFLINE`` is set to a true value."""
     if offline is not None:
         return bool(offline)
-    return os.environ.get(OFFLINE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() in _TRUE
+
+
+def wants_download(download: bool | None = None) -> bool:
+    """``download`` if given, else whether ``CONVLENS_DOWNLOAD`` is set to a true value."""
+    if download is not None:
+        return bool(download)
+    return os.environ.get(DOWNLOAD_ENV, "").strip().lower() in _TRUE
 
 
 def hub_checkpoints() -> Path:
@@ -88,12 +100,13 @@ def cached(weights: WeightsFile) -> Path | None:
 def fetch(
     weights: WeightsFile,
     *,
+    download: bool | None = None,
     offline: bool | None = None,
     progress: Progress | None = None,
     what: str = "",
 ) -> Path:
-    """The local path of ``weights``: cached, or downloaded into the hub cache when allowed
-    (see the module docstring). ``what`` names the model in messages."""
+    """The local path of ``weights``: cached, or downloaded into the hub cache when asked and
+    allowed (see the module docstring). ``what`` names the model in messages."""
     found = cached(weights)
     if found is not None:
         return found
@@ -104,11 +117,17 @@ def fetch(
             f"{label}: weights {weights.filename} are not in the hub cache ({destination}) "
             f"and downloads are off ({OFFLINE_ENV}=1 or --offline); fetch {weights.url} there"
         )
-    download(weights.url, destination, sha256=weights.sha256, progress=progress)
+    if not wants_download(download):
+        raise OfflineError(
+            f"{label}: weights {weights.filename} are not in the hub cache ({destination}); "
+            f"convlens downloads only when asked: load(..., download=True), "
+            f"`convlens --download ...` or {DOWNLOAD_ENV}=1 (from {weights.url})"
+        )
+    download_file(weights.url, destination, sha256=weights.sha256, progress=progress)
     return destination
 
 
-def download(
+def download_file(
     url: str, destination: Path, *, sha256: str | None = None, progress: Progress | None = None
 ) -> Path:
     """Download ``url`` to ``destination`` through a ``.partial`` file beside it; the SHA-256
