@@ -115,3 +115,43 @@ def test_occlusion_approximate_modes_from_the_form(page):
     text = _scale_text(page, "approximate")
     share, ssim = re.search(r"drilldown, (\d+)% of windows computed, SSIM (\S+)", text).groups()
     assert 25 <= int(share) < 100 and 0 < float(ssim) <= 1
+
+
+def test_occlusion_shows_its_coarse_passes_first(page):
+    """Issue 16: the occlusion panel answers before the map is done. While an exact occlusion
+    runs, its coarse passes (every 4th, then every 2nd row and column of windows) take the
+    frame, undimmed and named as a preview; the exact map replaces them."""
+    page.select_option("#method-select", "occlusion")
+    page.select_option("#setting-approximate", "none")
+    page.uncheck("#setting-exact_ssim")
+    page.fill("#setting-window", "4")
+    page.fill("#setting-stride", "1")  # 125 x 125 windows on the 128-px toon: seconds
+    page.evaluate(
+        """() => {
+          window.previews = [];
+          const frame = document.querySelector('#overlay-frame');
+          new MutationObserver(() => {
+            const status = document.querySelector('#explain-time').innerText;
+            if (frame.dataset.preview) window.previews.push([frame.dataset.preview, status,
+              frame.classList.contains('loading'), document.querySelector('#overlay').src]);
+          }).observe(frame, {attributes: true, attributeFilter: ['data-preview']});
+        }"""
+    )
+    page.click("#run-button")
+    page.wait_for_function(
+        "/preview from \\d+ % of windows · running… \\d+ %/"
+        ".test(document.querySelector('#explain-time').innerText)",
+        timeout=60_000,
+    )
+    page.wait_for_selector("#overlay[data-state='ready'][data-method='occlusion']", timeout=60_000)
+    previews = page.evaluate("window.previews")
+    assert previews, "no preview was shown"
+    shares = sorted({float(p[0]) for p in previews})
+    assert all(0 < s < 0.5 for s in shares), shares  # 7 % then 25 % of the windows
+    assert all(p[2] for p in previews)  # shown while the run goes on
+    assert page.locator("#overlay-frame").get_attribute("data-preview") is None
+    assert page.locator("#overlay").get_attribute("src") not in {p[3] for p in previews}
+    assert "preview" not in page.locator("#explain-time").inner_text()  # the compute time
+    # a run that is over has no preview to give
+    reply = page.request.get(page.url.split("#")[0] + "api/runs/nothing-here/preview.png")
+    assert reply.status == 404 and "no preview" in reply.text()

@@ -332,6 +332,44 @@ def test_drill_down_interpolates_the_coarse_grid_and_refines_the_largest():
     assert torch.equal(values[0, 2:6, 2:6], peaked[0, 2:6, 2:6])
 
 
+def test_a_preview_comes_first_and_leaves_the_map_as_it_is():
+    # the explorer shows the coarse pass while the rest computes (issue 16): every second row
+    # and column of windows first, exact there; the finished map is the one without a preview
+    model, x = _model(_randomised(Branchy(), 3)), _pictures(2, seed=4)
+    seen: list[cl.Attribution] = []
+    done: list[tuple[int, int]] = []
+    plain = occlusion(model, x, 1, window=6, stride=3)  # 10 x 10 windows per picture
+    shown = occlusion(
+        model, x, 1, window=6, stride=3, preview=seen.append,
+        progress=lambda d, t: done.append((d, t)),
+    )  # fmt: skip
+    torch.testing.assert_close(
+        shown.map, plain.map, rtol=0, atol=1e-5 * float(plain.map.abs().max())
+    )
+    assert "preview" not in shown.extras and "evaluated" not in shown.extras
+    coarsest, first = seen
+    assert coarsest.extras["preview"] == 16 / 100  # rows and columns 0, 4, 8 and the last
+    assert first.extras["preview"] == 36 / 100  # 0, 2, 4, 6, 8 and the last: no window twice
+    assert max(done) == (2 * 100, 2 * 100)  # windows computed, counted: none twice
+    torch.testing.assert_close(
+        coarsest.extras["window_drops"][:, ::4, ::4], first.extras["window_drops"][:, ::4, ::4]
+    )
+    coarse = first.extras["window_drops"][:, ::2, ::2]
+    torch.testing.assert_close(coarse, shown.extras["window_drops"][:, ::2, ::2], rtol=0, atol=1e-5)
+    # between them, the mean of the two computed neighbours
+    middle = first.extras["window_drops"][:, 1, ::2]
+    torch.testing.assert_close(middle, (coarse[:, 0] + coarse[:, 1]) / 2)
+    assert first.map.shape == shown.map.shape and not torch.equal(first.map, shown.map)
+    # a grid under 3 x 3 windows gets no preview; an approximate drill-down previews its own
+    # coarse pass
+    occlusion(model, x[:1], 1, window=16, stride=16, preview=seen.append)  # 2 x 2
+    assert len(seen) == 2
+    drilled = occlusion(
+        model, x[:1], 1, window=6, stride=3, approximate="drilldown", preview=seen.append
+    )
+    assert seen[-1].extras["preview"] == 0.36 and drilled.extras["evaluated"] > 0.36
+
+
 def test_approximate_modes_report_ssim_to_the_exact_map_on_a_real_picture(mobilenet):
     small = cl.Model(
         mobilenet.module, preprocess=Preprocessing(crop=112, resize=128), labels=mobilenet.labels

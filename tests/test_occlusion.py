@@ -505,6 +505,22 @@ def test_rise_is_deterministic_with_a_seed_and_a_generator():
     assert torch.equal(default.map, rise(model, x, [0, 1], seed=0, **options).map)
 
 
+def test_rise_previews_are_the_runs_on_the_first_masks():
+    # the masks come in blocks from the seed, so the preview after 128 (256) masks is the map
+    # of a run of 128 (256) masks; the finished map does not change
+    model = small_cnn(12)
+    x = images(2, 3, 12, 12, seed=9)
+    options = {"cell": 3, "p": 0.5, "seed": 3}
+    seen: list[cl.Attribution] = []
+    done = rise(model, x, [0, 1], masks=300, preview=seen.append, **options)
+    assert torch.equal(done.map, rise(model, x, [0, 1], masks=300, **options).map)
+    assert [a.extras["preview"] for a in seen] == [128 / 300, 256 / 300]
+    assert "preview" not in done.extras
+    for first, masks in zip(seen, (128, 256), strict=True):
+        torch.testing.assert_close(first.map, rise(model, x, [0, 1], masks=masks, **options).map)
+        assert first.extras["preview_of"] == "masks"
+
+
 def test_rise_batch_size_changes_nothing_and_bounds_every_forward(monkeypatch):
     # masks are drawn in blocks (16 here): 40 masks cross two block edges
     monkeypatch.setattr(rise_module, "MASK_BLOCK", 16)

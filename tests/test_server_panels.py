@@ -128,6 +128,7 @@ OPERATIONS = {
     ("get", "/api/models/{model}/layers"),  # the layer table panel
     ("get", "/api/runs/{run_id}"),  # a long request's progress (issue 18)
     ("delete", "/api/runs/{run_id}"),  # ... and its cancel
+    ("get", "/api/runs/{run_id}/preview.png"),  # ... and its first map (occlusion, issue 16)
     # the segmentation panel
     ("get", "/api/models/{model}/images/{image_id}/segmentation"),
     ("get", "/api/models/{model}/images/{image_id}/segmentation.png"),

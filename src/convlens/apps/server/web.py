@@ -39,8 +39,9 @@ EXPLORER_BATCH = 32  # copies per batch of the perturbation and sampling methods
 @dataclass
 class Run:
     """One request's model work: its progress (``done`` of ``total``), whether it is waiting
-    for the model or running, how long it waited and computed (seconds), and ``cancelled``,
-    which stops it at its next :meth:`progress` call."""
+    for the model or running, how long it waited and computed (seconds), a first result shown
+    while it goes (``preview``, from methods that give one, with ``previews`` counting them),
+    and ``cancelled``, which stops it at its next :meth:`progress` call."""
 
     what: str
     cancelled: threading.Event = field(default_factory=threading.Event)
@@ -49,11 +50,18 @@ class Run:
     status: str = "waiting"
     waited: float = 0.0
     computed: float = 0.0
+    preview: Any = None
+    previews: int = 0
 
     def progress(self, done: int, total: int) -> None:
         """The methods' ``progress`` callback: records it, and raises :class:`Cancelled` once
         the run is cancelled."""
         self.done, self.total = int(done), int(total)
+        self.check()
+
+    def show(self, result: Any) -> None:
+        """The methods' ``preview`` callback: keeps the first result for the page to fetch."""
+        self.preview, self.previews = result, self.previews + 1
         self.check()
 
     def check(self) -> None:
@@ -67,6 +75,7 @@ class Run:
             "done": self.done,
             "total": self.total,
             "waited_ms": round(self.waited * 1000),
+            "preview": self.previews,
         }
 
 
@@ -150,10 +159,13 @@ async def lane(state: ServerState, key: str, fn: Any) -> tuple[Any, threading.Lo
 
 def run_extras(fn: Any, settings: dict[str, Any], run: Run) -> dict[str, Any]:
     """What the explorer adds to a method's call: its progress (read at ``/api/runs/{id}``,
-    and where a cancelled run stops), and small batches when the request sets none, so that a
-    run whose client has gone stops within a moment."""
+    and where a cancelled run stops), its preview where it gives one (a first map, fetched at
+    ``/api/runs/{id}/preview.png`` while the run goes on), and small batches when the request
+    sets none, so that a run whose client has gone stops within a moment."""
     accepted = inspect.signature(fn).parameters
     extra: dict[str, Any] = {"progress": run.progress} if "progress" in accepted else {}
+    if "preview" in accepted:
+        extra["preview"] = run.show
     if "batch_size" in accepted and "batch_size" not in settings:
         extra["batch_size"] = EXPLORER_BATCH
     return extra

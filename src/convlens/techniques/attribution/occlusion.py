@@ -48,6 +48,7 @@ exact map's range as data range). RISE has no incremental path: its masks change
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable
@@ -58,7 +59,6 @@ import torch
 
 from convlens.core.hooks import preserved
 from convlens.core.model import Model
-from convlens.core.references import reference_setting
 from convlens.core.registry import spec
 from convlens.techniques.attribution.base import (
     Attribution,
@@ -81,7 +81,9 @@ from convlens.techniques.attribution.perturbation import (
     Fill,
     check_score,
     fill_for,
+    fill_settings,
     pair,
+    preview_extras,
     scored,
     scores_in_chunks,
 )
@@ -167,6 +169,7 @@ def occlusion(
     batch_size: int | None = None,
     memory_budget_mb: float | None = None,
     progress: Progress | None = None,
+    preview: Callable[[Attribution], None] | None = None,
 ) -> Attribution:
     """Occlusion map (N, H, W): for each pixel, the mean over the windows covering it of
     ``score(original) - score(occluded)`` (positive = the covered region was evidence for the
@@ -196,6 +199,14 @@ def occlusion(
         incremental runs their own, smaller, needs, on CUDA the device's free memory).
     progress:
         Called as ``progress(done, total)`` with the number of perturbed copies evaluated.
+    preview:
+        Called part way with first maps (:class:`Attribution`), coarse to fine: every fourth
+        row and column of windows computed (on grids of at least 9 x 9 windows), then every
+        second, the others interpolated between them as in the drill-down's coarse pass
+        (``extras["preview"]``: the share of windows computed). Each grid holds the one before,
+        so no window runs twice, and the map returned is the one a run without a preview
+        gives. Grids under 3 x 3 windows get none; an approximate drill-down previews its own
+        coarse pass.
 
     ``extras``: ``windows`` (rows, columns of window positions) and ``window_drops``
     (N, rows, columns), the score drop of each window (Zeiler & Fergus's coarse map);
@@ -221,29 +232,35 @@ def occlusion(
         model, x, fill_values, (wh, ww), (sh, sw), chosen, score, size, incremental,
         fast.get("cap"), batch_size is not None, memory_budget_mb, progress=progress,
     )  # fmt: skip
+    settings = {
+        "window": (wh, ww), "stride": (sh, sw), **fill_settings(fill, blur_sigma),
+        "score": score, "signed": True, **fast,
+    }  # fmt: skip
     with preserved(model.module):
         logits, original = scores_in_chunks(model, x, chosen, score, size)
         occluder.logits = logits
-        drops, extras = _window_drops(occluder, original, fast, exact_ssim)
-    settings = {
-        "window": (wh, ww),
-        "stride": (sh, sw),
-        "fill": reference_setting(fill),
-        "score": score,
-        "batch_size": occluder.size,
-        "signed": True,
-        **fast,
-    }
-    if isinstance(fill, str) and fill == "blur":
-        settings["blur_sigma"] = blur_sigma
+        result = functools.partial(_result, occluder, settings, batch)
+        coarse = None
+        if preview is not None:  # the coarse passes' maps, told apart by extras["preview"]
+            coarse = lambda d, done: preview(  # noqa: E731
+                result(d, preview_extras(done.double().mean(), "windows"))
+            )
+        drops, extras = _window_drops(occluder, original, fast, exact_ssim, coarse)
+    return result(drops, extras)
+
+
+def _result(
+    occluder: _Occluder, settings: dict[str, Any], batch: Any, drops: torch.Tensor, extras: Any
+) -> Attribution:
+    """The occlusion map of the window drops (N, rows, columns), as an :class:`Attribution`."""
     return make_attribution(
         _spread(drops, occluder.rows, occluder.cols),
         method="occlusion",
-        settings=settings,
-        model=model,
+        settings={**settings, "batch_size": occluder.size},
+        model=occluder.model,
         batch=batch,
-        target=chosen,
-        scores=logits,
+        target=occluder.target,
+        scores=occluder.logits,
         extras={"windows": tuple(drops.shape[1:]), "window_drops": drops.float(), **extras},
     )
 
@@ -368,11 +385,18 @@ class _Occluder:
 
 
 def _window_drops(
-    occluder: _Occluder, original: torch.Tensor, fast: dict[str, Any], exact_ssim: bool
+    occluder: _Occluder,
+    original: torch.Tensor,
+    fast: dict[str, Any],
+    exact_ssim: bool,
+    on_coarse: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """(N, nh, nw) float64 score drops of every window (exact, or as ``fast`` approximates
     them) and the result's extras: which path ran, and for an approximate mode the share of
-    windows computed and, with ``exact_ssim``, the SSIM to the exact map."""
+    windows computed and, with ``exact_ssim``, the SSIM to the exact map. ``on_coarse(drops,
+    computed)`` is called with the coarse passes' drops (see :func:`drill_down`): an exact run
+    given it computes every fourth, then every second row and column of windows first, then
+    the rest."""
     n, nh, nw = len(original), len(occluder.rows), len(occluder.cols)
     clean = original.cpu().double()
 
@@ -380,11 +404,14 @@ def _window_drops(
         return clean[jobs // (nh * nw)] - occluder.scores(jobs).cpu().double()
 
     extras: dict[str, Any] = {}
-    if fast.get("approximate") == "drilldown":
-        drops, done = drill_down(
-            drops_of, (n, nh, nw), fast["drill_factor"], fast["drill_fraction"]
-        )
-        extras["evaluated"] = float(done.double().mean())
+    coarse_first = on_coarse is not None and min(nh, nw) >= 3
+    if fast.get("approximate") == "drilldown" or coarse_first:
+        factor, fraction = fast.get("drill_factor", 2), fast.get("drill_fraction", 1.0)
+        # an exact run's preview: every 4th row and column of windows, then every 2nd
+        coarser = (4,) if not fast and min(nh, nw) >= 9 else ()
+        drops, done = drill_down(drops_of, (n, nh, nw), factor, fraction, on_coarse, coarser)
+        if fast:
+            extras["evaluated"] = float(done.double().mean())
         if occluder.progress is not None:
             occluder.progress(n * nh * nw, n * nh * nw)
     else:
@@ -422,8 +449,11 @@ def drill_down(
     grid: tuple[int, int, int],
     factor: int,
     fraction: float,
+    on_coarse: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
+    coarser: tuple[int, ...] = (),
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Krypton's adaptive drill-down on a grid of windows (approximate).
+    """Krypton's adaptive drill-down on a grid of windows (approximate; exact with
+    ``fraction=1``, which computes every window, the coarse ones first).
 
     ``evaluate(jobs)`` gives the (J,) results of the windows ``jobs`` (J,) long, indices into
     the flattened ``grid`` (N, rows, columns). First every ``factor``-th row and column of
@@ -431,18 +461,26 @@ def drill_down(
     interpolation of those. Then, per picture, the ``fraction`` of the remaining windows whose
     coarse cell varies most (the range of the four coarse results around them: the peaks and
     edges of every high region, where interpolation is least trustworthy) is evaluated exactly.
+    ``on_coarse(values, evaluated)`` is called with the coarse pass's results, before the rest;
+    with ``coarser`` factors (multiples of ``factor``, largest first), their grids run first,
+    each followed by ``on_coarse`` (a progressive preview: each grid holds the one before).
     Returns the results (N, rows, columns) float64 and which were evaluated (bool).
     """
     n, nh, nw = grid
-    coarse_rows, coarse_cols = _coarse(nh, factor), _coarse(nw, factor)
     done = torch.zeros(n, nh, nw, dtype=torch.bool)
-    done[:, coarse_rows[:, None], coarse_cols[None, :]] = True
     values = torch.zeros(n, nh, nw, dtype=torch.float64)
-    first = done.flatten().nonzero().squeeze(1)
-    values.view(-1)[first] = evaluate(first).double().cpu()
-    coarse = values[:, coarse_rows[:, None], coarse_cols[None, :]]
-    estimate = _interpolation(coarse_rows, nh) @ coarse @ _interpolation(coarse_cols, nw).T
-    values = torch.where(done, values, estimate)
+    for level in (*coarser, factor):  # each grid holds the coarser ones: only new windows run
+        coarse_rows, coarse_cols = _coarse(nh, level), _coarse(nw, level)
+        lattice = torch.zeros_like(done)
+        lattice[:, coarse_rows[:, None], coarse_cols[None, :]] = True
+        first = (lattice & ~done).flatten().nonzero().squeeze(1)
+        values.view(-1)[first] = evaluate(first).double().cpu()
+        done |= lattice
+        coarse = values[:, coarse_rows[:, None], coarse_cols[None, :]]
+        estimate = _interpolation(coarse_rows, nh) @ coarse @ _interpolation(coarse_cols, nw).T
+        values = torch.where(done, values, estimate)
+        if on_coarse is not None:
+            on_coarse(values.clone(), done.clone())
     (top, bottom), (left, right) = _cells(coarse_rows, nh), _cells(coarse_cols, nw)
     corners = torch.stack([coarse[:, r][:, :, c] for r in (top, bottom) for c in (left, right)])
     spread = corners.amax(0) - corners.amin(0)  # (N, rows, columns)

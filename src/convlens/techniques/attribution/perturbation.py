@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from convlens.core.model import Model
-from convlens.core.references import reference_input
+from convlens.core.references import reference_input, reference_setting
 from convlens.techniques.attribution.base import (
     Target,
     chunks,
@@ -71,3 +71,14 @@ def scores_in_chunks(
 def fill_for(model: Model, inputs: torch.Tensor, fill: Any, blur_sigma: float) -> torch.Tensor:
     """What perturbed pixels become, in input space, broadcastable to ``inputs``."""
     return reference_input(model, inputs, fill, what="fill", names=FILLS, blur_sigma=blur_sigma)
+
+
+def fill_settings(fill: Any, blur_sigma: float) -> dict[str, Any]:
+    """The ``fill`` setting as a result records it, with ``blur_sigma`` where it is used."""
+    blurred = isinstance(fill, str) and fill == "blur"
+    return {"fill": reference_setting(fill), **({"blur_sigma": blur_sigma} if blurred else {})}
+
+
+def preview_extras(share: float, of: str) -> dict[str, Any]:
+    """A preview's extras: the share of the work it holds, and of what (windows, masks)."""
+    return {"preview": float(share), "preview_of": of}

@@ -13,7 +13,6 @@ import torch
 
 from convlens.core.hooks import preserved
 from convlens.core.model import Model
-from convlens.core.references import reference_setting
 from convlens.core.registry import spec
 from convlens.techniques.attribution.base import (
     Attribution,
@@ -34,6 +33,8 @@ from convlens.techniques.attribution.perturbation import (
     Progress,
     check_score,
     fill_for,
+    fill_settings,
+    preview_extras,
     score_of,
     scores_in_chunks,
 )
@@ -74,6 +75,7 @@ def rise(
     batch_size: int | None = None,
     memory_budget_mb: float | None = None,
     progress: Progress | None = None,
+    preview: Callable[[Attribution], None] | None = None,
 ) -> Attribution:
     """RISE saliency (N, H, W): ``sum_i score_i * M_i / (masks * p)``, the expected score when
     a pixel is kept, divided by ``p``; non-negative for probabilities, in [0, 1] up to sampling
@@ -100,6 +102,10 @@ def rise(
         Masked copies per forward pass (default: what fits ``memory_budget_mb``).
     progress:
         Called as ``progress(done, total)`` with the number of masked copies evaluated.
+    preview:
+        Called part way with first maps (:class:`Attribution`): the same estimate from the
+        masks drawn so far, after 128, 256, 512, ... of them (``extras["preview"]``: the share
+        of the masks). The map returned is the one a run without a preview gives.
     """
     no_layer("rise", layer)
     batch = model.prepare(images)
@@ -117,6 +123,17 @@ def rise(
     up_w = _upsampling_matrix(cell, (cell + 1) * cell_w).to(x.device)
     shared_fill = fill_values.dim() < 4 or fill_values.shape[0] == 1
     fill_full = fill_values if shared_fill else fill_values.expand_as(x)
+    settings = {
+        "masks": masks, "cell": cell, "p": p, "seed": seed_setting,
+        **fill_settings(fill, blur_sigma), "score": score, "batch_size": size, "signed": False,
+    }  # fmt: skip
+
+    def _attribution(saliency: torch.Tensor, extras: dict[str, Any]) -> Attribution:
+        return make_attribution(
+            saliency, method="rise", settings=settings, model=model, batch=batch,
+            target=chosen, scores=logits, extras=extras,
+        )  # fmt: skip
+
     saliency = torch.zeros(n, height, width, dtype=torch.float32, device=x.device)
     done, total = 0, masks * n
     with preserved(model.module):
@@ -135,27 +152,12 @@ def rise(
             if progress is not None:
                 progress(done, total)
             saliency += torch.einsum("nb,bhw->nhw", block_scores.view(n, count), mask.float())
-    settings = {
-        "masks": masks,
-        "cell": cell,
-        "p": p,
-        "seed": seed_setting,
-        "fill": reference_setting(fill),
-        "score": score,
-        "batch_size": size,
-        "signed": False,
-    }
-    if isinstance(fill, str) and fill == "blur":
-        settings["blur_sigma"] = blur_sigma
-    return make_attribution(
-        saliency / (masks * p),
-        method="rise",
-        settings=settings,
-        model=model,
-        batch=batch,
-        target=chosen,
-        scores=logits,
-    )
+            drawn = block.stop  # a preview after 128, 256, 512, ... masks
+            if preview is not None and drawn < masks and drawn & (drawn - 1) == 0:
+                preview(
+                    _attribution(saliency / (drawn * p), preview_extras(drawn / masks, "masks"))
+                )
+    return _attribution(saliency / (masks * p), {})
 
 
 def _scores_of_block(

@@ -30,6 +30,7 @@ from convlens.apps.server.web import (
     work,
 )
 from convlens.apps.server.web import forward as forward_of
+from convlens.core.render import png_bytes
 from convlens.core.util import jsonable
 
 
@@ -62,21 +63,7 @@ def router(state: ServerState) -> APIRouter:
     async def methods() -> list[dict[str, Any]]:
         return [form.to_dict() for form in method_forms().values()]
 
-    @api.get("/api/runs/{run_id}")
-    async def run_progress(run_id: str) -> dict[str, Any]:
-        """A request's model work while it goes (an explanation, a box's or a region's):
-        waiting or running, ``done`` of ``total``."""
-        if run_id not in state.runs:
-            raise LookupError(f"no run {run_id[:64]!r} in progress")
-        return dict(state.runs[run_id].to_dict())
-
-    @api.delete("/api/runs/{run_id}")
-    async def cancel_run(run_id: str) -> dict[str, Any]:
-        """Stop a request's model work at its next progress report (its request gets 499)."""
-        if run_id not in state.runs:
-            raise LookupError(f"no run {run_id[:64]!r} in progress")
-        state.runs[run_id].cancelled.set()
-        return dict(state.runs[run_id].to_dict())
+    run_routes(api, state)
 
     async def attribution_of(
         model: str, image_id: str, method: str, request: Request
@@ -126,8 +113,6 @@ def router(state: ServerState) -> APIRouter:
         ``X-Wait-Ms``), ``X-Cached``, ``X-Target`` / ``X-Label`` and ``X-Score`` (the target's
         logit), ``X-Scale-Min`` / ``X-Scale-Max`` / ``X-Colormap`` (the colour bar), and
         method diagnostics (``X-Completeness-Error`` for Integrated Gradients)."""
-        from convlens.core.render import png_bytes
-
         scale = scale_of(request.query_params.get("scale"))
         attribution, run = await attribution_of(model, image_id, method, request)
         figure = await work(state, None, lambda: attribution.overlay(scale=scale))
@@ -154,6 +139,45 @@ def router(state: ServerState) -> APIRouter:
         }
 
     return api
+
+
+def run_routes(api: APIRouter, state: ServerState) -> None:
+    """A long request's model work while it goes (an explanation, a box's or a region's):
+    its progress, its first map and its cancel."""
+
+    @api.get("/api/runs/{run_id}")
+    async def run_progress(run_id: str) -> dict[str, Any]:
+        """A request's model work while it goes (an explanation, a box's or a region's):
+        waiting or running, ``done`` of ``total``."""
+        if run_id not in state.runs:
+            raise LookupError(f"no run {run_id[:64]!r} in progress")
+        return dict(state.runs[run_id].to_dict())
+
+    @api.get("/api/runs/{run_id}/preview.png")
+    async def run_preview(run_id: str, request: Request) -> Response:
+        """The latest first map of a run still going (occlusion's coarse passes, RISE from
+        the masks drawn so far), drawn as the finished map will be (``scale=vmin,vmax`` as
+        there); ``X-Preview`` the share of the work it holds, ``X-Preview-Of`` of what."""
+        run = state.runs.get(run_id)
+        if run is None or run.preview is None:
+            raise LookupError(f"no preview of a run {run_id[:64]!r} in progress")
+        first, scale = run.preview, scale_of(request.query_params.get("scale"))
+        figure = await work(state, None, lambda: first.overlay(scale=scale))
+        data = await work(state, None, lambda: png_bytes(figure.framed()))
+        headers = {**explanation_headers(first, None, figure.scale), **NO_STORE}
+        for told in ("X-Cached", "X-Approximate"):  # of the finished map, not of this one
+            headers.pop(told, None)
+        headers["X-Preview"] = f"{float(first.extras.get('preview', 1.0)):.3f}"
+        headers["X-Preview-Of"] = str(first.extras.get("preview_of", "the work"))
+        return Response(data, media_type=PNG, headers=headers)
+
+    @api.delete("/api/runs/{run_id}")
+    async def cancel_run(run_id: str) -> dict[str, Any]:
+        """Stop a request's model work at its next progress report (its request gets 499)."""
+        if run_id not in state.runs:
+            raise LookupError(f"no run {run_id[:64]!r} in progress")
+        state.runs[run_id].cancelled.set()
+        return dict(state.runs[run_id].to_dict())
 
 
 def scale_of(text: str | None) -> tuple[float, float] | None:

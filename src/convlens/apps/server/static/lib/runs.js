@@ -1,17 +1,20 @@
 // A request's model work while it goes (the server's Run, /api/runs/<id>): its progress in a
 // text element (waiting for the model, or done of total) and a Cancel button that stops it.
 // Every panel whose requests run long work shares this: the request carries `run=<id>` (from
-// begin()), and its outcome calls end(id), which says whether it was cancelled.
+// begin()), and its outcome calls end(id), which says whether it was cancelled. A run that
+// has a first result to show (occlusion's coarse pass) is handed to onPreview(id, run), whose
+// answer (a short text) is then shown before the progress.
 
 import { $ } from "./dom.js";
 
-const POLL_MS = 700;
+const POLL_MS = 250;
 let seq = 0;
 
 export class RunWatch {
-  // prefix: names the run ids; statusId: the element showing the progress; cancelId: the button
-  constructor(prefix, statusId, cancelId) {
-    Object.assign(this, { prefix, statusId, cancelId, id: null, timer: 0, cancelled: false });
+  // prefix: names the run ids; statusId: the element showing the progress; cancelId: the
+  // button; onPreview: async (id, run) => text, called once a run has a preview
+  constructor(prefix, statusId, cancelId, onPreview = null) {
+    Object.assign(this, { prefix, statusId, cancelId, onPreview, id: null, timer: 0, cancelled: false });
     $(cancelId).addEventListener("click", () => this.cancel());
   }
 
@@ -19,7 +22,7 @@ export class RunWatch {
   begin() {
     this.end(this.id);
     const id = `${this.prefix}-${++seq}-${Date.now().toString(36)}`;
-    Object.assign(this, { id, cancelled: false });
+    Object.assign(this, { id, cancelled: false, previewed: 0, note: "" });
     $(this.cancelId).hidden = false;
     $(this.statusId).textContent = "running…";
     this.timer = setInterval(() => this.poll(id), POLL_MS);
@@ -32,7 +35,13 @@ export class RunWatch {
     const run = await res.json();
     if (this.id !== id) return;
     const share = run.total ? ` ${Math.floor((100 * run.done) / run.total)} %` : "";
-    $(this.statusId).textContent = run.status === "waiting" ? "waiting for the model…" : `running…${share}`;
+    const text = run.status === "waiting" ? "waiting for the model…" : `running…${share}`;
+    $(this.statusId).textContent = `${this.note}${text}`;
+    if (this.onPreview && run.preview > this.previewed) {
+      this.previewed = run.preview;
+      const note = await this.onPreview(id, run).catch(() => "");
+      if (this.id === id && note) this.note = `${note} · `;
+    }
   }
 
   // the request of run `id` is over: stop following it; true when it was cancelled here
