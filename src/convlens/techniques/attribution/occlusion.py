@@ -44,6 +44,12 @@ whose coarse neighbours differ most (:func:`drill_down`); ``approximate="cap"`` 
 changed box at ``cap`` (0.5) of its map's side (Krypton's projective-field threshold; clean
 values outside). ``exact_ssim=True`` reports their SSIM to the exact map (signed maps, the
 exact map's range as data range). RISE has no incremental path: its masks change every pixel.
+
+Previews (``preview=``, the explorer's first maps): an exact occlusion given a ``preview``
+callback computes every 4th row and column of windows first, then every 2nd, then the rest,
+and hands over the map after each coarse pass (computed windows exact, the others
+interpolated), so a first map comes after 9 % of the work at 16/8 on 224 px; RISE hands over
+its estimate after 128, 256, 512, ... masks. Neither changes the map finally returned.
 """
 
 from __future__ import annotations
@@ -243,7 +249,7 @@ def occlusion(
         coarse = None
         if preview is not None:  # the coarse passes' maps, told apart by extras["preview"]
             coarse = lambda d, done: preview(  # noqa: E731
-                result(d, preview_extras(done.double().mean(), "windows"))
+                result(d, preview_extras(float(done.double().mean()), "windows"))
             )
         drops, extras = _window_drops(occluder, original, fast, exact_ssim, coarse)
     return result(drops, extras)

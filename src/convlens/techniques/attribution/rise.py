@@ -128,7 +128,7 @@ def rise(
         **fill_settings(fill, blur_sigma), "score": score, "batch_size": size, "signed": False,
     }  # fmt: skip
 
-    def _attribution(saliency: torch.Tensor, extras: dict[str, Any]) -> Attribution:
+    def attribution(saliency: torch.Tensor, extras: dict[str, Any]) -> Attribution:
         return make_attribution(
             saliency, method="rise", settings=settings, model=model, batch=batch,
             target=chosen, scores=logits, extras=extras,
@@ -154,10 +154,8 @@ def rise(
             saliency += torch.einsum("nb,bhw->nhw", block_scores.view(n, count), mask.float())
             drawn = block.stop  # a preview after 128, 256, 512, ... masks
             if preview is not None and drawn < masks and drawn & (drawn - 1) == 0:
-                preview(
-                    _attribution(saliency / (drawn * p), preview_extras(drawn / masks, "masks"))
-                )
-    return _attribution(saliency / (masks * p), {})
+                preview(attribution(saliency / (drawn * p), preview_extras(drawn / masks, "masks")))
+    return attribution(saliency / (masks * p), {})
 
 
 def _scores_of_block(
