@@ -60,7 +60,8 @@ class Run:
         self.check()
 
     def show(self, result: Any) -> None:
-        """The methods' ``preview`` callback: keeps the first result for the page to fetch."""
+        """The methods' ``preview`` callback: keeps the latest first map for the page to
+        fetch (``/api/runs/{id}/preview.png``); a cancelled run stops here too."""
         self.preview, self.previews = result, self.previews + 1
         self.check()
 

@@ -1,9 +1,9 @@
 // A request's model work while it goes (the server's Run, /api/runs/<id>): its progress in a
 // text element (waiting for the model, or done of total) and a Cancel button that stops it.
 // Every panel whose requests run long work shares this: the request carries `run=<id>` (from
-// begin()), and its outcome calls end(id), which says whether it was cancelled. A run that
-// has a first result to show (occlusion's coarse pass) is handed to onPreview(id, run), whose
-// answer (a short text) is then shown before the progress.
+// begin()), and its outcome calls end(id), which says whether it was cancelled. A run with a
+// new first map to show (occlusion's coarse passes, RISE's first masks) is handed to
+// onPreview(id, run), whose answer (a short text) is then shown before the progress.
 
 import { $ } from "./dom.js";
 
@@ -12,7 +12,7 @@ let seq = 0;
 
 export class RunWatch {
   // prefix: names the run ids; statusId: the element showing the progress; cancelId: the
-  // button; onPreview: async (id, run) => text, called once a run has a preview
+  // button; onPreview: async (id, run) => text, called for each new preview of a run
   constructor(prefix, statusId, cancelId, onPreview = null) {
     Object.assign(this, { prefix, statusId, cancelId, onPreview, id: null, timer: 0, cancelled: false });
     $(cancelId).addEventListener("click", () => this.cancel());
