@@ -2,8 +2,9 @@
 the explanation panel does (tests/test_browser_faces.py): the detection panel's D-RISE and the
 segmentation panel's RISE. While new settings compute, the map on show is marked stale (its
 frame dimmed); Cancel stops the work on the server (the model is free at once for the next
-request); the box map carries its colour bar. Debian's chromium, headless, against a server on
-a free loopback port."""
+request); the box map carries its colour bar. While they run, their first maps (D-RISE's and
+RISE's estimates from the first 128, 256, ... masks; issue 16) take the frame, named as
+previews. Debian's chromium, headless, against a server on a free loopback port."""
 
 from __future__ import annotations
 
@@ -35,21 +36,33 @@ def _text(page, selector: str) -> str:
     return str(page.locator(selector).inner_text())
 
 
-def _progress_then_cancel(page, state, prefix: str) -> None:
+def _progress_then_cancel(page, state, prefix: str, base: str, energy: str) -> None:
     """The panel's time shows ``running… N %`` from the server's run, the map on show stays
-    under it marked stale, and Cancel stops the run: the panel says ``cancelled`` and the
+    under it marked stale, then the run's first map (from its first masks) takes the frame,
+    named ``preview from N % of masks``, and is drawn by the panel's own route (its ``energy``
+    header); Cancel stops the run: the panel says ``cancelled``, no preview is left and the
     server's run is gone."""
     page.wait_for_function(
         f"/running… \\d+ %/.test(document.querySelector('#{prefix}-time').innerText)",
         timeout=60_000,
     )
+    page.wait_for_function(
+        f"/preview from \\d+ % of masks · running… \\d+ %/"
+        f".test(document.querySelector('#{prefix}-time').innerText)",
+        timeout=60_000,
+    )
+    frame = page.locator(f"#{prefix}-overlay-frame")
+    assert 0 < float(frame.get_attribute("data-preview")) < 0.5
     end = time.monotonic() + 10
     while len(state.runs) != 1 and time.monotonic() < end:  # a run given up for new settings
         time.sleep(0.05)  # stops at its next batch
     ((run_id, run),) = state.runs.items()
     assert run_id.startswith(prefix)
-    assert run.status == "running" and 0 < run.done < run.total
-    frame = page.locator(f"#{prefix}-overlay-frame")
+    assert run.status == "running" and 0 < run.done < run.total and run.previews >= 1
+    with urllib.request.urlopen(f"{base}/api/runs/{run_id}/preview.png", timeout=30) as reply:
+        assert reply.read().startswith(b"\x89PNG")
+        assert reply.headers["X-Preview-Of"] == "masks" and energy in reply.headers
+        assert 0 < float(reply.headers["X-Preview"]) < 0.5 and "X-Ms" not in reply.headers
     assert frame.get_attribute("data-state") == "loading"  # the old map, dimmed: stale
     assert "loading" in (frame.get_attribute("class") or "")
     assert page.locator(f"#{prefix}-overlay").get_attribute("src")  # ... but still shown
@@ -59,6 +72,7 @@ def _progress_then_cancel(page, state, prefix: str) -> None:
         f"document.querySelector('#{prefix}-time').innerText === 'cancelled'", timeout=30_000
     )
     assert not page.locator(f"#{prefix}-cancel").is_visible()
+    assert frame.get_attribute("data-preview") is None
     end = time.monotonic() + 10
     while state.runs and time.monotonic() < end:  # the request has ended on the server
         time.sleep(0.05)
@@ -101,7 +115,7 @@ def test_a_long_box_explanation_shows_progress_and_can_be_cancelled(served):
     page.fill("#box-setting-masks", "4000")
     page.press("#box-setting-masks", "Tab")  # its change event (once: Cancel's click does not
     # fire it again)
-    _progress_then_cancel(page, state, "box")
+    _progress_then_cancel(page, state, "box", base, "X-Energy-In-Box")
     assert "cancelled" in _text(page, "#box-energy")
     # the model is free at once: another box's Grad-CAM does not wait for D-RISE
     image_id = page.evaluate("document.querySelector('#detect-picture').dataset.image")
@@ -126,7 +140,7 @@ def test_a_long_region_explanation_shows_progress_and_can_be_cancelled(served):
     page.select_option("#region-method", "rise")
     page.fill("#region-setting-masks", "8000")
     page.press("#region-setting-masks", "Tab")
-    _progress_then_cancel(page, state, "region")
+    _progress_then_cancel(page, state, "region", base, "X-Energy-In-Region")
     page.locator("#segment-panel").screenshot(path=str(ARTIFACTS / "10-region-cancelled.png"))
     image_id = page.evaluate("document.querySelector('#segment-picture').dataset.image")
     path = f"/api/models/toon-segmenter/images/{image_id}/segmentation/explain/layercam.png"

@@ -167,8 +167,21 @@ def test_drise_explains_each_box_on_its_own_square(finder):
         other = _share(result.map, found[1 - index].box)
         assert own == pytest.approx(_share(result.map, result.target.box))
         assert own > 0.35 and own > 4 * other, (own, other)
-    again = DM.drise(finder, scene, 1, masks=300, cell=8, seed=0, batch_size=7)
+    shown: list[DM.BoxExplanation] = []
+    again = DM.drise(
+        finder, scene, 1, masks=300, cell=8, seed=0, batch_size=7, preview=shown.append
+    )
     torch.testing.assert_close(again.map, result.map)  # the masks do not depend on the batch
+    # first maps after 128 and 256 masks, each the map of a run with that many masks
+    assert [p.extras for p in shown] == [
+        {"preview": 128 / 300, "preview_of": "masks"},
+        {"preview": 256 / 300, "preview_of": "masks"},
+    ]
+    for first, masks in zip(shown, (128, 256), strict=True):
+        fewer = DM.drise(finder, scene, 1, masks=masks, cell=8, seed=0)
+        torch.testing.assert_close(first.map, fewer.map)
+        assert first.target == result.target and first.settings["masks"] == 300
+    assert again.extras == {}
     assert result.overlay().size == (384, 384)  # enlarged 6x: the tag stays small
     assert result.overlay(min_side=0).size == (64, 64)
     shown = result.overlay().scale  # its colour bar: the positive map's range, the box's score

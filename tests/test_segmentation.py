@@ -232,6 +232,37 @@ def test_region_rise_with_every_cell_kept_is_the_region_probability_everywhere()
     assert torch.allclose(result.map, torch.full((8, 8), probability), rtol=1e-5)
 
 
+def test_region_occlusion_and_rise_show_first_maps_while_they_run():
+    """The explorer's previews of a region: occlusion's coarse passes (every 4th, then every
+    2nd row and column of a 10 x 10 grid of windows: 16 %, then 36 %) and RISE's first 128
+    masks, each a RegionExplanation of the same region; the map returned is unchanged."""
+    x = picture(7, size=20)
+    k = 1
+    shown: list[R.RegionExplanation] = []
+    result = cl.explain(tiny(), x, "occlusion", target=k, window=2, stride=2, preview=shown.append)
+    plain = cl.explain(tiny(), x, "occlusion", target=k, window=2, stride=2)
+    torch.testing.assert_close(result.map, plain.map, atol=0, rtol=0)
+    assert [round(p.extras["preview"], 2) for p in shown] == [0.16, 0.36]
+    assert {p.extras["preview_of"] for p in shown} == {"windows"} and result.extras == {}
+    for first, lattice in zip(shown, [(0, 4, 8, 9), (0, 2, 4, 6, 8, 9)], strict=True):
+        assert (first.method, first.target, first.label) == ("occlusion", k, "red")
+        assert torch.equal(first.region, result.region)
+        for row in lattice:  # a window computed: exact there (window = stride: its pixels only)
+            for col in lattice:
+                block = (slice(2 * row, 2 * row + 2), slice(2 * col, 2 * col + 2))
+                torch.testing.assert_close(first.map[block], result.map[block])
+    assert not torch.allclose(shown[0].map, result.map, atol=1e-3)  # interpolated between
+    drawn: list[R.RegionExplanation] = []
+    rise = cl.explain(tiny(), x, "rise", target=k, masks=300, cell=4, preview=drawn.append)
+    assert [p.extras["preview"] for p in drawn] == [128 / 300, 256 / 300]
+    for first in drawn:  # each the map of a run with that many masks
+        fewer = cl.explain(
+            tiny(), x, "rise", target=k, masks=round(first.extras["preview"] * 300), cell=4
+        )
+        torch.testing.assert_close(first.map, fewer.map)
+    assert rise.extras == {} and first.energy_in_region() == pytest.approx(fewer.energy_in_region())
+
+
 def test_region_errors_say_what_was_expected():
     x = torch.zeros(1, 3, 8, 8)  # all background: no pixel labelled red
     with pytest.raises(ValueError, match="no pixel of this region is labelled 'red'"):

@@ -538,6 +538,7 @@ class ServerState:
         method: str,
         options: dict[str, Any],
         progress: Callable[[int, int], None] | None = None,
+        preview: Callable[[BoxExplanation], None] | None = None,
         *,
         locked: bool = False,
     ) -> tuple[BoxExplanation, float, bool]:
@@ -545,7 +546,8 @@ class ServerState:
         the seconds it took, and whether it came from the cache (:meth:`cached_box`).
         ``progress(done, total)`` follows D-RISE's batches (the explorer's :class:`Run`, which
         raises :class:`Cancelled` there once the page gave up, freeing the model for the next
-        request); ``locked``: the caller holds the model's lock."""
+        request), and ``preview`` gets its first maps; ``locked``: the caller holds the model's
+        lock."""
         from convlens.techniques.attribution.detection import explain_box
 
         detector = self.detector(key)
@@ -559,7 +561,8 @@ class ServerState:
             if progress is not None:
                 progress(0, 0)  # a run cancelled while it waited stops here
             start = time.perf_counter()
-            extra = {"progress": progress} if method == "drise" and progress else {}
+            given = {"progress": progress, "preview": preview}
+            extra = {k: v for k, v in given.items() if v} if method == "drise" else {}
             result = explain_box(detector, image, target, method, **options, **extra)
             if "batch_size" in options:
                 result.settings["batch_size"] = options["batch_size"]

@@ -16,7 +16,7 @@ import inspect
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -34,14 +34,17 @@ NO_STORE = {"Cache-Control": "no-store"}
 RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 POLL_S = 0.01  # how often a request waiting for a model's lock looks again
 EXPLORER_BATCH = 32  # copies per batch of the perturbation and sampling methods in the explorer
+# how a panel draws a run's first map: (PNG bytes, headers) from it and the request's query
+DrawPreview = Callable[[Any, Mapping[str, str]], tuple[bytes, dict[str, str]]]
 
 
 @dataclass
 class Run:
     """One request's model work: its progress (``done`` of ``total``), whether it is waiting
     for the model or running, how long it waited and computed (seconds), a first result shown
-    while it goes (``preview``, from methods that give one, with ``previews`` counting them),
-    and ``cancelled``, which stops it at its next :meth:`progress` call."""
+    while it goes (``preview``, from methods that give one, with ``previews`` counting them,
+    drawn by its panel's ``draw``; ``None``: as the explanation panel draws its maps), and
+    ``cancelled``, which stops it at its next :meth:`progress` call."""
 
     what: str
     cancelled: threading.Event = field(default_factory=threading.Event)
@@ -52,6 +55,7 @@ class Run:
     computed: float = 0.0
     preview: Any = None
     previews: int = 0
+    draw: DrawPreview | None = None
 
     def progress(self, done: int, total: int) -> None:
         """The methods' ``progress`` callback: records it, and raises :class:`Cancelled` once

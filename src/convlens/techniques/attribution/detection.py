@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -29,24 +29,29 @@ from convlens.core.util import jsonable
 from convlens.techniques.attribution import cam
 from convlens.techniques.attribution.base import (
     Explanation,
+    chunks,
     get_method,
     methods,
     no_layer,
     register,
 )
-from convlens.techniques.attribution.rise import rise_masks
+from convlens.techniques.attribution.perturbation import preview_extras
+from convlens.techniques.attribution.rise import MASK_BLOCK, rise_masks
 
 
 @dataclass(repr=False)
 class BoxExplanation(Explanation):
     """A saliency map (H, W) for one detection: where the pixels are that keep the detector
-    finding that box. ``map`` keeps its sign (negative: pixels whose presence hurts it)."""
+    finding that box. ``map`` keeps its sign (negative: pixels whose presence hurts it).
+    ``extras``: a first map's share of the work (``preview``, of ``preview_of``; see
+    :func:`drise`'s ``preview``)."""
 
     map: torch.Tensor
     target: Detection
     picture: Image.Image
     method: str
     settings: dict[str, Any]
+    extras: dict[str, Any] = field(default_factory=dict)
 
     def energy_in_box(self, box: Sequence[float] | None = None) -> float:
         """Share of the positive attribution inside the target box, or ``box`` (x0, y0, x1, y1)
@@ -185,6 +190,7 @@ def drise(
     batch_size: int = 32,
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
+    preview: Callable[[BoxExplanation], None] | None = None,
 ) -> BoxExplanation:
     """D-RISE (Petsiuk et al., CVPR 2021): explain one detection by random masking.
 
@@ -195,7 +201,10 @@ def drise(
     weighted average of the masks minus the average weight times the mean mask, so pixels that
     do not matter sit at 0 rather than at a baseline and the share inside the box is
     meaningful. ``target``: a detection or its index among ``detect(detector, image)``. The
-    same seed gives the same map.
+    same seed gives the same map, whatever the batch size: masks are drawn 128 at a time, so
+    the first ``k`` masks of a run are those of a run with ``k`` masks. ``preview`` gets the
+    map of the masks drawn so far after 128, 256, 512, ... of them (``extras["preview"]``:
+    their share), each the map of a run with that many masks.
     """
     no_layer("drise", layer)
     if masks < 1 or cell < 1 or not 0 < p < 1 or batch_size < 1:
@@ -208,41 +217,35 @@ def drise(
         raise ValueError(f"expected one picture, got {len(pixels)}")
     target = _resolve_box(detector, pixels, target)
     height, width = pixels.shape[-2:]
-    # every mask's grid and shift drawn up front, so a seed gives the same masks (and map)
-    # whatever the batch size
+    settings = {"masks": masks, "cell": cell, "p": p, "seed": seed}
     gen = torch.Generator().manual_seed(seed)
     step = (math.ceil(height / cell), math.ceil(width / cell))
-    all_grids = (torch.rand(masks, cell, cell, generator=gen) < p).float()
-    all_shifts = torch.stack(
-        [
-            torch.randint(step[0], (masks,), generator=gen),
-            torch.randint(step[1], (masks,), generator=gen),
-        ],
-        dim=1,
-    )
     total = torch.zeros(height, width, dtype=torch.float64)
     weighted = torch.zeros(height, width, dtype=torch.float64)
     weight_sum = 0.0
-    done = 0
-    while done < masks:
-        n = min(batch_size, masks - done)
-        grids, shifts = all_grids[done : done + n], all_shifts[done : done + n]
-        m = rise_masks(grids, shifts, (height, width))
-        w = _similarity(target, detector.raw(pixels * m.unsqueeze(1)))
-        weighted += torch.einsum("n,nhw->hw", w.double(), m.double())
-        total += m.double().sum(0)
-        weight_sum += float(w.sum())
-        done += n
-        if progress is not None:
-            progress(done, masks)
-    saliency = (weighted - weight_sum * total / masks) / masks
-    return BoxExplanation(
-        saliency.float(),
-        target,
-        pictures[0],
-        "drise",
-        {"masks": masks, "cell": cell, "p": p, "seed": seed},
-    )
+
+    def explanation(drawn: int, extras: dict[str, Any]) -> BoxExplanation:
+        saliency = (weighted - weight_sum * total / drawn) / drawn
+        return BoxExplanation(
+            saliency.float(), target, pictures[0], "drise", dict(settings), extras
+        )
+
+    for block in chunks(masks, MASK_BLOCK):  # drawn a block at a time: see above
+        count = block.stop - block.start
+        grids = (torch.rand(count, cell, cell, generator=gen) < p).float()
+        shifts = torch.stack([torch.randint(side, (count,), generator=gen) for side in step], 1)
+        for part in chunks(count, batch_size):
+            m = rise_masks(grids[part], shifts[part], (height, width))
+            w = _similarity(target, detector.raw(pixels * m.unsqueeze(1)))
+            weighted += torch.einsum("n,nhw->hw", w.double(), m.double())
+            total += m.double().sum(0)
+            weight_sum += float(w.sum())
+            if progress is not None:
+                progress(block.start + part.stop, masks)
+        drawn = block.stop
+        if preview is not None and drawn < masks and drawn & (drawn - 1) == 0:
+            preview(explanation(drawn, preview_extras(drawn / masks, "masks")))
+    return explanation(masks, {})
 
 
 # -- explaining one box: gradient CAMs -------------------------------------------------------------

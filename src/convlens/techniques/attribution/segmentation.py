@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -155,7 +155,9 @@ class RegionExplanation(Explanation):
     """A map (H, W) at the picture's size of where the evidence lies for labelling ``region``
     (H, W, bool) as class ``target`` (its name: ``label``). ``map`` keeps its sign (occlusion:
     negative where covering a window raises the score). ``layer_map``: the CAM at the layer's
-    resolution (CAMs only). ``score``: the region's score ``S`` on the unperturbed picture."""
+    resolution (CAMs only). ``score``: the region's score ``S`` on the unperturbed picture.
+    ``extras``: a first map's share of the work (``preview``, of ``preview_of``; see
+    :func:`region_occlusion`'s ``preview``)."""
 
     map: torch.Tensor
     region: torch.Tensor
@@ -166,6 +168,7 @@ class RegionExplanation(Explanation):
     settings: dict[str, Any]
     score: float
     layer_map: torch.Tensor | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
 
     def energy_in_mask(self, mask: Any) -> float:
         """Share of the positive attribution inside ``mask`` (H, W, bool): 1 = all of it; NaN
@@ -515,7 +518,18 @@ def _perturbed(name: str, found: Any, problem: _Problem) -> RegionExplanation:
         name,
         settings,
         float(found.scores[0]),
+        extras={k: v for k, v in found.extras.items() if k in ("preview", "preview_of")},
     )
+
+
+def _previews(
+    name: str, preview: Callable[[RegionExplanation], None] | None, problem: _Problem
+) -> Callable[[Any], None] | None:
+    """The classifier method's ``preview`` callback, handing ``preview`` each first map as a
+    :class:`RegionExplanation` of the region (``None`` without one)."""
+    if preview is None:
+        return None
+    return lambda found: preview(_perturbed(name, found, problem))
 
 
 @register(
@@ -544,12 +558,15 @@ def region_occlusion(
     batch_size: int | None = None,
     memory_budget_mb: float | None = None,
     progress: Progress | None = None,
+    preview: Callable[[RegionExplanation], None] | None = None,
 ) -> RegionExplanation:
     """Occlusion (:func:`~.occlusion.occlusion`) of the region score: for each pixel, the mean
     over the windows covering it of ``S(picture) - S(picture with the window filled)``. Fills
     are in pixel space (``"zero"`` and ``"black"``: black; ``"mean"``, ``"blur"``, an (r, g, b)
     colour in [0, 1]); ``score="probability"`` sums the class probability over the region.
-    Networks that ``torch.fx`` traces run incrementally (``settings["path"]`` says which ran)."""
+    Networks that ``torch.fx`` traces run incrementally (``settings["path"]`` says which ran).
+    ``preview`` gets first maps while it runs, as occlusion's (every 4th, then every 2nd row
+    and column of windows; ``extras["preview"]``: their share); the map returned is the same."""
     if layer is not None:
         raise ValueError(f"occlusion explains the picture and takes no layer, got {layer!r}")
     problem = _problem(segmenter, images, target, region)
@@ -557,6 +574,7 @@ def region_occlusion(
         problem.model, problem.pixels, problem.score, window=window, stride=stride, fill=fill,
         blur_sigma=blur_sigma, score=score, incremental=incremental, batch_size=batch_size,
         memory_budget_mb=memory_budget_mb, progress=progress,
+        preview=_previews("occlusion", preview, problem),
     )  # fmt: skip
     return _perturbed("occlusion", found, problem)
 
@@ -588,12 +606,14 @@ def region_rise(
     batch_size: int | None = None,
     memory_budget_mb: float | None = None,
     progress: Progress | None = None,
+    preview: Callable[[RegionExplanation], None] | None = None,
 ) -> RegionExplanation:
     """RISE (Petsiuk et al. 2018, :func:`~.rise.rise`) of the region score: random ``cell`` x
     ``cell`` masks (cells kept with probability ``p``) weighted by ``S`` of the masked picture,
     here the class probability summed over the region (``score``), divided by ``masks * p``.
     Pixels that do not matter sit at the average score, not at 0, so
-    :meth:`RegionExplanation.energy_in_mask` of RISE maps includes that floor."""
+    :meth:`RegionExplanation.energy_in_mask` of RISE maps includes that floor. ``preview``
+    gets the estimate after 128, 256, 512, ... masks (each the map of a run with that many)."""
     if layer is not None:
         raise ValueError(f"rise explains the picture and takes no layer, got {layer!r}")
     problem = _problem(segmenter, images, target, region)
@@ -601,6 +621,7 @@ def region_rise(
         problem.model, problem.pixels, problem.score, masks=masks, cell=cell, p=p, fill=fill,
         blur_sigma=blur_sigma, score=score, seed=seed, batch_size=batch_size,
         memory_budget_mb=memory_budget_mb, progress=progress,
+        preview=_previews("rise", preview, problem),
     )  # fmt: skip
     return _perturbed("rise", found, problem)
 

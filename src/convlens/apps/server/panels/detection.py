@@ -134,13 +134,32 @@ async def box_explanation_of(
     # its next batch, which frees the model for the next request
 
     def compute(run: Run) -> tuple[Any, float, bool]:
+        run.draw = lambda first, _query: box_png(first)  # D-RISE's first maps
         return state.explain_box(
-            model, image_id, target, method, settings, run.progress, locked=True
+            model, image_id, target, method, settings, run.progress, run.show, locked=True
         )
 
     what = f"{method} of box {index} on {image_id}"
     result, _ = await cancellable(state, request, model, what, compute)
     return result
+
+
+def box_png(explanation: Any) -> tuple[bytes, dict[str, str]]:
+    """A box's map over the picture with the box drawn and its colour bar below (as the
+    explanation panel's: :meth:`~convlens.core.render.Figure.framed`), and the headers the
+    page shows beside it: the colour bar's range, the energy in the box, the peak."""
+    from convlens.core.render import png_bytes
+
+    figure = explanation.overlay()
+    energy = explanation.energy_in_box()
+    x, y = explanation.peak()
+    headers = {
+        "X-Scale-Min": f"{figure.scale.vmin:.4g}" if figure.scale else "",
+        "X-Scale-Max": f"{figure.scale.vmax:.4g}" if figure.scale else "",
+        "X-Energy-In-Box": "nan" if math.isnan(energy) else f"{energy:.6f}",
+        "X-Peak": f"{x},{y}",
+    }
+    return png_bytes(figure.framed()), headers
 
 
 def router(state: ServerState) -> APIRouter:
@@ -217,21 +236,13 @@ def _box_explanations(api: APIRouter, state: ServerState) -> None:
         (share of the positive attribution inside the box), ``X-Peak`` (x,y), ``X-Ms``
         (compute time), ``X-Cache`` (hit or miss), ``X-Scale-Min`` / ``X-Scale-Max`` (the jet
         map's range)."""
-        from convlens.core.render import png_bytes
-
         thresholds = (score_threshold, iou_threshold, max_detections)
         explanation, seconds, cached = await box_explanation_of(
             state, model, image_id, index, method, thresholds, request
         )
-        figure = await work(state, None, explanation.overlay)
-        data = await work(state, None, lambda: png_bytes(figure.framed()))  # its colour bar below
-        energy = explanation.energy_in_box()
-        x, y = explanation.peak()
+        data, drawn = await work(state, None, lambda: box_png(explanation))
         headers = {
-            "X-Scale-Min": f"{figure.scale.vmin:.4g}" if figure.scale else "",
-            "X-Scale-Max": f"{figure.scale.vmax:.4g}" if figure.scale else "",
-            "X-Energy-In-Box": "nan" if math.isnan(energy) else f"{energy:.6f}",
-            "X-Peak": f"{x},{y}",
+            **drawn,
             "X-Ms": f"{seconds * 1000:.0f}",
             "X-Cache": "hit" if cached else "miss",
             **NO_STORE,

@@ -9,6 +9,7 @@ new method shows up here with no change; ``/api/methods`` lists them for the pag
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -161,12 +162,9 @@ def run_routes(api: APIRouter, state: ServerState) -> None:
         run = state.runs.get(run_id)
         if run is None or run.preview is None:
             raise LookupError(f"no preview of a run {run_id[:64]!r} in progress")
-        first, scale = run.preview, scale_of(request.query_params.get("scale"))
-        figure = await work(state, None, lambda: first.overlay(scale=scale))
-        data = await work(state, None, lambda: png_bytes(figure.framed()))
-        headers = {**explanation_headers(first, None, figure.scale), **NO_STORE}
-        for told in ("X-Cached", "X-Approximate"):  # of the finished map, not of this one
-            headers.pop(told, None)
+        first, draw = run.preview, run.draw or preview_png  # a box's or a region's: their own
+        data, headers = await work(state, None, lambda: draw(first, request.query_params))
+        headers.update(NO_STORE)
         headers["X-Preview"] = f"{float(first.extras.get('preview', 1.0)):.3f}"
         headers["X-Preview-Of"] = str(first.extras.get("preview_of", "the work"))
         return Response(data, media_type=PNG, headers=headers)
@@ -178,6 +176,16 @@ def run_routes(api: APIRouter, state: ServerState) -> None:
             raise LookupError(f"no run {run_id[:64]!r} in progress")
         state.runs[run_id].cancelled.set()
         return dict(state.runs[run_id].to_dict())
+
+
+def preview_png(first: Any, query: Mapping[str, str]) -> tuple[bytes, dict[str, str]]:
+    """A run's first map drawn as the finished one will be (``scale=vmin,vmax`` as there),
+    with the headers the page shows beside it."""
+    figure = first.overlay(scale=scale_of(query.get("scale")))
+    headers = explanation_headers(first, None, figure.scale)
+    for told in ("X-Cached", "X-Approximate"):  # of the finished map, not of this one
+        headers.pop(told, None)
+    return png_bytes(figure.framed()), headers
 
 
 def scale_of(text: str | None) -> tuple[float, float] | None:

@@ -272,11 +272,28 @@ async def _explained(
         return hit
 
     def compute(run: Run) -> tuple[Any, float, bool]:
+        run.draw = lambda first, _query: region_png(first)  # occlusion's and RISE's first maps
         return panel.explain(model, image_id, method, query, run, locked=True)
 
     what = f"{method} of a region of {image_id}"
     result, _ = await cancellable(state, request, model, what, compute)
     return result
+
+
+def region_png(result: Any) -> tuple[bytes, dict[str, str]]:
+    """A region's map over the picture with its outline, and the headers the page shows
+    beside it: the energy in the region, the class, the region's pixels, the peak."""
+    from convlens.core.render import png_bytes
+
+    energy = result.energy_in_region()
+    x, y = result.peak()
+    headers = {
+        "X-Energy-In-Region": "nan" if math.isnan(energy) else f"{energy:.6f}",
+        "X-Class": result.label,
+        "X-Region-Pixels": str(int(result.region.sum())),
+        "X-Peak": f"{x},{y}",
+    }
+    return png_bytes(result.overlay(min_side=0)), headers
 
 
 def router(state: ServerState) -> APIRouter:
@@ -337,17 +354,10 @@ def router(state: ServerState) -> APIRouter:
         picture with the region's outline. Headers: ``X-Energy-In-Region`` (share of the
         positive attribution inside the region), ``X-Class``, ``X-Region-Pixels``,
         ``X-Peak`` (x,y), ``X-Ms``, ``X-Cache``."""
-        from convlens.core.render import png_bytes
-
         result, seconds, cached = await _explained(state, panel, model, image_id, method, request)
-        data = await work(state, None, lambda: png_bytes(result.overlay(min_side=0)))
-        energy = result.energy_in_region()
-        x, y = result.peak()
+        data, drawn = await work(state, None, lambda: region_png(result))
         headers = {
-            "X-Energy-In-Region": "nan" if math.isnan(energy) else f"{energy:.6f}",
-            "X-Class": result.label,
-            "X-Region-Pixels": str(int(result.region.sum())),
-            "X-Peak": f"{x},{y}",
+            **drawn,
             "X-Ms": f"{seconds * 1000:.0f}",
             "X-Cache": "hit" if cached else "miss",
             **NO_STORE,

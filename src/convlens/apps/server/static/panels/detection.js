@@ -421,7 +421,8 @@ export function mount() {
   $("box-method").addEventListener("change", (e) => setBoxMethod(e.target.value));
   $("box-settings").addEventListener("change", onBoxSettingChanged);
   $("box-run").addEventListener("click", runBoxExplain);
-  shown.watch = new RunWatch("box", "box-time", "box-cancel");
+  // D-RISE's first maps take the frame while it runs
+  shown.watch = new RunWatch("box", "box-time", "box-cancel", { image: "box-overlay" });
   $("detect-boxes").addEventListener("keydown", onBoxKey);
   $("box-overlay").addEventListener("click", openFullSize);
   on("model", setModel);

@@ -1,7 +1,7 @@
 // The explanation panel: any registered attribution method (/api/methods: the method table,
 // each setting a form control) on the picture, for the top-1 class or a chosen one.
 
-import { api, imageBase, loadList, seg } from "../lib/api.js";
+import { imageBase, loadList, seg } from "../lib/api.js";
 import { $, el, fillSelect, humanize, formatMs, mount as put, openFullSize, showError } from "../lib/dom.js";
 import { FAMILY_LABELS, readSettings, renderSettings } from "../lib/forms.js";
 import { RunWatch } from "../lib/runs.js";
@@ -59,7 +59,6 @@ let timer = 0;
 let watch = null; // the request in flight: its progress and its Cancel button (mount())
 let shownScale = null; // [vmin, vmax] of the map on show (its colour bar)
 let heldScale = null; // the range the next maps are drawn on, while "Keep this scale" is ticked
-let previewUrl = null; // the object URL of a run's first map while it is on show
 
 function renderMethodOptions() {
   const groups = new Map();
@@ -161,7 +160,6 @@ function runExplain() {
   // its progress at /api/runs/<id>, and its cancel; the previous map stays dimmed under it
   // (the frame's loading state) until it is done
   const runId = watch.begin();
-  delete $("overlay-frame").dataset.preview; // a first map still on show is now only stale
   params.set("run", runId);
   const query = params.toString();
   const url = `${imageBase()}/explain/${seg(method.name)}.png${query ? `?${query}` : ""}`;
@@ -172,7 +170,6 @@ function runExplain() {
     meta: { method: name, target: target.index == null ? "top-1" : String(target.index) },
     onLoad: (res, ms) => {
       watch.end(runId);
-      dropPreview();
       const compute = parseFloat(res.headers.get("X-Ms") || ""); // the server's own compute time
       const total = formatMs(ms);
       $("explain-time").textContent = Number.isFinite(compute) ? `${formatMs(compute)} (${total} total)` : total;
@@ -180,37 +177,10 @@ function runExplain() {
     },
     onError: (message) => {
       const cancelled = watch.end(runId);
-      dropPreview();
       $("explain-time").textContent = cancelled ? "cancelled" : "failed";
       if (!cancelled) showError(`Explanation (${name}): ${message}`);
     },
   });
-}
-
-// a run's first map (occlusion's coarse passes, RISE's first masks) in place of the old one
-// until the run is done
-async function showPreview(id) {
-  const query = heldScale ? `?scale=${heldScale.join(",")}` : "";
-  const res = await api(`/api/runs/${encodeURIComponent(id)}/preview.png${query}`);
-  const url = URL.createObjectURL(await res.blob());
-  if (watch.id !== id) {
-    URL.revokeObjectURL(url);
-    return "";
-  }
-  dropPreview();
-  previewUrl = url;
-  $("overlay").src = url;
-  $("overlay-frame").dataset.preview = res.headers.get("X-Preview") || "";
-  showScale(res.headers);
-  const share = parseFloat(res.headers.get("X-Preview") || "");
-  const of = res.headers.get("X-Preview-Of") || "the work";
-  return Number.isFinite(share) ? `preview from ${Math.round(100 * share)} % of ${of}` : "preview";
-}
-
-function dropPreview() {
-  delete $("overlay-frame").dataset.preview;
-  if (previewUrl) URL.revokeObjectURL(previewUrl);
-  previewUrl = null;
 }
 
 function showScale(headers) {
@@ -249,7 +219,13 @@ export function mount() {
   classInput.addEventListener("keydown", (e) => e.key === "Enter" && runExplain());
   $("run-button").addEventListener("click", runExplain);
   $("hold-scale").addEventListener("change", holdScale);
-  watch = new RunWatch("explain", "explain-time", "explain-cancel", showPreview);
+  // a run's first maps (occlusion's coarse passes, RISE's first masks) take the frame while
+  // it goes, drawn on the kept scale
+  watch = new RunWatch("explain", "explain-time", "explain-cancel", {
+    image: "overlay",
+    query: () => (heldScale ? `?scale=${heldScale.join(",")}` : ""),
+    onShown: (res) => showScale(res.headers),
+  });
   $("overlay").addEventListener("click", openFullSize);
   on("model", setModel);
   on("image", () => !isClassifier() || scheduleExplain(0));

@@ -226,7 +226,8 @@ export function mount() {
   $("region-method").addEventListener("change", (e) => setMethod(e.target.value));
   $("region-settings").addEventListener("change", onSettingChanged);
   $("region-overlay").addEventListener("click", openFullSize);
-  shown.watch = new RunWatch("region", "region-time", "region-cancel");
+  // occlusion's and RISE's first maps take the frame while they run
+  shown.watch = new RunWatch("region", "region-time", "region-cancel", { image: "region-overlay" });
   on("model", setModel);
   on("image", () => isSegmenter() && showPicture());
 }
