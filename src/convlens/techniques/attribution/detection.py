@@ -202,9 +202,9 @@ def drise(
     do not matter sit at 0 rather than at a baseline and the share inside the box is
     meaningful. ``target``: a detection or its index among ``detect(detector, image)``. The
     same seed gives the same map, whatever the batch size: masks are drawn 128 at a time, so
-    the first ``k`` masks of a run are those of a run with ``k`` masks. ``preview`` gets the
-    map of the masks drawn so far after 128, 256, 512, ... of them (``extras["preview"]``:
-    their share), each the map of a run with that many masks.
+    the first ``128 k`` masks of a run are those of a run with ``128 k`` masks. ``preview``
+    gets the map of the masks drawn so far after 128, 256, 512, ... of them
+    (``extras["preview"]``: their share), each the map of a run with that many masks.
     """
     no_layer("drise", layer)
     if masks < 1 or cell < 1 or not 0 < p < 1 or batch_size < 1:
