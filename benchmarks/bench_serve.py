@@ -15,6 +15,10 @@ changed), so no request is served from the cache of an earlier one.
    predictions, the explanation request with a run id; the client polls the run as the page
    does (every 250 ms) and fetches the first map (the coarse pass) once the run has one. Times
    to that first map on the client and to the exact map.
+6. The same for the detection and segmentation panels (toon detector and segmenter, served
+   beside MobileNetV2, on a crowd frame not seen before): D-RISE of the first box at the
+   explorer's default (500 masks; its first map after 128), and the region occlusion 16/8 and
+   region RISE (the explorer's 250 masks) of the frame's largest class.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ CLIENTS = 4
 PER_CLIENT = 5
 OCCLUSIONS = 5
 PAGE_POLL_S = 0.25  # static/lib/runs.js: POLL_MS
+MODELS = ("mobilenet_v2", "toon-detector", "toon-segmenter")
 
 
 def _pictures(n: int, seed: int) -> list[bytes]:
@@ -60,7 +65,7 @@ def _serve(port: int):
     from convlens.apps.server import ServerConfig, ServerState, create_app
 
     state = ServerState.start(
-        ServerConfig(models=["mobilenet_v2"], port=port, data_dir=tempfile.mkdtemp())
+        ServerConfig(models=[*MODELS], port=port, data_dir=tempfile.mkdtemp())
     )
     server = uvicorn.Server(
         uvicorn.Config(create_app(state), host="127.0.0.1", port=port, log_level="warning")
@@ -92,10 +97,16 @@ def _occlusion_flow(client, data: bytes, run: str) -> tuple[float, float, float]
     reply.raise_for_status()
     base = f"/api/models/mobilenet_v2/images/{reply.json()['id']}"
     client.get(f"{base}/predictions").raise_for_status()
+    return _first_map(client, f"{base}/explain/occlusion.png?window=16&stride=8", run)
+
+
+def _first_map(client, path: str, run: str) -> tuple[float, float, float]:
+    """GET ``path`` as run ``run`` while polling the run as the page does: (seconds to its
+    first map on the client, to the finished map, the first map's share of the work)."""
     done: list[float] = []
 
     def exact() -> None:
-        client.get(f"{base}/explain/occlusion.png?window=16&stride=8&run={run}").raise_for_status()
+        client.get(f"{path}&run={run}").raise_for_status()
         done.append(time.perf_counter())
 
     start = time.perf_counter()
@@ -112,6 +123,35 @@ def _occlusion_flow(client, data: bytes, run: str) -> tuple[float, float, float]
             break
     thread.join()
     return first, done[0] - start, share
+
+
+def _toon_flows(client, data: bytes, run: str) -> dict[str, tuple[float, float, float]]:
+    """Case 6 on one crowd frame: D-RISE of its first box, and the region occlusion and RISE
+    of its largest class (each after the detections or the segmentation are cached)."""
+    out = {}
+    for model in ("toon-detector", "toon-segmenter"):
+        reply = client.post("/api/images", files={"file": ("c.png", data, "image/png")})
+        reply.raise_for_status()
+        base = f"/api/models/{model}/images/{reply.json()['id']}"
+        if model == "toon-detector":
+            client.get(f"{base}/detections").raise_for_status()
+            path = f"{base}/detections/0/explain/drise.png?masks=500"
+            out["D-RISE"] = _first_map(client, path, f"{run}-box")
+            continue
+        classes = client.get(f"{base}/segmentation").json()["classes"]
+        largest = max((c for c in classes if c["index"] != 0), key=lambda c: c["pixels"])
+        for method, query in (("occlusion", "window=16&stride=8"), ("rise", "masks=250")):
+            path = f"{base}/segmentation/explain/{method}.png?target={largest['index']}&{query}"
+            out[f"region {method}"] = _first_map(client, path, f"{run}-{method}")
+    return out
+
+
+def _toon_frames(n: int) -> list[bytes]:
+    from convlens.core.render import png_bytes
+    from convlens.data import toons
+
+    frames = toons.generate(n, variant="crowd", split="test", seed=21, size=128)
+    return [png_bytes(pixels) for pixels in frames.pixels]
 
 
 def _floor(model: cl.Model, data: bytes, layer: str) -> float:
@@ -160,6 +200,10 @@ def run(repeats: int = 1) -> list[Row]:
                 _occlusion_flow(client, data, f"bench-{k}")
                 for k, data in enumerate(_pictures(OCCLUSIONS + 1, 7))
             ][1:]
+            toon = [
+                _toon_flows(client, data, f"toon-{k}") for k, data in enumerate(_toon_frames(4))
+            ]
+            toon = toon[1:]  # the first makes the long lanes
 
         def one_client(seed: int) -> list[float]:
             with httpx.Client(base_url=url, timeout=120) as c:
@@ -187,6 +231,12 @@ def run(repeats: int = 1) -> list[Row]:
         ),
         "occlusion 16/8: the exact map, median": (statistics.median(o[1] for o in occluded), None),
     }
+    for case in toon[0]:
+        summary[f"{case}: first map, median"] = (statistics.median(t[case][0] for t in toon), None)
+        summary[f"{case}: finished map, median"] = (
+            statistics.median(t[case][1] for t in toon),
+            None,
+        )
     print(f"  occlusion's first map holds {occluded[0][2]:.0%} of the windows", flush=True)
     for case, (seconds, target) in summary.items():
         met = "" if target is None else f" (target < {target * 1000:.0f} ms: "
