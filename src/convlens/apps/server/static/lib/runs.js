@@ -60,9 +60,10 @@ export class RunWatch {
       URL.revokeObjectURL(url);
       return "";
     }
-    this.dropPreview();
-    this.previewUrl = url;
+    const before = this.previewUrl;
     $(this.preview.image).src = url;
+    this.previewUrl = url;
+    if (before) URL.revokeObjectURL(before); // no longer on show
     if (this.frame) {
       this.frame.dataset.preview = res.headers.get("X-Preview") || "";
       const message = this.frame.querySelector(".frame-msg"); // "Loading…" of an empty frame
@@ -74,12 +75,15 @@ export class RunWatch {
     return Number.isFinite(part) ? `preview from ${Math.round(100 * part)} % of ${of}` : "preview";
   }
 
-  // the first map on show is no longer one (its run is over; the finished map or the
-  // frame's error takes its place)
+  // the first map on show is no longer one (its run is over). Its object URL is let go once
+  // the <img> shows something else: a run given up for new settings leaves it on show,
+  // dimmed, until the new map comes, and "open at full size" must still find it
   dropPreview() {
     if (this.frame) delete this.frame.dataset.preview;
-    if (this.previewUrl) URL.revokeObjectURL(this.previewUrl);
-    this.previewUrl = null;
+    if (this.previewUrl && $(this.preview.image).src !== this.previewUrl) {
+      URL.revokeObjectURL(this.previewUrl);
+      this.previewUrl = null;
+    }
   }
 
   // the request of run `id` is over: stop following it; true when it was cancelled here
