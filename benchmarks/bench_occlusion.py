@@ -28,9 +28,11 @@ variants in a shuffled order each round. Rows: each variant's time and ratio to 
 with the issue's targets (exact <= 1/3 on VGG-16 and ResNet-18, <= 1/2 on MobileNetV2 and
 ResNet-50; approximate <= 1/10); the largest |exact - plain| over the plain map's peak (target
 <= 1e-4); the approximate maps' SSIM to the exact one (target >= 0.9, on the signed maps with
-the exact map's range as data range, 7x7 window, :func:`convlens.core.stats.ssim`); and how
-many times fewer floating-point operations one window's boxes take than a forward pass (the
-bound on the exact path's lead at equal efficiency per operation).
+the exact map's range as data range, 7x7 window, :func:`convlens.core.stats.ssim`); the share
+of windows an oracle drill-down needs for SSIM 0.9 (:func:`_oracle_share`: the bound on every
+drill-down's ratio); and how many times fewer floating-point operations one window's boxes
+take than a forward pass (the bound on the exact path's lead at equal efficiency per
+operation).
 
     python benchmarks/run.py occlusion                      # every case, CPU, one thread
     PYTHONPATH=src python benchmarks/bench_occlusion.py --device cuda   # the same on a GPU
