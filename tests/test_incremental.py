@@ -126,11 +126,12 @@ def _both(model: cl.Model, x: torch.Tensor, target, **options) -> tuple:
 # -- the engine against plain forward passes -------------------------------------------------
 
 
+@pytest.mark.parametrize("tight", [True, False], ids=["cut", "shifted"])
 @pytest.mark.parametrize("make", [Branchy, Squeezed])
-def test_engine_equals_the_network_on_occluded_copies(make):
+def test_engine_equals_the_network_on_occluded_copies(make, tight):
     module = make()
     x = _pictures(2)
-    engine = Incremental(module, x)
+    engine = Incremental(module, x, tight=tight)
     # windows at each corner, across borders (cut off), larger than any stride, 2 pictures
     corners = torch.tensor([[0, 0], [0, 27], [27, 0], [30, 29], [13, 7], [5, 18], [31, 31]])
     images = torch.tensor([0, 1, 0, 1, 1, 0, 1])
@@ -141,14 +142,37 @@ def test_engine_equals_the_network_on_occluded_copies(make):
         copies[b, :, top : top + 7, left : left + 6] = fills[
             images[b], :, top : top + 7, left : left + 6
         ]
-    with torch.no_grad():
-        expected = module(copies)
-    torch.testing.assert_close(engine(images, starts, patches), expected, atol=1e-5, rtol=1e-5)
+    for rows in (slice(None), [0, 1, 3, 6]):  # every window; the border windows alone
+        with torch.no_grad():
+            expected = module(copies[rows])
+        got = engine(images[rows], starts[rows], patches[rows])
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(engine.clean_output, module(x).detach(), atol=1e-5, rtol=1e-5)
     # the boxes stay boxes up to where a layer mixes every position: the flatten + linear head,
     # or the squeeze-and-excitation's global pool (and its product with the boxed map)
     expected = ["reshape"] if make is Branchy else ["adaptive_avg_pool2d", "mul"]
     assert engine.full_from == expected
+
+
+def test_boxes_cut_at_the_border_cost_fewer_operations_and_give_the_same_output():
+    """On the CPU a batch's boxes are cut where the map ends (``tight``): windows in a corner
+    then run fewer operations than the same boxes shifted inside the map, with the same
+    output; a central window's boxes are the same either way."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    module, x = Branchy(), _pictures(1)
+    cut, shifted = Incremental(module, x), Incremental(module, x, tight=False)
+    assert cut.tight and not shifted.tight  # the CPU's default
+    fills = torch.zeros(1, 3, 32, 32)
+    for corners, fewer in (([[0, 0], [1, 0], [0, 1]], True), ([[12, 12], [13, 12]], False)):
+        images = torch.zeros(len(corners), dtype=torch.long)
+        box = occluded_patches(x, fills, images, torch.tensor(corners), (7, 6))
+        counted = []
+        for engine in (cut, shifted):
+            with FlopCounterMode(display=False) as flops:
+                counted.append((engine(images, *box), flops.get_total_flops()))
+        torch.testing.assert_close(counted[0][0], counted[1][0], atol=1e-5, rtol=1e-5)
+        assert (counted[0][1] < counted[1][1]) if fewer else (counted[0][1] == counted[1][1])
 
 
 @pytest.mark.parametrize("fill", ["zero", "mean", "blur", (0.9, 0.2, 0.1)])
