@@ -11,7 +11,9 @@ box: the input region that box needs is gathered from the stored clean output, w
 changed values of the previous box pasted in, and the operation runs on that region without
 padding (the clean output was padded once as the operation pads, so borders are exact).
 Per node only the changed box of each window is kept, one tensor for the batch: boxes have one
-size across a batch (near a border a box is shifted inside the map, not clipped).
+size across a batch (near a border a box is shifted inside the map). On the CPU that size is
+the batch's longest box once each is cut where the map ends (``tight``), so batches near a
+border run fewer operations; on a GPU it is one size per node, so cuDNN plans once.
 
 Where an operation mixes all positions (global or adaptive pooling, flatten + linear,
 squeeze-and-excitation, attention) or is not known here, the boxes are pasted into full
