@@ -160,7 +160,8 @@ class Incremental:
         the batch, so windows near a border cost less), rather than each box keeping its full
         size shifted inside the map, one size per node for every batch. Default: on the CPU,
         where the operations saved are time saved; on a GPU one shape per node lets cuDNN
-        plan its convolutions once. The same numbers either way.
+        plan its convolutions once. The same numbers either way; with a ``cap`` the cap cuts
+        the boxes instead.
 
     ``clean_output`` is the traced network's output on ``inputs``; ``full_from`` names the
     nodes where changed boxes are pasted into full maps. Eval-mode batch norms right after a
@@ -511,9 +512,11 @@ class Incremental:
             length, start = box.values.shape[2 + axis], box.starts[:, axis] + window.before[axis]
             first = ceil_div(start - reach, stride)
             count = min(out, (length - 1 + reach) // stride + 1)
-            if self.tight and centres is None and count < out:  # cut at the border: the
-                last = torch.div(start + length - 1, stride, rounding_mode="floor")  # batch's
-                first = first.clamp(min=0)  # longest box (a box of the whole map stays whole)
+            if self.tight and centres is None and count < out:
+                # each box cut where the map ends, the batch's longest one giving the size (a
+                # box of the whole map stays whole: a full map runs without gathering)
+                last = torch.div(start + length - 1, stride, rounding_mode="floor")
+                first = first.clamp(min=0)
                 count = int((last.clamp(max=out - 1) - first).max()) + 1
             first, count = self._capped(first, count, centres, axis, out)
             firsts.append(first.clamp(0, out - count))
