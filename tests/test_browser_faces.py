@@ -143,6 +143,17 @@ def test_occlusion_shows_its_coarse_passes_first(page):
         ".test(document.querySelector('#explain-time').innerText)",
         timeout=60_000,
     )
+    # a run given up for a new one (Run again) leaves its preview on show, dimmed, and what
+    # is on show can still be opened at full size (its object URL is not let go yet)
+    kept, opens = page.evaluate(
+        """async () => {
+          const before = document.querySelector('#overlay').src;
+          document.querySelector('#run-button').click();
+          const now = document.querySelector('#overlay').src;
+          return [before === now, await fetch(now).then((r) => r.ok).catch(() => false)];
+        }"""
+    )
+    assert kept and opens
     page.wait_for_selector("#overlay[data-state='ready'][data-method='occlusion']", timeout=60_000)
     previews = page.evaluate("window.previews")
     assert previews, "no preview was shown"
