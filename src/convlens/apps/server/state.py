@@ -537,17 +537,16 @@ class ServerState:
         target: Detection,
         method: str,
         options: dict[str, Any],
-        progress: Callable[[int, int], None] | None = None,
-        preview: Callable[[BoxExplanation], None] | None = None,
+        extra: dict[str, Any] | None = None,
         *,
         locked: bool = False,
     ) -> tuple[BoxExplanation, float, bool]:
         """One detection explained (``options`` parsed by the method's form): the explanation,
         the seconds it took, and whether it came from the cache (:meth:`cached_box`).
-        ``progress(done, total)`` follows D-RISE's batches (the explorer's :class:`Run`, which
-        raises :class:`Cancelled` there once the page gave up, freeing the model for the next
-        request), and ``preview`` gets its first maps; ``locked``: the caller holds the model's
-        lock."""
+        ``extra``: what the explorer adds to the method's call
+        (:func:`~convlens.apps.server.web.run_extras`: D-RISE's progress, where a cancelled
+        :class:`Run` stops, freeing the model for the next request, and its previews); the
+        options win over it. ``locked``: the caller holds the model's lock."""
         from convlens.techniques.attribution.detection import explain_box
 
         detector = self.detector(key)
@@ -558,12 +557,8 @@ class ServerState:
             again = self.cached_box(key, image_id, target, method, options)
             if again is not None:
                 return again
-            if progress is not None:
-                progress(0, 0)  # a run cancelled while it waited stops here
             start = time.perf_counter()
-            given = {"progress": progress, "preview": preview}
-            extra = {k: v for k, v in given.items() if v} if method == "drise" else {}
-            result = explain_box(detector, image, target, method, **options, **extra)
+            result = explain_box(detector, image, target, method, **{**(extra or {}), **options})
             if "batch_size" in options:
                 result.settings["batch_size"] = options["batch_size"]
             seconds = time.perf_counter() - start

@@ -19,7 +19,16 @@ from fastapi.responses import Response
 
 from convlens.apps.server.forms import MAX_DETECTIONS, THRESHOLDS, box_form
 from convlens.apps.server.state import ServerState
-from convlens.apps.server.web import NO_STORE, PNG, Run, cancellable, options, png, work
+from convlens.apps.server.web import (
+    NO_STORE,
+    PNG,
+    Run,
+    cancellable,
+    options,
+    png,
+    run_extras,
+    work,
+)
 from convlens.core.util import jsonable
 
 Thresholds = tuple[float | None, float | None, int | None]
@@ -135,9 +144,10 @@ async def box_explanation_of(
 
     def compute(run: Run) -> tuple[Any, float, bool]:
         run.draw = lambda first, _query: box_png(first)  # D-RISE's first maps
-        return state.explain_box(
-            model, image_id, target, method, settings, run.progress, run.show, locked=True
-        )
+        from convlens.techniques.attribution.base import get_method
+
+        extra = run_extras(get_method(method, "detect").fn, settings, run)
+        return state.explain_box(model, image_id, target, method, settings, extra, locked=True)
 
     what = f"{method} of box {index} on {image_id}"
     result, _ = await cancellable(state, request, model, what, compute)
